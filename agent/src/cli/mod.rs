@@ -1,0 +1,47 @@
+//! `podctl`: one module per subcommand.
+
+pub mod validate;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "podctl", version, about = "Show and manage the pods podagent runs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check Pod manifests offline (no agent, no root): every problem with its
+    /// file, line, column and field path.
+    Validate(validate::Args),
+}
+
+/// What a subcommand ends with; `main` turns it into the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 0
+    Ok,
+    /// 1: the input has errors.
+    Invalid,
+    /// 2: the command was used wrongly (missing file, bad flag).
+    Usage,
+}
+
+impl Outcome {
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Invalid => 1,
+            Outcome::Usage => 2,
+        }
+    }
+}
+
+/// Runs a parsed command, writing to `out` and `err`.
+pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write) -> Outcome {
+    match cli.command {
+        Command::Validate(args) => validate::run(&args, out, err),
+    }
+}

@@ -1,0 +1,6 @@
+//! podagent and podctl: the daemon that runs the pods of a directory, and the
+//! CLI that shows and manages them. The binaries in `src/bin` only parse,
+//! dispatch and map errors to exit codes; behaviour lives here.
+
+pub mod cli;
+pub mod node;

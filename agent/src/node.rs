@@ -1,0 +1,76 @@
+//! What the agent reads of the node for `specs`: memory, online CPUs and the
+//! seccomp profiles it holds. Paths are parameters so tests run on a temp tree.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use specs::cpuset::CpuSet;
+
+/// `MemTotal` of a `/proc/meminfo`-shaped file, in bytes.
+pub fn mem_total(meminfo: &Path) -> std::io::Result<u64> {
+    let text = std::fs::read_to_string(meminfo)?;
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("MemTotal:")?;
+            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            kib.checked_mul(1024)
+        })
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no MemTotal line in {}", meminfo.display())))
+}
+
+/// The CPUs listed in a `/sys/devices/system/cpu/online`-shaped file.
+pub fn online_cpus(online: &Path) -> std::io::Result<CpuSet> {
+    let text = std::fs::read_to_string(online)?;
+    CpuSet::parse(text.trim()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Relative paths of the regular files under a seccomp profile directory (at
+/// most 4 levels deep); empty when the directory does not exist.
+pub fn seccomp_profiles(dir: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, depth: usize, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let path = e.path();
+            if ft.is_file() {
+                if let Some(rel) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) {
+                    out.insert(rel.to_string());
+                }
+            } else if ft.is_dir() && depth < 4 {
+                walk(root, &path, depth + 1, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, 0, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_memtotal_and_online_cpus_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mi = dir.path().join("meminfo");
+        std::fs::write(&mi, "MemFree: 1 kB\nMemTotal:       24576000 kB\n").unwrap();
+        assert_eq!(mem_total(&mi).unwrap(), 24_576_000 * 1024);
+        let on = dir.path().join("online");
+        std::fs::write(&on, "0-1\n").unwrap();
+        assert_eq!(online_cpus(&on).unwrap().to_string(), "0-1");
+        std::fs::write(&mi, "garbage").unwrap();
+        assert!(mem_total(&mi).is_err());
+    }
+
+    #[test]
+    fn lists_profiles_relative_to_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("team")).unwrap();
+        std::fs::write(dir.path().join("team/strict.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("audit.json"), "{}").unwrap();
+        let got: Vec<_> = seccomp_profiles(dir.path()).into_iter().collect();
+        assert_eq!(got, ["audit.json", "team/strict.json"]);
+        assert!(seccomp_profiles(&dir.path().join("missing")).is_empty());
+    }
+}

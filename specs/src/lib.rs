@@ -11,6 +11,7 @@ pub mod hash;
 pub mod load;
 pub mod manifest;
 pub mod names;
+pub mod oci;
 pub mod plan;
 pub mod quantity;
 pub mod resolve;

@@ -1,0 +1,433 @@
+//! One OCI runtime `Spec` (config.json) per container, from the plan and what
+//! the runtime knows at start time (rootfs, namespace paths, volume
+//! directories, the image's config). The same spec `runc run` accepts is what
+//! podagent's own shim follows.
+
+pub mod seccomp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use oci_spec::OciSpecError;
+
+use crate::plan::{ContainerPlan, EnvValue, PodPlan, SeccompPolicy};
+
+/// Paths masked with /dev/null (files) or an empty read-only tmpfs
+/// (directories): containerd's defaults.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths remounted read-only: containerd's defaults.
+pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The PATH a container gets when neither the image nor the manifest sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// RLIMIT_NOFILE of a container: soft 1024 as every Linux default, hard 4096
+/// so that it stays below the hard limit of restricted hosts (a runtime cannot
+/// raise a hard limit without CAP_SYS_RESOURCE).
+pub const NOFILE: (u64, u64) = (1024, 4096);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("container {container}: no command: the manifest has no command and the image no entrypoint or cmd")]
+    NoCommand { container: String },
+    #[error("container {container}: volume {volume:?} has no source directory")]
+    MissingVolume { container: String, volume: String },
+    #[error("container {container}: seccomp profile {profile:?} was not provided")]
+    MissingSeccompProfile { container: String, profile: String },
+    #[error("container {container}: capability {name:?} is unknown to the OCI spec library")]
+    Capability { container: String, name: String },
+    #[error("container {container}: building the OCI spec")]
+    Build {
+        container: String,
+        #[source]
+        source: OciSpecError,
+    },
+}
+
+/// The parts of an image's config that decide how a container starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// The image's user, resolved to numbers by the runtime (names need the
+    /// image's /etc/passwd, which this crate does not read).
+    pub user: Option<(u32, u32)>,
+}
+
+/// What the runtime knows when it starts a container. A namespace path of
+/// `None` means "a new namespace" unless the pod shares the host's.
+#[derive(Debug, Clone, Default)]
+pub struct OciInputs {
+    pub rootfs: PathBuf,
+    pub image: ImageConfig,
+    pub net_ns: Option<PathBuf>,
+    pub ipc_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    /// The pod's PID namespace when `shareProcessNamespace` is true.
+    pub pid_ns: Option<PathBuf>,
+    pub cgroups_path: Option<PathBuf>,
+    /// Host directory of each volume (an emptyDir's directory, a hostPath).
+    pub volume_dirs: BTreeMap<String, PathBuf>,
+    /// The pod's shared /dev/shm directory; a private tmpfs when `None`.
+    pub shm_dir: Option<PathBuf>,
+    /// Files bind-mounted into the container: (container path, host path), e.g.
+    /// /etc/hosts and /etc/resolv.conf generated for the pod.
+    pub files: Vec<(String, PathBuf)>,
+    pub pod_ip: Option<String>,
+    pub host_ip: Option<String>,
+    /// The profile of a `Localhost` seccomp policy, read by the agent.
+    pub localhost_seccomp: Option<LinuxSeccomp>,
+}
+
+/// Kubernetes' command/args rules against the image's entrypoint and cmd.
+pub fn process_args(c: &ContainerPlan, image: &ImageConfig) -> Vec<String> {
+    match (&c.command, &c.args) {
+        (Some(cmd), Some(args)) => cmd.iter().chain(args).cloned().collect(),
+        (Some(cmd), None) => cmd.clone(),
+        (None, Some(args)) => image.entrypoint.iter().chain(args).cloned().collect(),
+        (None, None) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+    }
+}
+
+/// Kubernetes' `$(VAR)` expansion: a defined variable is replaced, `$$` is a
+/// literal `$`, anything else is left as written.
+pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(inner) = after.strip_prefix('(') {
+            match inner.find(')') {
+                Some(end) if vars.contains_key(&inner[..end]) => {
+                    out.push_str(&vars[&inner[..end]]);
+                    rest = &inner[end + 1..];
+                }
+                Some(end) => {
+                    out.push_str(&rest[i..i + 2 + end + 1]);
+                    rest = &inner[end + 1..];
+                }
+                None => {
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The container's environment: the image's, then the manifest's (expanded
+/// against the entries before it), then HOSTNAME and a default PATH when unset.
+pub fn environment(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: HashMap<String, String> = HashMap::new();
+    let set = |k: String, v: String, order: &mut Vec<String>, values: &mut HashMap<String, String>| {
+        if values.insert(k.clone(), v).is_none() {
+            order.push(k);
+        }
+    };
+    for kv in &inputs.image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(k.to_string(), v.to_string(), &mut order, &mut values);
+    }
+    let mut defined: HashMap<String, String> = HashMap::new();
+    for (k, v) in &c.env {
+        let raw = match v {
+            EnvValue::Literal(s) => expand(s, &defined),
+            EnvValue::PodIp => inputs.pod_ip.clone().unwrap_or_default(),
+            EnvValue::HostIp => inputs.host_ip.clone().unwrap_or_default(),
+        };
+        defined.insert(k.clone(), raw.clone());
+        set(k.clone(), raw, &mut order, &mut values);
+    }
+    if !values.contains_key("HOSTNAME") {
+        set("HOSTNAME".into(), pod.hostname.clone(), &mut order, &mut values);
+    }
+    if !values.contains_key("PATH") {
+        set("PATH".into(), DEFAULT_PATH.into(), &mut order, &mut values);
+    }
+    order.into_iter().map(|k| format!("{k}={}", values[&k])).collect()
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, OciSpecError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+}
+
+/// The mounts every container gets, then the pod's files and volumes.
+fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mount>, OciError> {
+    let build = |source| OciError::Build { container: c.name.to_string(), source };
+    let sys_mode = if c.security.privileged { "rw" } else { "ro" };
+    let mut out = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_mode]),
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", sys_mode]),
+    ]
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(build)?;
+    out.push(
+        match &inputs.shm_dir {
+            Some(dir) if !pod.host_ipc => MountBuilder::default()
+                .destination("/dev/shm")
+                .typ("bind")
+                .source(dir.clone())
+                .options(["rbind", "rprivate", "nosuid", "nodev", "noexec"].map(String::from).to_vec())
+                .build(),
+            _ => mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        }
+        .map_err(build)?,
+    );
+    for (dest, src) in &inputs.files {
+        out.push(
+            MountBuilder::default()
+                .destination(dest.as_str())
+                .typ("bind")
+                .source(src.clone())
+                .options(["rbind", "rprivate"].map(String::from).to_vec())
+                .build()
+                .map_err(build)?,
+        );
+    }
+    for m in &c.mounts {
+        let dir = inputs.volume_dirs.get(&m.volume).ok_or_else(|| OciError::MissingVolume {
+            container: c.name.to_string(),
+            volume: m.volume.clone(),
+        })?;
+        let source = match &m.sub_path {
+            Some(sub) => dir.join(sub),
+            None => dir.clone(),
+        };
+        let rw = if m.read_only { "ro" } else { "rw" };
+        out.push(
+            MountBuilder::default()
+                .destination(m.path.as_str())
+                .typ("bind")
+                .source(source)
+                .options(["rbind", "rprivate", rw].map(String::from).to_vec())
+                .build()
+                .map_err(build)?,
+        );
+    }
+    Ok(out)
+}
+
+/// The device cgroup: deny everything, then allow what /dev holds (null, zero,
+/// full, random, urandom, tty, console, ptmx, pts) and mknod of any device.
+fn device_rules(privileged: bool) -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, OciSpecError> {
+    if privileged {
+        return Ok(vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build()?]);
+    }
+    let rule = |typ: Option<LinuxDeviceType>, major: Option<i64>, minor: Option<i64>, access: &str, allow: bool| {
+        let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).access(access);
+        if let Some(t) = typ {
+            b = b.typ(t);
+        }
+        if let Some(m) = major {
+            b = b.major(m);
+        }
+        if let Some(m) = minor {
+            b = b.minor(m);
+        }
+        b.build()
+    };
+    let c = Some(LinuxDeviceType::C);
+    [
+        rule(None, None, None, "rwm", false),
+        rule(c, None, None, "m", true),
+        rule(Some(LinuxDeviceType::B), None, None, "m", true),
+        rule(c, Some(1), Some(3), "rwm", true),   // null
+        rule(c, Some(1), Some(5), "rwm", true),   // zero
+        rule(c, Some(1), Some(7), "rwm", true),   // full
+        rule(c, Some(1), Some(8), "rwm", true),   // random
+        rule(c, Some(1), Some(9), "rwm", true),   // urandom
+        rule(c, Some(5), Some(0), "rwm", true),   // tty
+        rule(c, Some(5), Some(1), "rwm", true),   // console
+        rule(c, Some(5), Some(2), "rwm", true),   // ptmx
+        rule(c, Some(136), None, "rwm", true),    // pts
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Builds the OCI runtime spec of container `c` of `pod`.
+pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Spec, OciError> {
+    let name = c.name.to_string();
+    let build = |source| OciError::Build { container: name.clone(), source };
+    let args = process_args(c, &inputs.image);
+    if args.is_empty() {
+        return Err(OciError::NoCommand { container: name.clone() });
+    }
+    let env = environment(pod, c, inputs);
+    let vars: HashMap<String, String> = env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| c.env.iter().any(|(n, _)| n == k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    // $(VAR) in command and args, as the kubelet expands them.
+    let args: Vec<String> = args.iter().map(|a| expand(a, &vars)).collect();
+    let sec = &c.security;
+    let (image_uid, image_gid) = inputs.image.user.unwrap_or((0, 0));
+    let uid = sec.run_as_user.unwrap_or(image_uid);
+    let gid = sec.run_as_group.unwrap_or(if sec.run_as_user.is_some() { 0 } else { image_gid });
+    let mut user = UserBuilder::default().uid(uid).gid(gid);
+    if !sec.supplemental_groups.is_empty() {
+        user = user.additional_gids(sec.supplemental_groups.clone());
+    }
+    let caps = sec
+        .capabilities
+        .iter()
+        .map(|n| {
+            Capability::from_str(n).map_err(|_| OciError::Capability { container: name.clone(), name: n.clone() })
+        })
+        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(std::collections::HashSet::new())
+        .ambient(std::collections::HashSet::new())
+        .build()
+        .map_err(build)?;
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| inputs.image.working_dir.clone().filter(|w| w.starts_with('/')))
+        .unwrap_or_else(|| "/".into());
+    let process = ProcessBuilder::default()
+        .terminal(c.tty)
+        .user(user.build().map_err(build)?)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(NOFILE.0)
+            .hard(NOFILE.1)
+            .build()
+            .map_err(build)?])
+        .no_new_privileges(sec.no_new_privs)
+        .oom_score_adj(c.resources.oom_score_adj)
+        .build()
+        .map_err(build)?;
+
+    let mut namespaces = vec![LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(build)?];
+    let mut ns = |typ: LinuxNamespaceType, host: bool, path: &Option<PathBuf>| -> Result<(), OciError> {
+        if host {
+            return Ok(());
+        }
+        let mut b = LinuxNamespaceBuilder::default().typ(typ);
+        if let Some(p) = path {
+            b = b.path(p.clone());
+        }
+        namespaces.push(b.build().map_err(build)?);
+        Ok(())
+    };
+    ns(LinuxNamespaceType::Network, pod.host_network, &inputs.net_ns)?;
+    ns(LinuxNamespaceType::Ipc, pod.host_ipc, &inputs.ipc_ns)?;
+    ns(LinuxNamespaceType::Uts, pod.host_network, &inputs.uts_ns)?;
+    let shared_pid = if pod.share_process_namespace { inputs.pid_ns.clone() } else { None };
+    ns(LinuxNamespaceType::Pid, pod.host_pid, &shared_pid)?;
+
+    let r = &c.resources;
+    let mut cpu = LinuxCpuBuilder::default().shares(r.cpu_shares).period(r.cfs_period_us);
+    if let Some(q) = r.cfs_quota_us {
+        cpu = cpu.quota(q as i64);
+    }
+    if let Some(set) = &r.cpuset {
+        cpu = cpu.cpus(set.to_string());
+    }
+    let mut memory = LinuxMemoryBuilder::default();
+    if let Some(limit) = r.memory_limit_bytes {
+        memory = memory.limit(limit as i64);
+        // OCI's swap is memory + swap; without the annotation, no swap.
+        memory = memory.swap(limit.saturating_add(r.swap_limit_bytes.unwrap_or(0)) as i64);
+    }
+    if r.oom_kill_disable {
+        memory = memory.disable_oom_killer(true);
+    }
+    let resources = LinuxResourcesBuilder::default()
+        .cpu(cpu.build().map_err(build)?)
+        .memory(memory.build().map_err(build)?)
+        .pids(LinuxPidsBuilder::default().limit(pod.pod_resources.pids_limit).build().map_err(build)?)
+        .devices(device_rules(sec.privileged).map_err(build)?)
+        .build()
+        .map_err(build)?;
+
+    let mut linux = LinuxBuilder::default().namespaces(namespaces).resources(resources);
+    if let Some(p) = &inputs.cgroups_path {
+        linux = linux.cgroups_path(p.clone());
+    }
+    if !sec.privileged && !sec.unmasked_proc {
+        linux = linux
+            .masked_paths(MASKED_PATHS.map(String::from).to_vec())
+            .readonly_paths(READONLY_PATHS.map(String::from).to_vec());
+    }
+    if !pod.sysctls.is_empty() {
+        linux = linux.sysctl(pod.sysctls.iter().cloned().collect::<HashMap<_, _>>());
+    }
+    match &sec.seccomp {
+        SeccompPolicy::RuntimeDefault => {
+            linux = linux.seccomp(seccomp::default_profile(&sec.capabilities).map_err(build)?);
+        }
+        SeccompPolicy::Unconfined => {}
+        SeccompPolicy::Localhost(profile) => {
+            let p = inputs.localhost_seccomp.clone().ok_or_else(|| OciError::MissingSeccompProfile {
+                container: name.clone(),
+                profile: profile.clone(),
+            })?;
+            linux = linux.seccomp(p);
+        }
+    }
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path(inputs.rootfs.clone()).readonly(sec.read_only_root_filesystem).build().map_err(build)?)
+        .mounts(mounts(pod, c, inputs)?)
+        .process(process)
+        .linux(linux.build().map_err(build)?);
+    if !pod.host_network {
+        spec = spec.hostname(pod.hostname.clone());
+    }
+    spec.build().map_err(build)
+}

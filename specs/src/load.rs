@@ -255,7 +255,7 @@ impl Positions {
 }
 
 enum Frame {
-    Map { path: String, key: Option<(String, Marker)> },
+    Map { path: String, key: Option<(String, Marker)>, first: bool },
     Seq { path: String, next: usize },
 }
 
@@ -277,10 +277,17 @@ impl Indexer {
                 *next += 1;
                 Some((p, mark))
             }
-            Some(Frame::Map { path, key }) => match key.take() {
+            Some(Frame::Map { path, key, first }) => match key.take() {
                 Some((k, key_mark)) => Some((push_key(path, &k), key_mark)),
                 None => {
                     *key = Some((scalar.unwrap_or("?").to_string(), mark));
+                    // A block mapping's start event is marked at its first
+                    // ':'; place the mapping at its first key instead.
+                    if std::mem::take(first) {
+                        if let Some(entry) = self.current.get_mut(path.as_str()) {
+                            entry.1 = mark;
+                        }
+                    }
                     None
                 }
             },
@@ -317,7 +324,7 @@ impl MarkedEventReceiver for Indexer {
                     None => "?".to_string(),
                 };
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
-                    Frame::Map { path, key: None }
+                    Frame::Map { path, key: None, first: true }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });

@@ -398,11 +398,9 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
     if let Some(p) = &inputs.cgroups_path {
         linux = linux.cgroups_path(p.clone());
     }
-    if !sec.privileged && !sec.unmasked_proc {
-        linux = linux
-            .masked_paths(MASKED_PATHS.map(String::from).to_vec())
-            .readonly_paths(READONLY_PATHS.map(String::from).to_vec());
-    }
+    linux = linux
+        .masked_paths(MASKED_PATHS.map(String::from).to_vec())
+        .readonly_paths(READONLY_PATHS.map(String::from).to_vec());
     if !pod.sysctls.is_empty() {
         linux = linux.sysctl(pod.sysctls.iter().cloned().collect::<HashMap<_, _>>());
     }
@@ -420,14 +418,143 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
         }
     }
 
+    // The builders start from oci-spec's `Default`s (youki's hostname, default
+    // masked paths, annotations): set every field this function decides.
+    let mut linux = linux.build().map_err(build)?;
+    if sec.privileged || sec.unmasked_proc {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+    }
     let mut spec = SpecBuilder::default()
         .version("1.0.2")
         .root(RootBuilder::default().path(inputs.rootfs.clone()).readonly(sec.read_only_root_filesystem).build().map_err(build)?)
         .mounts(mounts(pod, c, inputs)?)
         .process(process)
-        .linux(linux.build().map_err(build)?);
-    if !pod.host_network {
-        spec = spec.hostname(pod.hostname.clone());
+        .linux(linux)
+        .build()
+        .map_err(build)?;
+    spec.set_hostname((!pod.host_network).then(|| pod.hostname.clone()));
+    spec.set_annotations(None);
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::NodeInfo;
+
+    fn pod(yaml: &str) -> PodPlan {
+        let r = crate::load("t.yaml", yaml.as_bytes(), &NodeInfo::default());
+        assert!(!r.has_errors(), "{:#?}", r.diagnostics);
+        r.pods.into_iter().next().unwrap()
     }
-    spec.build().map_err(build)
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["--default".into()],
+            env: vec!["PATH=/image/bin".into(), "MODE=image".into()],
+            working_dir: Some("/srv".into()),
+            user: Some((100, 101)),
+        }
+    }
+
+    fn container(fields: &str) -> ContainerPlan {
+        pod(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n{fields}"))
+            .containers
+            .remove(0)
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = image();
+        assert_eq!(process_args(&container(""), &img), ["/entry", "--default"]);
+        assert_eq!(process_args(&container("    command: [run]\n"), &img), ["run"]);
+        assert_eq!(process_args(&container("    args: [--x]\n"), &img), ["/entry", "--x"]);
+        assert_eq!(process_args(&container("    command: [run]\n    args: [--x]\n"), &img), ["run", "--x"]);
+    }
+
+    #[test]
+    fn dollar_references_expand_like_the_kubelet() {
+        let vars: HashMap<String, String> = [("A".to_string(), "1".to_string())].into();
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$-$(A", &vars), "1-$(B)-$(A)-$-$(A");
+        assert_eq!(expand("plain", &vars), "plain");
+    }
+
+    #[test]
+    fn environment_layers_image_then_manifest_then_defaults() {
+        let p = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostname: box\n  containers:\n  - name: c\n    image: busybox\n    env:\n    - {name: MODE, value: pod}\n    - {name: DERIVED, value: '$(MODE)-x'}\n    - {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n");
+        let inputs = OciInputs { image: image(), pod_ip: Some("10.88.0.5".into()), ..OciInputs::default() };
+        let env = environment(&p, &p.containers[0], &inputs);
+        assert_eq!(env, ["PATH=/image/bin", "MODE=pod", "DERIVED=pod-x", "IP=10.88.0.5", "HOSTNAME=box"]);
+    }
+
+    #[test]
+    fn the_spec_carries_limits_namespaces_and_hardening() {
+        let p = pod("apiVersion: v1
+kind: Pod
+metadata: {name: p, annotations: {cpuset.podagent.io/c: '1'}}
+spec:
+  shareProcessNamespace: true
+  volumes: [{name: data, emptyDir: {}}]
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, 'echo $(GREETING)']
+    env: [{name: GREETING, value: hi}]
+    volumeMounts: [{name: data, mountPath: /data, subPath: x, readOnly: true}]
+    resources: {limits: {cpu: 200m, memory: 32Mi}}
+");
+        let inputs = OciInputs {
+            rootfs: "/r".into(),
+            image: image(),
+            net_ns: Some("/run/netns/p".into()),
+            pid_ns: Some("/run/pidns/p".into()),
+            volume_dirs: [("data".to_string(), PathBuf::from("/vol/data"))].into(),
+            ..OciInputs::default()
+        };
+        let spec = container_spec(&p, &p.containers[0], &inputs).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["process"]["args"], serde_json::json!(["sh", "-c", "echo hi"]));
+        assert_eq!(json["process"]["user"]["uid"], 100, "the image's user");
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["process"]["oomScoreAdj"], -997);
+        assert_eq!(json["process"]["cwd"], "/srv");
+        assert_eq!(json["hostname"], "p");
+        let r = &json["linux"]["resources"];
+        assert_eq!(r["cpu"]["quota"], 20_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["cpu"]["shares"], 204);
+        assert_eq!(r["cpu"]["cpus"], "1");
+        assert_eq!(r["memory"]["limit"], 32 << 20);
+        assert_eq!(r["memory"]["swap"], 32 << 20, "no swap without the annotation");
+        assert_eq!(r["pids"]["limit"], 4096);
+        assert_eq!(r["devices"][0], serde_json::json!({"allow": false, "access": "rwm"}));
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.contains(&serde_json::json!({"type": "network", "path": "/run/netns/p"})));
+        assert!(ns.contains(&serde_json::json!({"type": "pid", "path": "/run/pidns/p"})));
+        assert!(ns.contains(&serde_json::json!({"type": "mount"})));
+        assert!(ns.contains(&serde_json::json!({"type": "ipc"})));
+        let mounts = json["mounts"].as_array().unwrap();
+        let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
+        assert_eq!(data["source"], "/vol/data/x");
+        assert_eq!(data["options"], serde_json::json!(["rbind", "rprivate", "ro"]));
+        let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
+        assert!(sys["options"].as_array().unwrap().contains(&"ro".into()));
+        assert!(json["linux"]["maskedPaths"].as_array().unwrap().contains(&"/proc/kcore".into()));
+        assert!(json["linux"]["readonlyPaths"].as_array().unwrap().contains(&"/proc/sys".into()));
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    }
+
+    #[test]
+    fn host_namespaces_are_left_out_and_a_missing_command_is_an_error() {
+        let p = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostNetwork: true\n  hostIPC: true\n  containers: [{name: c, image: busybox}]\n");
+        let err = container_spec(&p, &p.containers[0], &OciInputs::default()).unwrap_err();
+        assert!(matches!(err, OciError::NoCommand { .. }));
+        let inputs = OciInputs { image: image(), ..OciInputs::default() };
+        let json = serde_json::to_value(container_spec(&p, &p.containers[0], &inputs).unwrap()).unwrap();
+        let types: Vec<_> = json["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].clone()).collect();
+        assert_eq!(types, ["mount", "pid"]);
+        assert!(json.get("hostname").is_none());
+    }
 }

@@ -158,6 +158,13 @@ fn resolve_value(prefix: &str, value: Value, node: &NodeInfo, issues: &mut Issue
         issues.error(prefix, "expected a Pod (a mapping with apiVersion, kind, metadata and spec)");
         return None;
     }
+    if let Some(kind) = value.get("kind").and_then(Value::as_str).filter(|k| *k != "Pod") {
+        issues.error(
+            push_key(prefix, "kind"),
+            format!("{kind:?} is not supported: podagent runs kind \"Pod\" (or a \"List\" of them)"),
+        );
+        return None;
+    }
     let mut unknown = Vec::new();
     let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(prefix, &p));
     let typed: Result<Document, _> =

@@ -70,8 +70,9 @@ pub fn resolve_pod(prefix: &str, doc: &Document, node: &NodeInfo, issues: &mut I
     }
     match doc.kind.as_deref() {
         Some("Pod") => {}
+        // Other kinds are refused by the loader before they are typed.
         Some(kind) => {
-            issues.error(k("kind"), format!("{kind:?} is not supported: podagent runs kind \"Pod\" (or a \"List\" of them)"));
+            issues.error(k("kind"), format!("{kind:?} is not supported: podagent runs kind \"Pod\""));
             return None;
         }
         None => issues.error(k("kind"), "required: \"Pod\""),
@@ -213,7 +214,9 @@ fn resolve_spec<'a>(
     }
 
     let volumes = volumes::volumes(&k("volumes"), &spec.volumes, issues);
-    let volume_names: HashSet<String> = volumes.iter().map(|v| v.name.clone()).collect();
+    // Every declared name, valid source or not: a volume with a bad source is
+    // reported once, not again at each mount that names it.
+    let volume_names: HashSet<String> = spec.volumes.iter().filter_map(|v| v.name.clone()).collect();
     if spec.containers.is_empty() {
         issues.error(k("containers"), "at least one container is required");
     }

@@ -15,7 +15,12 @@ pub fn mem_total(meminfo: &Path) -> std::io::Result<u64> {
             let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
             kib.checked_mul(1024)
         })
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no MemTotal line in {}", meminfo.display())))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no MemTotal line in {}", meminfo.display()),
+            )
+        })
 }
 
 /// The CPUs listed in a `/sys/devices/system/cpu/online`-shaped file.
@@ -28,7 +33,9 @@ pub fn online_cpus(online: &Path) -> std::io::Result<CpuSet> {
 /// most 4 levels deep); empty when the directory does not exist.
 pub fn seccomp_profiles(dir: &Path) -> BTreeSet<String> {
     fn walk(root: &Path, dir: &Path, depth: usize, out: &mut BTreeSet<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let Ok(ft) = e.file_type() else { continue };
             let path = e.path();

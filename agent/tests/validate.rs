@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn podctl(args: &[&str]) -> Output {
@@ -13,7 +16,13 @@ fn podctl(args: &[&str]) -> Output {
         .current_dir(repo())
         // No host profile dir, and a fixed node memory: the output must not
         // depend on the machine.
-        .args(["validate", "--seccomp-dir", "/nonexistent", "--node-memory", "17179869184"])
+        .args([
+            "validate",
+            "--seccomp-dir",
+            "/nonexistent",
+            "--node-memory",
+            "17179869184",
+        ])
         .args(args)
         .output()
         .unwrap()
@@ -27,7 +36,10 @@ fn stdout(o: &Output) -> String {
 fn every_example_validates() {
     let o = podctl(&["examples/"]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
-    assert_eq!(stdout(&o), "5 file(s), 5 valid pod(s), 0 error(s), 0 warning(s)\n");
+    assert_eq!(
+        stdout(&o),
+        "5 file(s), 5 valid pod(s), 0 error(s), 0 warning(s)\n"
+    );
 }
 
 #[test]
@@ -116,13 +128,20 @@ fn each_invalid_example_prints_exactly_its_errors() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml"))
         .collect();
-    assert_eq!(on_disk.len(), INVALID.len(), "every invalid example has its expected errors here");
+    assert_eq!(
+        on_disk.len(),
+        INVALID.len(),
+        "every invalid example has its expected errors here"
+    );
     for (file, expected) in INVALID {
         let path = format!("examples/invalid/{file}");
         let o = podctl(&[&path]);
         assert_eq!(o.status.code(), Some(1), "{path} must fail validation");
         let mut want: Vec<String> = expected.iter().map(|e| format!("{path}:{e}")).collect();
-        want.push(format!("1 file(s), 0 valid pod(s), {} error(s), 0 warning(s)", expected.len()));
+        want.push(format!(
+            "1 file(s), 0 valid pod(s), {} error(s), 0 warning(s)",
+            expected.len()
+        ));
         let got: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
         assert_eq!(got, want, "{path}");
     }
@@ -130,7 +149,12 @@ fn each_invalid_example_prints_exactly_its_errors() {
 
 #[test]
 fn json_output_is_machine_readable() {
-    let o = podctl(&["-o", "json", "examples/invalid/bad-ports.yaml", "examples/batch-job.yaml"]);
+    let o = podctl(&[
+        "-o",
+        "json",
+        "examples/invalid/bad-ports.yaml",
+        "examples/batch-job.yaml",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["valid"], false);
@@ -143,7 +167,10 @@ fn json_output_is_machine_readable() {
     let job = &v["files"][1]["pods"][0];
     assert_eq!(job["restart_policy"], "OnFailure");
     assert_eq!(job["containers"][0]["resources"]["cfs_quota_us"], 50000);
-    assert_eq!(job["volumes"][0]["source"]["EmptyDir"]["size_limit_bytes"], 32 << 20);
+    assert_eq!(
+        job["volumes"][0]["source"]["EmptyDir"]["size_limit_bytes"],
+        32 << 20
+    );
 }
 
 #[test]
@@ -170,9 +197,15 @@ fn usage_errors_exit_2() {
     let o = podctl(&["no/such/file.yaml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no/such/file.yaml"));
-    let o = Command::new(env!("CARGO_BIN_EXE_podctl")).args(["validate", "--output", "xml", "x"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_podctl"))
+        .args(["validate", "--output", "xml", "x"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    let o = Command::new(env!("CARGO_BIN_EXE_podctl")).arg("validate").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_podctl"))
+        .arg("validate")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
 

@@ -38,7 +38,9 @@ impl CpuSet {
                 if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) || t.len() > 6 {
                     return Err(CpuSetError::Syntax(part.to_string()));
                 }
-                let n: u32 = t.parse().map_err(|_| CpuSetError::Syntax(part.to_string()))?;
+                let n: u32 = t
+                    .parse()
+                    .map_err(|_| CpuSetError::Syntax(part.to_string()))?;
                 if n > MAX_CPU {
                     return Err(CpuSetError::TooLarge(n));
                 }
@@ -127,7 +129,10 @@ mod tests {
     #[test]
     fn malformed_lists_are_rejected() {
         assert_eq!(CpuSet::parse(""), Err(CpuSetError::Empty));
-        assert_eq!(CpuSet::parse("3-1"), Err(CpuSetError::Reversed("3-1".into())));
+        assert_eq!(
+            CpuSet::parse("3-1"),
+            Err(CpuSetError::Reversed("3-1".into()))
+        );
         assert_eq!(CpuSet::parse("0,,1"), Err(CpuSetError::Syntax("".into())));
         assert_eq!(CpuSet::parse("a"), Err(CpuSetError::Syntax("a".into())));
         assert_eq!(CpuSet::parse("1-"), Err(CpuSetError::Syntax("1-".into())));

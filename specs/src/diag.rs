@@ -53,7 +53,12 @@ impl Issues {
         );
     }
     fn push(&mut self, severity: Severity, path: String, message: String, at_key: bool) {
-        self.list.push(Issue { severity, path, message, at_key });
+        self.list.push(Issue {
+            severity,
+            path,
+            message,
+            at_key,
+        });
     }
     pub fn has_errors(&self) -> bool {
         self.list.iter().any(|i| i.severity == Severity::Error)
@@ -102,7 +107,10 @@ impl fmt::Display for Diagnostic {
 /// Appends a map key to a field path: `.name` for plain keys, `["a.b/c"]` for
 /// keys holding dots, slashes or other punctuation (annotation keys).
 pub fn push_key(path: &str, key: &str) -> String {
-    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     match (path.is_empty(), plain) {
         (true, true) => key.to_string(),
         (false, true) => format!("{path}.{key}"),
@@ -122,7 +130,10 @@ mod tests {
     #[test]
     fn paths_read_like_kubectl_explain() {
         let p = push_key(&push_index(&push_key("spec", "containers"), 1), "resources");
-        assert_eq!(push_key(&push_key(&p, "limits"), "cpu"), "spec.containers[1].resources.limits.cpu");
+        assert_eq!(
+            push_key(&push_key(&p, "limits"), "cpu"),
+            "spec.containers[1].resources.limits.cpu"
+        );
         assert_eq!(
             push_key("metadata.annotations", "cpuset.podagent.io/web"),
             "metadata.annotations[\"cpuset.podagent.io/web\"]"
@@ -139,9 +150,15 @@ mod tests {
             path: "spec.containers[0].resources.limits.cpu".into(),
             message: "bad".into(),
         };
-        assert_eq!(d.to_string(), "pods/web.yaml:12:18: spec.containers[0].resources.limits.cpu: bad");
+        assert_eq!(
+            d.to_string(),
+            "pods/web.yaml:12:18: spec.containers[0].resources.limits.cpu: bad"
+        );
         d.severity = Severity::Warning;
         d.line = None;
-        assert_eq!(d.to_string(), "pods/web.yaml: warning: spec.containers[0].resources.limits.cpu: bad");
+        assert_eq!(
+            d.to_string(),
+            "pods/web.yaml: warning: spec.containers[0].resources.limits.cpu: bad"
+        );
     }
 }

@@ -31,7 +31,9 @@ pub struct FileReport {
 
 impl FileReport {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 }
 
@@ -51,7 +53,10 @@ pub fn load(file: &str, bytes: &[u8], node: &NodeInfo) -> FileReport {
     };
     if bytes.len() > MAX_MANIFEST_BYTES {
         report.diagnostics = file_error(
-            format!("file is {} bytes: at most {MAX_MANIFEST_BYTES} allowed", bytes.len()),
+            format!(
+                "file is {} bytes: at most {MAX_MANIFEST_BYTES} allowed",
+                bytes.len()
+            ),
             None,
             None,
         );
@@ -97,7 +102,10 @@ pub fn load(file: &str, bytes: &[u8], node: &NodeInfo) -> FileReport {
                 if let Some(first) = seen_names.insert(name.clone(), path.clone()) {
                     pod_issues.error(
                         push_key(&push_key(&path, "metadata"), "name"),
-                        format!("pod {name:?} is defined twice in this file (first at {})", describe(&first)),
+                        format!(
+                            "pod {name:?} is defined twice in this file (first at {})",
+                            describe(&first)
+                        ),
                     );
                 } else if !pod_issues.has_errors() {
                     report.pods.push(plan);
@@ -112,7 +120,9 @@ pub fn load(file: &str, bytes: &[u8], node: &NodeInfo) -> FileReport {
         }
     }
     // Document order, then position; problems without a position last.
-    report.diagnostics.sort_by_key(|d| (d.line.is_none(), d.line, d.column));
+    report
+        .diagnostics
+        .sort_by_key(|d| (d.line.is_none(), d.line, d.column));
     report
 }
 
@@ -127,12 +137,18 @@ fn describe(path: &str) -> String {
 /// The pod values a document holds, with the path prefix of each: the document
 /// itself for `kind: Pod`, `items[i]` for `kind: List`.
 fn pods_in(value: Value, issues: &mut Issues) -> Vec<(String, Value)> {
-    let kind = value.get("kind").and_then(Value::as_str).map(str::to_string);
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     match kind.as_deref() {
         Some("List" | "PodList") => {
             let api = value.get("apiVersion").and_then(Value::as_str);
             if api != Some("v1") {
-                issues.error("apiVersion", format!("a List must have apiVersion \"v1\", found {api:?}"));
+                issues.error(
+                    "apiVersion",
+                    format!("a List must have apiVersion \"v1\", found {api:?}"),
+                );
             }
             match value.get("items") {
                 Some(Value::Sequence(items)) => items
@@ -153,15 +169,29 @@ fn pods_in(value: Value, issues: &mut Issues) -> Vec<(String, Value)> {
 
 /// Types one pod value and resolves it; reports unknown fields and type errors
 /// at their paths under `prefix`.
-fn resolve_value(prefix: &str, value: Value, node: &NodeInfo, issues: &mut Issues) -> Option<PodPlan> {
+fn resolve_value(
+    prefix: &str,
+    value: Value,
+    node: &NodeInfo,
+    issues: &mut Issues,
+) -> Option<PodPlan> {
     if !value.is_mapping() {
-        issues.error(prefix, "expected a Pod (a mapping with apiVersion, kind, metadata and spec)");
+        issues.error(
+            prefix,
+            "expected a Pod (a mapping with apiVersion, kind, metadata and spec)",
+        );
         return None;
     }
-    if let Some(kind) = value.get("kind").and_then(Value::as_str).filter(|k| *k != "Pod") {
+    if let Some(kind) = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|k| *k != "Pod")
+    {
         issues.error(
             push_key(prefix, "kind"),
-            format!("{kind:?} is not supported: podagent runs kind \"Pod\" (or a \"List\" of them)"),
+            format!(
+                "{kind:?} is not supported: podagent runs kind \"Pod\" (or a \"List\" of them)"
+            ),
         );
         return None;
     }
@@ -189,9 +219,9 @@ fn ignored_path(prefix: &str, p: &serde_ignored::Path<'_>) -> String {
         Path::Root => prefix.to_string(),
         Path::Seq { parent, index } => push_index(&ignored_path(prefix, parent), *index),
         Path::Map { parent, key } => push_key(&ignored_path(prefix, parent), key),
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_path(prefix, parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(prefix, parent),
     }
 }
 
@@ -262,8 +292,15 @@ impl Positions {
 }
 
 enum Frame {
-    Map { path: String, key: Option<(String, Marker)>, first: bool },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        key: Option<(String, Marker)>,
+        first: bool,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -331,7 +368,11 @@ impl MarkedEventReceiver for Indexer {
                     None => "?".to_string(),
                 };
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
-                    Frame::Map { path, key: None, first: true }
+                    Frame::Map {
+                        path,
+                        key: None,
+                        first: true,
+                    }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });

@@ -26,14 +26,16 @@ impl<'de> Deserialize<'de> for Scalar {
             U(u64),
             F(f64),
         }
-        Ok(Scalar(match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a string or a number")
-        })? {
-            Raw::S(s) => s,
-            Raw::I(i) => i.to_string(),
-            Raw::U(u) => u.to_string(),
-            Raw::F(f) => f.to_string(),
-        }))
+        Ok(Scalar(
+            match Raw::deserialize(d)
+                .map_err(|_| serde::de::Error::custom("expected a string or a number"))?
+            {
+                Raw::S(s) => s,
+                Raw::I(i) => i.to_string(),
+                Raw::U(u) => u.to_string(),
+                Raw::F(f) => f.to_string(),
+            },
+        ))
     }
 }
 
@@ -52,12 +54,14 @@ impl<'de> Deserialize<'de> for IntOrString {
             I(i64),
             S(String),
         }
-        Ok(match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected an integer or a string"))?
-        {
-            Raw::I(i) => IntOrString::Int(i),
-            Raw::S(s) => IntOrString::Str(s),
-        })
+        Ok(
+            match Raw::deserialize(d)
+                .map_err(|_| serde::de::Error::custom("expected an integer or a string"))?
+            {
+                Raw::I(i) => IntOrString::Int(i),
+                Raw::S(s) => IntOrString::Str(s),
+            },
+        )
     }
 }
 

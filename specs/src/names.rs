@@ -12,7 +12,11 @@ pub enum NameError {
     #[error("is {len} characters long: at most {max} allowed")]
     TooLong { len: usize, max: usize },
     #[error("has an invalid character {ch:?} at index {index}: {rule}")]
-    Char { ch: char, index: usize, rule: &'static str },
+    Char {
+        ch: char,
+        index: usize,
+        rule: &'static str,
+    },
     #[error("is malformed: {0}")]
     Shape(&'static str),
 }
@@ -29,7 +33,11 @@ fn check_label_chars(s: &str, offset: usize, rule: &'static str) -> Result<(), N
         let ok = is_alnum_lower(ch) || ch == '-';
         let edge = (i == 0 || i + ch.len_utf8() == s.len()) && ch == '-';
         if !ok || edge {
-            return Err(NameError::Char { ch, index: offset + i, rule });
+            return Err(NameError::Char {
+                ch,
+                index: offset + i,
+                rule,
+            });
         }
     }
     Ok(())
@@ -41,7 +49,10 @@ pub fn dns1123_label(s: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if s.len() > 63 {
-        return Err(NameError::TooLong { len: s.len(), max: 63 });
+        return Err(NameError::TooLong {
+            len: s.len(),
+            max: 63,
+        });
     }
     check_label_chars(s, 0, LABEL_RULE)
 }
@@ -52,12 +63,19 @@ pub fn dns1123_subdomain(s: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if s.len() > 253 {
-        return Err(NameError::TooLong { len: s.len(), max: 253 });
+        return Err(NameError::TooLong {
+            len: s.len(),
+            max: 253,
+        });
     }
     let mut offset = 0;
     for part in s.split('.') {
         if part.is_empty() {
-            return Err(NameError::Char { ch: '.', index: offset.max(1) - 1, rule: SUBDOMAIN_RULE });
+            return Err(NameError::Char {
+                ch: '.',
+                index: offset.max(1) - 1,
+                rule: SUBDOMAIN_RULE,
+            });
         }
         check_label_chars(part, offset, SUBDOMAIN_RULE)?;
         offset += part.len() + 1;
@@ -91,14 +109,23 @@ pub fn port_name(s: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if s.len() > 15 {
-        return Err(NameError::TooLong { len: s.len(), max: 15 });
+        return Err(NameError::TooLong {
+            len: s.len(),
+            max: 15,
+        });
     }
-    check_label_chars(s, 0, "a port name has lower case letters, digits and '-' (e.g. \"http\")")?;
+    check_label_chars(
+        s,
+        0,
+        "a port name has lower case letters, digits and '-' (e.g. \"http\")",
+    )?;
     if s.contains("--") {
         return Err(NameError::Shape("a port name must not contain \"--\""));
     }
     if !s.chars().any(|c| c.is_ascii_lowercase()) {
-        return Err(NameError::Shape("a port name must contain at least one letter"));
+        return Err(NameError::Shape(
+            "a port name must contain at least one letter",
+        ));
     }
     Ok(())
 }
@@ -107,13 +134,20 @@ pub fn port_name(s: &str) -> Result<(), NameError> {
 /// letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
 fn qualified_part(s: &str, what: &'static str) -> Result<(), NameError> {
     if s.len() > 63 {
-        return Err(NameError::TooLong { len: s.len(), max: 63 });
+        return Err(NameError::TooLong {
+            len: s.len(),
+            max: 63,
+        });
     }
     for (index, ch) in s.char_indices() {
         let ok = ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.');
         let edge = (index == 0 || index + 1 == s.len()) && !ch.is_ascii_alphanumeric();
         if !ok || edge {
-            return Err(NameError::Char { ch, index, rule: what });
+            return Err(NameError::Char {
+                ch,
+                index,
+                rule: what,
+            });
         }
     }
     Ok(())
@@ -197,22 +231,78 @@ mod tests {
         assert!(dns1123_label("a").is_ok());
         assert_eq!(
             dns1123_label("Web"),
-            Err(NameError::Char { ch: 'W', index: 0, rule: LABEL_RULE })
+            Err(NameError::Char {
+                ch: 'W',
+                index: 0,
+                rule: LABEL_RULE
+            })
         );
-        assert!(matches!(dns1123_label("web-"), Err(NameError::Char { ch: '-', index: 3, .. })));
-        assert!(matches!(dns1123_label("a_b"), Err(NameError::Char { ch: '_', index: 1, .. })));
-        assert!(matches!(dns1123_label("a.b"), Err(NameError::Char { ch: '.', index: 1, .. })));
-        assert_eq!(dns1123_label(&"a".repeat(64)), Err(NameError::TooLong { len: 64, max: 63 }));
+        assert!(matches!(
+            dns1123_label("web-"),
+            Err(NameError::Char {
+                ch: '-',
+                index: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            dns1123_label("a_b"),
+            Err(NameError::Char {
+                ch: '_',
+                index: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            dns1123_label("a.b"),
+            Err(NameError::Char {
+                ch: '.',
+                index: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            dns1123_label(&"a".repeat(64)),
+            Err(NameError::TooLong { len: 64, max: 63 })
+        );
         assert_eq!(dns1123_label(""), Err(NameError::Empty));
     }
 
     #[test]
     fn subdomains_allow_dots_between_labels() {
         assert!(dns1123_subdomain("web.example-1").is_ok());
-        assert!(matches!(dns1123_subdomain("web..x"), Err(NameError::Char { ch: '.', index: 3, .. })));
-        assert!(matches!(dns1123_subdomain(".web"), Err(NameError::Char { ch: '.', index: 0, .. })));
-        assert!(matches!(dns1123_subdomain("web/x"), Err(NameError::Char { ch: '/', index: 3, .. })));
-        assert!(matches!(dns1123_subdomain("a.-b"), Err(NameError::Char { ch: '-', index: 2, .. })));
+        assert!(matches!(
+            dns1123_subdomain("web..x"),
+            Err(NameError::Char {
+                ch: '.',
+                index: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            dns1123_subdomain(".web"),
+            Err(NameError::Char {
+                ch: '.',
+                index: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            dns1123_subdomain("web/x"),
+            Err(NameError::Char {
+                ch: '/',
+                index: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            dns1123_subdomain("a.-b"),
+            Err(NameError::Char {
+                ch: '-',
+                index: 2,
+                ..
+            })
+        ));
         assert!(dns1123_subdomain(&"a".repeat(254)).is_err());
         assert!(dns1123_subdomain(&["a".repeat(63), "b".repeat(63)].join(".")).is_ok());
     }
@@ -221,8 +311,18 @@ mod tests {
     fn env_names_are_printable_ascii_without_equals() {
         assert!(env_var_name("MY_VAR").is_ok());
         assert!(env_var_name("my.var-1").is_ok());
-        assert!(matches!(env_var_name("A=B"), Err(NameError::Char { ch: '=', index: 1, .. })));
-        assert!(matches!(env_var_name("A\u{e9}"), Err(NameError::Char { index: 1, .. })));
+        assert!(matches!(
+            env_var_name("A=B"),
+            Err(NameError::Char {
+                ch: '=',
+                index: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            env_var_name("A\u{e9}"),
+            Err(NameError::Char { index: 1, .. })
+        ));
         assert!(env_var_name("").is_err());
     }
 

@@ -92,8 +92,14 @@ pub struct PodResources {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum VolumeSource {
-    EmptyDir { memory: bool, size_limit_bytes: Option<u64> },
-    HostPath { path: String, kind: HostPathType },
+    EmptyDir {
+        memory: bool,
+        size_limit_bytes: Option<u64>,
+    },
+    HostPath {
+        path: String,
+        kind: HostPathType,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -204,10 +210,24 @@ pub struct SecurityPlan {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ProbeAction {
-    Exec { command: Vec<String> },
-    HttpGet { path: String, port: u16, host: Option<String>, https: bool, headers: Vec<(String, String)> },
-    TcpSocket { port: u16, host: Option<String> },
-    Grpc { port: u16, service: Option<String> },
+    Exec {
+        command: Vec<String>,
+    },
+    HttpGet {
+        path: String,
+        port: u16,
+        host: Option<String>,
+        https: bool,
+        headers: Vec<(String, String)>,
+    },
+    TcpSocket {
+        port: u16,
+        host: Option<String>,
+    },
+    Grpc {
+        port: u16,
+        service: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -165,7 +165,10 @@ impl Quantity {
         if self.digits == 0 || exp >= 0 {
             return false;
         }
-        let Some(n) = 1u128.checked_shl(self.pow2).and_then(|t| self.digits.checked_mul(t)) else {
+        let Some(n) = 1u128
+            .checked_shl(self.pow2)
+            .and_then(|t| self.digits.checked_mul(t))
+        else {
             return false;
         };
         match 10u128.checked_pow(exp.unsigned_abs()) {
@@ -283,13 +286,19 @@ mod tests {
         assert_eq!(value("1k"), 1000);
         assert_eq!(value("1Ki"), 1024);
         assert_eq!(value("7Ei"), 7 << 60);
-        assert!(matches!(Quantity::parse("8Ei"), Err(QuantityError::Overflow(_))), "2^63 > i64::MAX");
+        assert!(
+            matches!(Quantity::parse("8Ei"), Err(QuantityError::Overflow(_))),
+            "2^63 > i64::MAX"
+        );
     }
 
     #[test]
     fn millibytes_round_up_to_a_byte() {
         assert_eq!(value("128m"), 1);
-        assert_eq!(Quantity::parse("128m").unwrap().suffix(), Suffix::Decimal(-3));
+        assert_eq!(
+            Quantity::parse("128m").unwrap().suffix(),
+            Suffix::Decimal(-3)
+        );
     }
 
     #[test]
@@ -302,7 +311,9 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_reason() {
-        for bad in ["", "abc", "1.2.3", "1Gb", "1 G", "--1", "1e", "1e+", ".", "1Mi5", "0x10", "1ee3"] {
+        for bad in [
+            "", "abc", "1.2.3", "1Gb", "1 G", "--1", "1e", "1e+", ".", "1Mi5", "0x10", "1ee3",
+        ] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} must be rejected");
         }
         assert!(matches!(Quantity::parse("5Zi"), Err(QuantityError::Suffix(_, s)) if s == "Zi"));
@@ -310,8 +321,14 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error_not_a_wrap() {
-        assert!(matches!(Quantity::parse("9Ei"), Err(QuantityError::Overflow(_))));
-        assert!(matches!(Quantity::parse("1e19"), Err(QuantityError::Overflow(_))));
+        assert!(matches!(
+            Quantity::parse("9Ei"),
+            Err(QuantityError::Overflow(_))
+        ));
+        assert!(matches!(
+            Quantity::parse("1e19"),
+            Err(QuantityError::Overflow(_))
+        ));
         assert!(matches!(
             Quantity::parse("123456789012345678901234567890123456789012"),
             Err(QuantityError::TooManyDigits(_))

@@ -16,7 +16,10 @@ fn node() -> NodeInfo {
 }
 
 fn errors(d: &[Diagnostic]) -> Vec<String> {
-    d.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect()
+    d.iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.to_string())
+        .collect()
 }
 
 fn one_pod(yaml: &str) -> specs::PodPlan {
@@ -34,7 +37,9 @@ fn pod_with_resources(resources: &str) -> String {
 
 #[test]
 fn cpu_limit_of_250m_is_a_quota_of_25000_per_100000() {
-    let p = one_pod(&pod_with_resources("      limits: {cpu: 250m, memory: 64Mi}\n"));
+    let p = one_pod(&pod_with_resources(
+        "      limits: {cpu: 250m, memory: 64Mi}\n",
+    ));
     let r = &p.containers[0].resources;
     assert_eq!(r.cfs_quota_us, Some(25_000));
     assert_eq!(r.cfs_period_us, 100_000);
@@ -53,12 +58,17 @@ fn cpu_request_of_100m_gets_102_shares_and_no_quota() {
     assert_eq!(r.cpu_weight, 4);
     assert_eq!(r.cfs_quota_us, None);
     assert_eq!(p.qos_class, QosClass::Burstable);
-    assert_eq!(r.oom_score_adj, 999, "no memory request: the top of the Burstable range");
+    assert_eq!(
+        r.oom_score_adj, 999,
+        "no memory request: the top of the Burstable range"
+    );
 }
 
 #[test]
 fn burstable_oom_score_adj_uses_the_node_memory() {
-    let p = one_pod(&pod_with_resources("      requests: {memory: 4Gi}\n      limits: {memory: 8Gi}\n"));
+    let p = one_pod(&pod_with_resources(
+        "      requests: {memory: 4Gi}\n      limits: {memory: 8Gi}\n",
+    ));
     assert_eq!(p.containers[0].resources.oom_score_adj, 750);
 }
 
@@ -72,16 +82,24 @@ fn best_effort_pods_get_two_shares_and_oom_score_adj_1000() {
     assert_eq!(p.termination_grace_period_secs, 30);
     assert_eq!(p.hostname, "p");
     assert_eq!(p.pod_resources.pids_limit, 4096);
-    assert_eq!(p.containers[0].security.seccomp, SeccompPolicy::RuntimeDefault);
+    assert_eq!(
+        p.containers[0].security.seccomp,
+        SeccompPolicy::RuntimeDefault
+    );
     assert!(p.containers[0].security.no_new_privs);
     assert_eq!(p.containers[0].security.capabilities.len(), 14);
 }
 
 #[test]
 fn yaml_numbers_are_quantities_too() {
-    let p = one_pod(&pod_with_resources("      limits: {cpu: 0.5, memory: 1e9}\n"));
+    let p = one_pod(&pod_with_resources(
+        "      limits: {cpu: 0.5, memory: 1e9}\n",
+    ));
     assert_eq!(p.containers[0].resources.cpu_limit_milli, Some(500));
-    assert_eq!(p.containers[0].resources.memory_limit_bytes, Some(1_000_000_000));
+    assert_eq!(
+        p.containers[0].resources.memory_limit_bytes,
+        Some(1_000_000_000)
+    );
 }
 
 #[test]
@@ -98,7 +116,11 @@ spec:
   - {name: b, image: busybox, resources: {limits: {cpu: 250m, memory: 32Mi}}}
 ",
     );
-    assert_eq!(p.pod_resources.cfs_quota_us, Some(200_000), "max(0.75 summed, 2 of the init container)");
+    assert_eq!(
+        p.pod_resources.cfs_quota_us,
+        Some(200_000),
+        "max(0.75 summed, 2 of the init container)"
+    );
     assert_eq!(p.pod_resources.memory_limit_bytes, Some(GIB));
     assert_eq!(p.pod_resources.cpu_shares, 2048);
 }
@@ -152,7 +174,11 @@ spec:
     - {name: A, value: two}
 ",
     );
-    let env: Vec<(&str, &EnvValue)> = p.containers[0].env.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let env: Vec<(&str, &EnvValue)> = p.containers[0]
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let lit = |s: &str| EnvValue::Literal(s.into());
     assert_eq!(
         env,
@@ -188,14 +214,32 @@ spec:
     - {name: host, mountPath: /data, subPath: sub/dir, readOnly: true}
 ",
     );
-    assert_eq!(p.volumes[0].source, VolumeSource::EmptyDir { memory: true, size_limit_bytes: Some(16 << 20) });
+    assert_eq!(
+        p.volumes[0].source,
+        VolumeSource::EmptyDir {
+            memory: true,
+            size_limit_bytes: Some(16 << 20)
+        }
+    );
     assert_eq!(
         p.volumes[1].source,
-        VolumeSource::HostPath { path: "/var/lib/data".into(), kind: HostPathType::DirectoryOrCreate }
+        VolumeSource::HostPath {
+            path: "/var/lib/data".into(),
+            kind: HostPathType::DirectoryOrCreate
+        }
     );
-    assert_eq!(p.volumes[2].source, VolumeSource::EmptyDir { memory: false, size_limit_bytes: None });
+    assert_eq!(
+        p.volumes[2].source,
+        VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: None
+        }
+    );
     let m = &p.containers[0].mounts[1];
-    assert_eq!((m.sub_path.as_deref(), m.read_only), (Some("sub/dir"), true));
+    assert_eq!(
+        (m.sub_path.as_deref(), m.read_only),
+        (Some("sub/dir"), true)
+    );
 }
 
 #[test]
@@ -240,7 +284,11 @@ spec:
 
 #[test]
 fn a_missing_field_is_placed_at_its_parent() {
-    let r = load("f.yaml", b"apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n", &node());
+    let r = load(
+        "f.yaml",
+        b"apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n",
+        &node(),
+    );
     assert_eq!(errors(&r.diagnostics), ["f.yaml:6:5: spec.containers[0].image: required (an image reference, e.g. \"busybox:latest\")"]);
 }
 
@@ -316,14 +364,19 @@ spec:
         .replace("1=2", "1024 2048")
         .replace("[CAP_NET_ADMIN, sys_time, FLY]", "[NET_ADMIN]")
         .replace("../../etc/shadow", "profiles/strict.json");
-    allowed.seccomp_profiles.insert("profiles/strict.json".into());
+    allowed
+        .seccomp_profiles
+        .insert("profiles/strict.json".into());
     let r = load("f.yaml", fixed.as_bytes(), &allowed);
     assert!(!r.has_errors(), "{:#?}", r.diagnostics);
     let s = &r.pods[0].containers[0].security;
     assert!(s.privileged);
     assert_eq!(s.capabilities.len(), 41, "privileged gets every capability");
     assert_eq!(s.run_as_user, Some(1000));
-    assert_eq!(s.seccomp, SeccompPolicy::Localhost("profiles/strict.json".into()));
+    assert_eq!(
+        s.seccomp,
+        SeccompPolicy::Localhost("profiles/strict.json".into())
+    );
     assert_eq!(r.pods[0].sysctls.len(), 3);
 }
 
@@ -332,17 +385,29 @@ fn capabilities_drop_and_add_on_the_default_set() {
     let p = one_pod("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}, allowPrivilegeEscalation: true}\n");
     let s = &p.containers[0].security;
     assert_eq!(s.capabilities, ["NET_BIND_SERVICE"]);
-    assert!(!s.no_new_privs, "allowPrivilegeEscalation: true turns no_new_privs off");
+    assert!(
+        !s.no_new_privs,
+        "allowPrivilegeEscalation: true turns no_new_privs off"
+    );
 }
 
 #[test]
 fn mounts_over_proc_sys_or_dev_and_escaping_subpaths_are_refused() {
     let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  volumes: [{name: v, emptyDir: {}}, {name: h, hostPath: {path: /var/../etc}}]\n  containers:\n  - name: c\n    image: busybox\n    volumeMounts:\n    - {name: v, mountPath: /dev/shm}\n    - {name: v, mountPath: /data, subPath: ../../etc}\n    - {name: v, mountPath: /sys/fs/cgroup}\n";
     let e = errors(&load("f.yaml", yaml.as_bytes(), &node()).diagnostics).join("\n");
-    assert!(e.contains("spec.volumes[1].hostPath.path: \"/var/../etc\" must be normalised"), "{e}");
+    assert!(
+        e.contains("spec.volumes[1].hostPath.path: \"/var/../etc\" must be normalised"),
+        "{e}"
+    );
     assert!(e.contains("volumeMounts[0].mountPath: \"/dev/shm\": mounting over /, /proc, /sys or /dev is refused"), "{e}");
-    assert!(e.contains("volumeMounts[1].subPath: \"../../etc\" must not contain '..'"), "{e}");
-    assert!(e.contains("volumeMounts[2].mountPath: \"/sys/fs/cgroup\""), "{e}");
+    assert!(
+        e.contains("volumeMounts[1].subPath: \"../../etc\" must not contain '..'"),
+        "{e}"
+    );
+    assert!(
+        e.contains("volumeMounts[2].mountPath: \"/sys/fs/cgroup\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -361,7 +426,10 @@ fn a_resources_only_change_keeps_the_container_hash() {
     let a = one_pod(&pod_with_resources("      limits: {cpu: 250m}\n"));
     let b = one_pod(&pod_with_resources("      limits: {cpu: 500m}\n"));
     assert_ne!(a.hash, b.hash, "the pod changed");
-    assert_eq!(a.containers[0].hash, b.containers[0].hash, "but only its resources: resize in place");
+    assert_eq!(
+        a.containers[0].hash, b.containers[0].hash,
+        "but only its resources: resize in place"
+    );
 }
 
 #[test]
@@ -374,9 +442,20 @@ fn a_pod_defined_twice_in_one_file_is_an_error() {
 
 #[test]
 fn garbage_never_panics_and_is_an_error() {
-    for bytes in [&b"\xff\xfe"[..], b"[", b"- a\n- b\n", b"42", b"kind: Deployment\napiVersion: apps/v1\n", b"apiVersion: v1\nkind: List\nitems: 3\n"] {
+    for bytes in [
+        &b"\xff\xfe"[..],
+        b"[",
+        b"- a\n- b\n",
+        b"42",
+        b"kind: Deployment\napiVersion: apps/v1\n",
+        b"apiVersion: v1\nkind: List\nitems: 3\n",
+    ] {
         let r = load("g.yaml", bytes, &node());
-        assert!(r.has_errors(), "{:?} must be an error", String::from_utf8_lossy(bytes));
+        assert!(
+            r.has_errors(),
+            "{:?} must be an error",
+            String::from_utf8_lossy(bytes)
+        );
         assert!(r.pods.is_empty());
     }
 }

@@ -31,7 +31,11 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -71,7 +75,9 @@ impl Drop for Runc {
             .arg(self.state.path())
             .args(["delete", "--force", &self.id])
             .output();
-        for ctrl in ["cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "blkio", "freezer", "systemd"] {
+        for ctrl in [
+            "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "blkio", "freezer", "systemd",
+        ] {
             let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(&self.id));
         }
     }
@@ -82,7 +88,9 @@ fn busybox_rootfs(busybox: &Path, root: &Path) {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "grep", "hostname", "id", "echo", "mount", "wc", "ls", "touch"] {
+    for applet in [
+        "sh", "cat", "grep", "hostname", "id", "echo", "mount", "wc", "ls", "touch",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
 }
@@ -106,7 +114,9 @@ if touch /data/f 2>/dev/null; then echo data=writable; else echo data=readonly; 
 
 #[test]
 fn runc_runs_the_generated_spec_with_the_planned_limits() {
-    let Some((runc, busybox)) = require() else { return };
+    let Some((runc, busybox)) = require() else {
+        return;
+    };
     let yaml = format!(
         "apiVersion: v1
 kind: Pod
@@ -135,7 +145,11 @@ spec:
     busybox_rootfs(&busybox, &rootfs);
     let data = tempfile::tempdir().unwrap();
     let id = format!("podagent-test-{}", std::process::id());
-    let guard = Runc { runc: runc.clone(), state: tempfile::tempdir().unwrap(), id: id.clone() };
+    let guard = Runc {
+        runc: runc.clone(),
+        state: tempfile::tempdir().unwrap(),
+        id: id.clone(),
+    };
     let inputs = OciInputs {
         rootfs: rootfs.clone(),
         cgroups_path: Some(PathBuf::from(format!("/{id}"))),
@@ -155,7 +169,12 @@ spec:
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "runc failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "runc failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: std::collections::BTreeMap<&str, &str> = stdout
         .lines()
         .filter_map(|l| l.split_once(['=', ':']))
@@ -179,10 +198,17 @@ spec:
         ("data", "readonly"),
     ];
     for (k, v) in expect {
-        assert_eq!(seen.get(k).copied(), Some(v), "{k} inside the container; full output:\n{stdout}");
+        assert_eq!(
+            seen.get(k).copied(),
+            Some(v),
+            "{k} inside the container; full output:\n{stdout}"
+        );
     }
     drop(guard);
     for ctrl in ["cpu", "memory", "pids"] {
-        assert!(!Path::new("/sys/fs/cgroup").join(ctrl).join(&id).exists(), "cgroup {ctrl}/{id} left behind");
+        assert!(
+            !Path::new("/sys/fs/cgroup").join(ctrl).join(&id).exists(),
+            "cgroup {ctrl}/{id} left behind"
+        );
     }
 }

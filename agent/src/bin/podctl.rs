@@ -7,6 +7,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = agent::cli::Cli::parse();
-    let outcome = agent::cli::run(cli, &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+    let outcome = agent::cli::run(
+        cli,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
     ExitCode::from(outcome.code())
 }

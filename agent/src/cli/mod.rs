@@ -5,7 +5,11 @@ pub mod validate;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "podctl", version, about = "Show and manage the pods podagent runs")]
+#[command(
+    name = "podctl",
+    version,
+    about = "Show and manage the pods podagent runs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -71,8 +71,13 @@ pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 /// `*.yaml`, `*.yml`, `*.json`, not hidden (dotfiles, editor temp files).
 pub fn is_manifest_name(p: &Path) -> bool {
-    let Some(name) = p.file_name().and_then(|n| n.to_str()) else { return false };
-    !name.starts_with('.') && [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext))
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.')
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 fn node_info(args: &Args) -> NodeInfo {
@@ -118,7 +123,11 @@ fn validate(files: &[PathBuf], node: &NodeInfo) -> Report {
         let mut result = match std::fs::read(f) {
             Ok(bytes) => {
                 let r = specs::load(&name, &bytes, node);
-                FileResult { file: name.clone(), diagnostics: r.diagnostics, pods: r.pods }
+                FileResult {
+                    file: name.clone(),
+                    diagnostics: r.diagnostics,
+                    pods: r.pods,
+                }
             }
             Err(e) => FileResult {
                 file: name.clone(),
@@ -155,9 +164,20 @@ fn validate(files: &[PathBuf], node: &NodeInfo) -> Report {
         });
         results.push(result);
     }
-    let count = |s: Severity| results.iter().flat_map(|r| &r.diagnostics).filter(|d| d.severity == s).count();
+    let count = |s: Severity| {
+        results
+            .iter()
+            .flat_map(|r| &r.diagnostics)
+            .filter(|d| d.severity == s)
+            .count()
+    };
     let errors = count(Severity::Error);
-    Report { valid: errors == 0, errors, warnings: count(Severity::Warning), files: results }
+    Report {
+        valid: errors == 0,
+        errors,
+        warnings: count(Severity::Warning),
+        files: results,
+    }
 }
 
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
@@ -226,9 +246,16 @@ fn print_pod(file: &str, p: &PodPlan, out: &mut dyn Write) -> std::io::Result<()
         p.pod_resources.cpu_shares,
         quota(p.pod_resources.cfs_quota_us),
         p.pod_resources.cfs_period_us,
-        p.pod_resources.memory_limit_bytes.map_or("max".into(), |m| m.to_string())
+        p.pod_resources
+            .memory_limit_bytes
+            .map_or("max".into(), |m| m.to_string())
     )?;
-    for (kind, c) in p.init_containers.iter().map(|c| ("init container", c)).chain(p.containers.iter().map(|c| ("container", c))) {
+    for (kind, c) in p
+        .init_containers
+        .iter()
+        .map(|c| ("init container", c))
+        .chain(p.containers.iter().map(|c| ("container", c)))
+    {
         print_container(kind, c, out)?;
     }
     Ok(())

@@ -11,9 +11,9 @@ use std::str::FromStr;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
 
@@ -36,7 +36,13 @@ pub const MASKED_PATHS: [&str; 11] = [
 ];
 
 /// Paths remounted read-only: containerd's defaults.
-pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// The PATH a container gets when neither the image nor the manifest sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -152,11 +158,12 @@ pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
 pub fn environment(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
     let mut values: HashMap<String, String> = HashMap::new();
-    let set = |k: String, v: String, order: &mut Vec<String>, values: &mut HashMap<String, String>| {
-        if values.insert(k.clone(), v).is_none() {
-            order.push(k);
-        }
-    };
+    let set =
+        |k: String, v: String, order: &mut Vec<String>, values: &mut HashMap<String, String>| {
+            if values.insert(k.clone(), v).is_none() {
+                order.push(k);
+            }
+        };
     for kv in &inputs.image.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(k.to_string(), v.to_string(), &mut order, &mut values);
@@ -172,12 +179,20 @@ pub fn environment(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Vec<
         set(k.clone(), raw, &mut order, &mut values);
     }
     if !values.contains_key("HOSTNAME") {
-        set("HOSTNAME".into(), pod.hostname.clone(), &mut order, &mut values);
+        set(
+            "HOSTNAME".into(),
+            pod.hostname.clone(),
+            &mut order,
+            &mut values,
+        );
     }
     if !values.contains_key("PATH") {
         set("PATH".into(), DEFAULT_PATH.into(), &mut order, &mut values);
     }
-    order.into_iter().map(|k| format!("{k}={}", values[&k])).collect()
+    order
+        .into_iter()
+        .map(|k| format!("{k}={}", values[&k]))
+        .collect()
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, OciSpecError> {
@@ -191,15 +206,50 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 
 /// The mounts every container gets, then the pod's files and volumes.
 fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mount>, OciError> {
-    let build = |source| OciError::Build { container: c.name.to_string(), source };
+    let build = |source| OciError::Build {
+        container: c.name.to_string(),
+        source,
+    };
     let sys_mode = if c.security.privileged { "rw" } else { "ro" };
     let mut out = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_mode]),
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", sys_mode]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_mode],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
+        ),
     ]
     .into_iter()
     .collect::<Result<Vec<_>, _>>()
@@ -210,9 +260,18 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
                 .destination("/dev/shm")
                 .typ("bind")
                 .source(dir.clone())
-                .options(["rbind", "rprivate", "nosuid", "nodev", "noexec"].map(String::from).to_vec())
+                .options(
+                    ["rbind", "rprivate", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
                 .build(),
-            _ => mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+            _ => mount(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            ),
         }
         .map_err(build)?,
     );
@@ -228,10 +287,13 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
         );
     }
     for m in &c.mounts {
-        let dir = inputs.volume_dirs.get(&m.volume).ok_or_else(|| OciError::MissingVolume {
-            container: c.name.to_string(),
-            volume: m.volume.clone(),
-        })?;
+        let dir = inputs
+            .volume_dirs
+            .get(&m.volume)
+            .ok_or_else(|| OciError::MissingVolume {
+                container: c.name.to_string(),
+                volume: m.volume.clone(),
+            })?;
         let source = match &m.sub_path {
             Some(sub) => dir.join(sub),
             None => dir.clone(),
@@ -252,12 +314,23 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
 
 /// The device cgroup: deny everything, then allow what /dev holds (null, zero,
 /// full, random, urandom, tty, console, ptmx, pts) and mknod of any device.
-fn device_rules(privileged: bool) -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, OciSpecError> {
+fn device_rules(
+    privileged: bool,
+) -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, OciSpecError> {
     if privileged {
-        return Ok(vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build()?]);
+        return Ok(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .access("rwm")
+            .build()?]);
     }
-    let rule = |typ: Option<LinuxDeviceType>, major: Option<i64>, minor: Option<i64>, access: &str, allow: bool| {
-        let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).access(access);
+    let rule = |typ: Option<LinuxDeviceType>,
+                major: Option<i64>,
+                minor: Option<i64>,
+                access: &str,
+                allow: bool| {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .access(access);
         if let Some(t) = typ {
             b = b.typ(t);
         }
@@ -274,27 +347,36 @@ fn device_rules(privileged: bool) -> Result<Vec<oci_spec::runtime::LinuxDeviceCg
         rule(None, None, None, "rwm", false),
         rule(c, None, None, "m", true),
         rule(Some(LinuxDeviceType::B), None, None, "m", true),
-        rule(c, Some(1), Some(3), "rwm", true),   // null
-        rule(c, Some(1), Some(5), "rwm", true),   // zero
-        rule(c, Some(1), Some(7), "rwm", true),   // full
-        rule(c, Some(1), Some(8), "rwm", true),   // random
-        rule(c, Some(1), Some(9), "rwm", true),   // urandom
-        rule(c, Some(5), Some(0), "rwm", true),   // tty
-        rule(c, Some(5), Some(1), "rwm", true),   // console
-        rule(c, Some(5), Some(2), "rwm", true),   // ptmx
-        rule(c, Some(136), None, "rwm", true),    // pts
+        rule(c, Some(1), Some(3), "rwm", true), // null
+        rule(c, Some(1), Some(5), "rwm", true), // zero
+        rule(c, Some(1), Some(7), "rwm", true), // full
+        rule(c, Some(1), Some(8), "rwm", true), // random
+        rule(c, Some(1), Some(9), "rwm", true), // urandom
+        rule(c, Some(5), Some(0), "rwm", true), // tty
+        rule(c, Some(5), Some(1), "rwm", true), // console
+        rule(c, Some(5), Some(2), "rwm", true), // ptmx
+        rule(c, Some(136), None, "rwm", true),  // pts
     ]
     .into_iter()
     .collect()
 }
 
 /// Builds the OCI runtime spec of container `c` of `pod`.
-pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Spec, OciError> {
+pub fn container_spec(
+    pod: &PodPlan,
+    c: &ContainerPlan,
+    inputs: &OciInputs,
+) -> Result<Spec, OciError> {
     let name = c.name.to_string();
-    let build = |source| OciError::Build { container: name.clone(), source };
+    let build = |source| OciError::Build {
+        container: name.clone(),
+        source,
+    };
     let args = process_args(c, &inputs.image);
     if args.is_empty() {
-        return Err(OciError::NoCommand { container: name.clone() });
+        return Err(OciError::NoCommand {
+            container: name.clone(),
+        });
     }
     let env = environment(pod, c, inputs);
     let vars: HashMap<String, String> = env
@@ -308,7 +390,11 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
     let sec = &c.security;
     let (image_uid, image_gid) = inputs.image.user.unwrap_or((0, 0));
     let uid = sec.run_as_user.unwrap_or(image_uid);
-    let gid = sec.run_as_group.unwrap_or(if sec.run_as_user.is_some() { 0 } else { image_gid });
+    let gid = sec.run_as_group.unwrap_or(if sec.run_as_user.is_some() {
+        0
+    } else {
+        image_gid
+    });
     let mut user = UserBuilder::default().uid(uid).gid(gid);
     if !sec.supplemental_groups.is_empty() {
         user = user.additional_gids(sec.supplemental_groups.clone());
@@ -317,7 +403,10 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
         .capabilities
         .iter()
         .map(|n| {
-            Capability::from_str(n).map_err(|_| OciError::Capability { container: name.clone(), name: n.clone() })
+            Capability::from_str(n).map_err(|_| OciError::Capability {
+                container: name.clone(),
+                name: n.clone(),
+            })
         })
         .collect::<Result<std::collections::HashSet<_>, _>>()?;
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -331,7 +420,13 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
     let cwd = c
         .working_dir
         .clone()
-        .or_else(|| inputs.image.working_dir.clone().filter(|w| w.starts_with('/')))
+        .or_else(|| {
+            inputs
+                .image
+                .working_dir
+                .clone()
+                .filter(|w| w.starts_with('/'))
+        })
         .unwrap_or_else(|| "/".into());
     let process = ProcessBuilder::default()
         .terminal(c.tty)
@@ -351,26 +446,40 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
         .build()
         .map_err(build)?;
 
-    let mut namespaces = vec![LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(build)?];
-    let mut ns = |typ: LinuxNamespaceType, host: bool, path: &Option<PathBuf>| -> Result<(), OciError> {
-        if host {
-            return Ok(());
-        }
-        let mut b = LinuxNamespaceBuilder::default().typ(typ);
-        if let Some(p) = path {
-            b = b.path(p.clone());
-        }
-        namespaces.push(b.build().map_err(build)?);
-        Ok(())
-    };
-    ns(LinuxNamespaceType::Network, pod.host_network, &inputs.net_ns)?;
+    let mut namespaces = vec![LinuxNamespaceBuilder::default()
+        .typ(LinuxNamespaceType::Mount)
+        .build()
+        .map_err(build)?];
+    let mut ns =
+        |typ: LinuxNamespaceType, host: bool, path: &Option<PathBuf>| -> Result<(), OciError> {
+            if host {
+                return Ok(());
+            }
+            let mut b = LinuxNamespaceBuilder::default().typ(typ);
+            if let Some(p) = path {
+                b = b.path(p.clone());
+            }
+            namespaces.push(b.build().map_err(build)?);
+            Ok(())
+        };
+    ns(
+        LinuxNamespaceType::Network,
+        pod.host_network,
+        &inputs.net_ns,
+    )?;
     ns(LinuxNamespaceType::Ipc, pod.host_ipc, &inputs.ipc_ns)?;
     ns(LinuxNamespaceType::Uts, pod.host_network, &inputs.uts_ns)?;
-    let shared_pid = if pod.share_process_namespace { inputs.pid_ns.clone() } else { None };
+    let shared_pid = if pod.share_process_namespace {
+        inputs.pid_ns.clone()
+    } else {
+        None
+    };
     ns(LinuxNamespaceType::Pid, pod.host_pid, &shared_pid)?;
 
     let r = &c.resources;
-    let mut cpu = LinuxCpuBuilder::default().shares(r.cpu_shares).period(r.cfs_period_us);
+    let mut cpu = LinuxCpuBuilder::default()
+        .shares(r.cpu_shares)
+        .period(r.cfs_period_us);
     if let Some(q) = r.cfs_quota_us {
         cpu = cpu.quota(q as i64);
     }
@@ -389,12 +498,19 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
     let resources = LinuxResourcesBuilder::default()
         .cpu(cpu.build().map_err(build)?)
         .memory(memory.build().map_err(build)?)
-        .pids(LinuxPidsBuilder::default().limit(pod.pod_resources.pids_limit).build().map_err(build)?)
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(pod.pod_resources.pids_limit)
+                .build()
+                .map_err(build)?,
+        )
         .devices(device_rules(sec.privileged).map_err(build)?)
         .build()
         .map_err(build)?;
 
-    let mut linux = LinuxBuilder::default().namespaces(namespaces).resources(resources);
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources);
     if let Some(p) = &inputs.cgroups_path {
         linux = linux.cgroups_path(p.clone());
     }
@@ -410,9 +526,11 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
         }
         SeccompPolicy::Unconfined => {}
         SeccompPolicy::Localhost(profile) => {
-            let p = inputs.localhost_seccomp.clone().ok_or_else(|| OciError::MissingSeccompProfile {
-                container: name.clone(),
-                profile: profile.clone(),
+            let p = inputs.localhost_seccomp.clone().ok_or_else(|| {
+                OciError::MissingSeccompProfile {
+                    container: name.clone(),
+                    profile: profile.clone(),
+                }
             })?;
             linux = linux.seccomp(p);
         }
@@ -427,7 +545,13 @@ pub fn container_spec(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> R
     }
     let mut spec = SpecBuilder::default()
         .version("1.0.2")
-        .root(RootBuilder::default().path(inputs.rootfs.clone()).readonly(sec.read_only_root_filesystem).build().map_err(build)?)
+        .root(
+            RootBuilder::default()
+                .path(inputs.rootfs.clone())
+                .readonly(sec.read_only_root_filesystem)
+                .build()
+                .map_err(build)?,
+        )
         .mounts(mounts(pod, c, inputs)?)
         .process(process)
         .linux(linux)
@@ -469,9 +593,18 @@ mod tests {
     fn command_and_args_follow_kubernetes_rules() {
         let img = image();
         assert_eq!(process_args(&container(""), &img), ["/entry", "--default"]);
-        assert_eq!(process_args(&container("    command: [run]\n"), &img), ["run"]);
-        assert_eq!(process_args(&container("    args: [--x]\n"), &img), ["/entry", "--x"]);
-        assert_eq!(process_args(&container("    command: [run]\n    args: [--x]\n"), &img), ["run", "--x"]);
+        assert_eq!(
+            process_args(&container("    command: [run]\n"), &img),
+            ["run"]
+        );
+        assert_eq!(
+            process_args(&container("    args: [--x]\n"), &img),
+            ["/entry", "--x"]
+        );
+        assert_eq!(
+            process_args(&container("    command: [run]\n    args: [--x]\n"), &img),
+            ["run", "--x"]
+        );
     }
 
     #[test]
@@ -484,9 +617,22 @@ mod tests {
     #[test]
     fn environment_layers_image_then_manifest_then_defaults() {
         let p = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostname: box\n  containers:\n  - name: c\n    image: busybox\n    env:\n    - {name: MODE, value: pod}\n    - {name: DERIVED, value: '$(MODE)-x'}\n    - {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n");
-        let inputs = OciInputs { image: image(), pod_ip: Some("10.88.0.5".into()), ..OciInputs::default() };
+        let inputs = OciInputs {
+            image: image(),
+            pod_ip: Some("10.88.0.5".into()),
+            ..OciInputs::default()
+        };
         let env = environment(&p, &p.containers[0], &inputs);
-        assert_eq!(env, ["PATH=/image/bin", "MODE=pod", "DERIVED=pod-x", "IP=10.88.0.5", "HOSTNAME=box"]);
+        assert_eq!(
+            env,
+            [
+                "PATH=/image/bin",
+                "MODE=pod",
+                "DERIVED=pod-x",
+                "IP=10.88.0.5",
+                "HOSTNAME=box"
+            ]
+        );
     }
 
     #[test]
@@ -515,7 +661,10 @@ spec:
         };
         let spec = container_spec(&p, &p.containers[0], &inputs).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
-        assert_eq!(json["process"]["args"], serde_json::json!(["sh", "-c", "echo hi"]));
+        assert_eq!(
+            json["process"]["args"],
+            serde_json::json!(["sh", "-c", "echo hi"])
+        );
         assert_eq!(json["process"]["user"]["uid"], 100, "the image's user");
         assert_eq!(json["process"]["noNewPrivileges"], true);
         assert_eq!(json["process"]["oomScoreAdj"], -997);
@@ -527,9 +676,16 @@ spec:
         assert_eq!(r["cpu"]["shares"], 204);
         assert_eq!(r["cpu"]["cpus"], "1");
         assert_eq!(r["memory"]["limit"], 32 << 20);
-        assert_eq!(r["memory"]["swap"], 32 << 20, "no swap without the annotation");
+        assert_eq!(
+            r["memory"]["swap"],
+            32 << 20,
+            "no swap without the annotation"
+        );
         assert_eq!(r["pids"]["limit"], 4096);
-        assert_eq!(r["devices"][0], serde_json::json!({"allow": false, "access": "rwm"}));
+        assert_eq!(
+            r["devices"][0],
+            serde_json::json!({"allow": false, "access": "rwm"})
+        );
         let ns = json["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.contains(&serde_json::json!({"type": "network", "path": "/run/netns/p"})));
         assert!(ns.contains(&serde_json::json!({"type": "pid", "path": "/run/pidns/p"})));
@@ -538,11 +694,20 @@ spec:
         let mounts = json["mounts"].as_array().unwrap();
         let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
         assert_eq!(data["source"], "/vol/data/x");
-        assert_eq!(data["options"], serde_json::json!(["rbind", "rprivate", "ro"]));
+        assert_eq!(
+            data["options"],
+            serde_json::json!(["rbind", "rprivate", "ro"])
+        );
         let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&"ro".into()));
-        assert!(json["linux"]["maskedPaths"].as_array().unwrap().contains(&"/proc/kcore".into()));
-        assert!(json["linux"]["readonlyPaths"].as_array().unwrap().contains(&"/proc/sys".into()));
+        assert!(json["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&"/proc/kcore".into()));
+        assert!(json["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&"/proc/sys".into()));
         assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
     }
 
@@ -551,9 +716,18 @@ spec:
         let p = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostNetwork: true\n  hostIPC: true\n  containers: [{name: c, image: busybox}]\n");
         let err = container_spec(&p, &p.containers[0], &OciInputs::default()).unwrap_err();
         assert!(matches!(err, OciError::NoCommand { .. }));
-        let inputs = OciInputs { image: image(), ..OciInputs::default() };
-        let json = serde_json::to_value(container_spec(&p, &p.containers[0], &inputs).unwrap()).unwrap();
-        let types: Vec<_> = json["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].clone()).collect();
+        let inputs = OciInputs {
+            image: image(),
+            ..OciInputs::default()
+        };
+        let json =
+            serde_json::to_value(container_spec(&p, &p.containers[0], &inputs).unwrap()).unwrap();
+        let types: Vec<_> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].clone())
+            .collect();
         assert_eq!(types, ["mount", "pid"]);
         assert!(json.get("hostname").is_none());
     }

@@ -49,42 +49,69 @@ pub fn overrides(
         if key == PIDS_LIMIT {
             match value.trim().parse::<i64>() {
                 Ok(n) if n > 0 || n == -1 => out.pids_limit = Some(n),
-                _ => issues.error(path, format!("{value:?} is not a pids limit: a positive integer, or -1 for unlimited")),
+                _ => issues.error(
+                    path,
+                    format!(
+                        "{value:?} is not a pids limit: a positive integer, or -1 for unlimited"
+                    ),
+                ),
             }
             continue;
         }
-        let Some((prefix, container)) = key.split_once('/') else { continue };
+        let Some((prefix, container)) = key.split_once('/') else {
+            continue;
+        };
         let known = [CPUSET, OOM_SCORE_ADJ, OOM_KILL_DISABLE, SWAP];
         if !known.contains(&prefix) {
             if prefix == "podagent.io" || prefix.ends_with(".podagent.io") {
                 issues.warn(
                     path,
-                    format!("unknown podagent annotation (known: {}/<container>, {PIDS_LIMIT})", known.join("/<container>, ")),
+                    format!(
+                        "unknown podagent annotation (known: {}/<container>, {PIDS_LIMIT})",
+                        known.join("/<container>, ")
+                    ),
                 );
             }
             continue;
         }
         if !containers.contains(container) {
-            issues.error(path, format!("names container {container:?}, which this pod does not have"));
+            issues.error(
+                path,
+                format!("names container {container:?}, which this pod does not have"),
+            );
             continue;
         }
         let o = out.containers.entry(container.to_string()).or_default();
         match prefix {
             CPUSET => match CpuSet::parse(value) {
                 Ok(set) => {
-                    let missing = node.cpus.as_ref().map(|n| set.difference(n)).unwrap_or_default();
+                    let missing = node
+                        .cpus
+                        .as_ref()
+                        .map(|n| set.difference(n))
+                        .unwrap_or_default();
                     if missing.is_empty() {
                         o.cpuset = Some(set);
                     } else {
-                        let node_cpus = node.cpus.as_ref().map(|c| c.to_string()).unwrap_or_default();
-                        issues.error(path, format!("cpus {missing:?} are not on this node (online: {node_cpus})"));
+                        let node_cpus = node
+                            .cpus
+                            .as_ref()
+                            .map(|c| c.to_string())
+                            .unwrap_or_default();
+                        issues.error(
+                            path,
+                            format!("cpus {missing:?} are not on this node (online: {node_cpus})"),
+                        );
                     }
                 }
                 Err(e) => issues.error(path, e.to_string()),
             },
             OOM_SCORE_ADJ => match value.trim().parse::<i32>() {
                 Ok(n) if (-1000..=1000).contains(&n) => o.oom_score_adj = Some(n),
-                _ => issues.error(path, format!("{value:?} is not an oom_score_adj: an integer from -1000 to 1000")),
+                _ => issues.error(
+                    path,
+                    format!("{value:?} is not an oom_score_adj: an integer from -1000 to 1000"),
+                ),
             },
             OOM_KILL_DISABLE => match value.trim() {
                 "true" => o.oom_kill_disable = true,
@@ -106,11 +133,17 @@ mod tests {
     use super::*;
 
     fn node() -> NodeInfo {
-        NodeInfo { cpus: Some(CpuSet::parse("0-3").unwrap()), ..NodeInfo::default() }
+        NodeInfo {
+            cpus: Some(CpuSet::parse("0-3").unwrap()),
+            ..NodeInfo::default()
+        }
     }
 
     fn run(pairs: &[(&str, &str)]) -> (Overrides, Vec<crate::diag::Issue>) {
-        let ann = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ann = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let names = ["web".to_string(), "log".to_string()].into_iter().collect();
         let mut issues = Issues::default();
         let o = overrides(&ann, &names, &node(), &mut issues);
@@ -128,7 +161,10 @@ mod tests {
             ("example.com/other", "x"),
         ]);
         assert!(issues.is_empty(), "{issues:?}");
-        assert_eq!(o.containers["web"].cpuset.as_ref().unwrap().to_string(), "1-2");
+        assert_eq!(
+            o.containers["web"].cpuset.as_ref().unwrap().to_string(),
+            "1-2"
+        );
         assert!(o.containers["web"].oom_kill_disable);
         assert_eq!(o.containers["web"].swap_bytes, Some(64 << 20));
         assert_eq!(o.containers["log"].oom_score_adj, Some(-500));
@@ -143,13 +179,20 @@ mod tests {
             ("oom-score-adj.podagent.io/web", "-1001"),
             ("cpusett.podagent.io/web", "1"),
         ]);
-        let msgs: Vec<_> = issues.iter().map(|i| (i.path.as_str(), i.message.as_str())).collect();
+        let msgs: Vec<_> = issues
+            .iter()
+            .map(|i| (i.path.as_str(), i.message.as_str()))
+            .collect();
         assert!(msgs.contains(&(
             "metadata.annotations[\"cpuset.podagent.io/web\"]",
             "cpus [4, 5, 6, 7, 8, 9] are not on this node (online: 0-3)"
         )));
-        assert!(msgs.iter().any(|(p, m)| p.contains("nope") && m.contains("does not have")));
+        assert!(msgs
+            .iter()
+            .any(|(p, m)| p.contains("nope") && m.contains("does not have")));
         assert!(msgs.iter().any(|(p, _)| p.contains("oom-score-adj")));
-        assert!(issues.iter().any(|i| i.path.contains("cpusett") && i.severity == crate::diag::Severity::Warning));
+        assert!(issues
+            .iter()
+            .any(|i| i.path.contains("cpusett") && i.severity == crate::diag::Severity::Warning));
     }
 }

@@ -63,18 +63,28 @@ pub struct PodScope<'a> {
 
 const UNSUPPORTED_CONTAINER_FIELDS: &str = "is not supported by podagent";
 
-pub fn resolve_container(path: &str, c: &Container, scope: &PodScope<'_>, issues: &mut Issues) -> Option<PartialContainer> {
+pub fn resolve_container(
+    path: &str,
+    c: &Container,
+    scope: &PodScope<'_>,
+    issues: &mut Issues,
+) -> Option<PartialContainer> {
     let k = |key: &str| push_key(path, key);
     let name = match c.name.as_deref() {
         None | Some("") => {
             issues.error(k("name"), "required");
             None
         }
-        Some(n) => ContainerName::new(n).map_err(|e| issues.error(k("name"), format!("{n:?} {e}"))).ok(),
+        Some(n) => ContainerName::new(n)
+            .map_err(|e| issues.error(k("name"), format!("{n:?} {e}")))
+            .ok(),
     };
     let image = match c.image.as_deref() {
         None | Some("") => {
-            issues.error(k("image"), "required (an image reference, e.g. \"busybox:latest\")");
+            issues.error(
+                k("image"),
+                "required (an image reference, e.g. \"busybox:latest\")",
+            );
             None
         }
         Some(i) => match image_reference(i) {
@@ -94,7 +104,10 @@ pub fn resolve_container(path: &str, c: &Container, scope: &PodScope<'_>, issues
             _ => PullPolicy::IfNotPresent,
         },
         Some(other) => {
-            issues.error(k("imagePullPolicy"), format!("{other:?} is not one of \"Always\", \"IfNotPresent\", \"Never\""));
+            issues.error(
+                k("imagePullPolicy"),
+                format!("{other:?} is not one of \"Always\", \"IfNotPresent\", \"Never\""),
+            );
             PullPolicy::IfNotPresent
         }
     };
@@ -110,19 +123,35 @@ pub fn resolve_container(path: &str, c: &Container, scope: &PodScope<'_>, issues
             issues.error(k("workingDir"), format!("{wd:?} {e}"));
         }
     }
-    for (field, v) in [("envFrom", &c.env_from), ("lifecycle", &c.lifecycle), ("volumeDevices", &c.volume_devices)] {
+    for (field, v) in [
+        ("envFrom", &c.env_from),
+        ("lifecycle", &c.lifecycle),
+        ("volumeDevices", &c.volume_devices),
+    ] {
         if v.is_some() {
             issues.error(k(field), format!("{field} {UNSUPPORTED_CONTAINER_FIELDS}"));
         }
     }
     if c.resize_policy.is_some() {
-        issues.note(k("resizePolicy"), "ignored: podagent resizes cpu and memory in place when only resources change");
+        issues.note(
+            k("resizePolicy"),
+            "ignored: podagent resizes cpu and memory in place when only resources change",
+        );
     }
     match (scope.init, c.restart_policy.as_deref()) {
         (_, None) => {}
-        (true, Some("Always")) => issues.error(k("restartPolicy"), "sidecar init containers (restartPolicy: Always) are not supported by podagent"),
-        (true, Some(p)) => issues.error(k("restartPolicy"), format!("{p:?}: an init container's restartPolicy may only be \"Always\"")),
-        (false, Some(_)) => issues.error(k("restartPolicy"), "only init containers may set restartPolicy"),
+        (true, Some("Always")) => issues.error(
+            k("restartPolicy"),
+            "sidecar init containers (restartPolicy: Always) are not supported by podagent",
+        ),
+        (true, Some(p)) => issues.error(
+            k("restartPolicy"),
+            format!("{p:?}: an init container's restartPolicy may only be \"Always\""),
+        ),
+        (false, Some(_)) => issues.error(
+            k("restartPolicy"),
+            "only init containers may set restartPolicy",
+        ),
     }
     if c.stdin_once.is_some() {
         issues.note(k("stdinOnce"), "ignored: podagent has no attach");
@@ -138,7 +167,10 @@ pub fn resolve_container(path: &str, c: &Container, scope: &PodScope<'_>, issues
     };
     if let Some(p) = c.termination_message_policy.as_deref() {
         if p != "File" && p != "FallbackToLogsOnError" {
-            issues.error(k("terminationMessagePolicy"), format!("{p:?} is not one of \"File\", \"FallbackToLogsOnError\""));
+            issues.error(
+                k("terminationMessagePolicy"),
+                format!("{p:?} is not one of \"File\", \"FallbackToLogsOnError\""),
+            );
         }
     }
     let env = env(&k("env"), &c.env, issues);
@@ -199,7 +231,8 @@ fn field_ref_ok(f: &str) -> bool {
             | "status.podIP"
             | "status.podIPs"
     ) || f.strip_prefix("metadata.labels").is_some_and(quoted_key)
-        || f.strip_prefix("metadata.annotations").is_some_and(quoted_key)
+        || f.strip_prefix("metadata.annotations")
+            .is_some_and(quoted_key)
 }
 
 fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec)> {
@@ -216,7 +249,10 @@ fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec
         }
         let spec = match (&e.value, &e.value_from) {
             (Some(_), Some(_)) => {
-                issues.error(push_key(&p, "valueFrom"), "may not be set together with value");
+                issues.error(
+                    push_key(&p, "valueFrom"),
+                    "may not be set together with value",
+                );
                 continue;
             }
             (Some(v), None) if v.contains('\0') => {
@@ -237,7 +273,11 @@ fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec
                     continue;
                 }
                 if src.config_map_key_ref.is_some() || src.secret_key_ref.is_some() {
-                    let f = if src.secret_key_ref.is_some() { "secretKeyRef" } else { "configMapKeyRef" };
+                    let f = if src.secret_key_ref.is_some() {
+                        "secretKeyRef"
+                    } else {
+                        "configMapKeyRef"
+                    };
                     issues.error(push_key(&vp, f), format!("{f} needs an API server: not supported on a single node (use value, or a hostPath volume)"));
                     continue;
                 }
@@ -255,7 +295,9 @@ fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec
                         }
                     }
                 } else {
-                    let Some(rf) = &src.resource_field_ref else { continue };
+                    let Some(rf) = &src.resource_field_ref else {
+                        continue;
+                    };
                     let rp = push_key(&vp, "resourceFieldRef");
                     let res = rf.resource.clone().unwrap_or_default();
                     const OK: [&str; 6] = [
@@ -267,14 +309,22 @@ fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec
                         "requests.ephemeral-storage",
                     ];
                     if !OK.contains(&res.as_str()) {
-                        issues.error(push_key(&rp, "resource"), format!("{res:?} is not one of {}", OK.join(", ")));
+                        issues.error(
+                            push_key(&rp, "resource"),
+                            format!("{res:?} is not one of {}", OK.join(", ")),
+                        );
                         continue;
                     }
                     let divisor = rf.divisor.as_ref().map_or("1", |d| d.0.as_str());
                     match Quantity::parse(divisor) {
-                        Ok(q) if !q.is_zero() && !q.is_negative() => EnvSpec::Resource(rf.container_name.clone().unwrap_or_default(), res, q),
+                        Ok(q) if !q.is_zero() && !q.is_negative() => {
+                            EnvSpec::Resource(rf.container_name.clone().unwrap_or_default(), res, q)
+                        }
                         _ => {
-                            issues.error(push_key(&rp, "divisor"), format!("{divisor:?} is not a positive quantity"));
+                            issues.error(
+                                push_key(&rp, "divisor"),
+                                format!("{divisor:?} is not a positive quantity"),
+                            );
                             continue;
                         }
                     }
@@ -283,7 +333,10 @@ fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec
         };
         // Kubernetes keeps the last of duplicated names.
         if let Some(prev) = out.iter().position(|(n, _)| n == name) {
-            issues.warn(push_key(&p, "name"), format!("{name:?} is set more than once: the last value wins"));
+            issues.warn(
+                push_key(&p, "name"),
+                format!("{name:?} is set more than once: the last value wins"),
+            );
             out.remove(prev);
         }
         out.push((name.to_string(), spec));
@@ -296,20 +349,24 @@ fn ports(path: &str, c: &Container, issues: &mut Issues) -> Vec<PortPlan> {
     let mut names = HashSet::new();
     for (i, p) in c.ports.iter().enumerate() {
         let pp = push_index(path, i);
-        let port = |v: Option<i64>, field: &str, issues: &mut Issues, zero_ok: bool| -> Option<u16> {
-            match v {
-                Some(0) | None if zero_ok => Some(0),
-                Some(n) if (1..=65535).contains(&n) => Some(n as u16),
-                Some(n) => {
-                    issues.error(push_key(&pp, field), format!("{n} is not a port: must be between 1 and 65535"));
-                    None
+        let port =
+            |v: Option<i64>, field: &str, issues: &mut Issues, zero_ok: bool| -> Option<u16> {
+                match v {
+                    Some(0) | None if zero_ok => Some(0),
+                    Some(n) if (1..=65535).contains(&n) => Some(n as u16),
+                    Some(n) => {
+                        issues.error(
+                            push_key(&pp, field),
+                            format!("{n} is not a port: must be between 1 and 65535"),
+                        );
+                        None
+                    }
+                    None => {
+                        issues.error(push_key(&pp, field), "required");
+                        None
+                    }
                 }
-                None => {
-                    issues.error(push_key(&pp, field), "required");
-                    None
-                }
-            }
-        };
+            };
         let container_port = port(p.container_port, "containerPort", issues, false);
         let host_port = port(p.host_port, "hostPort", issues, true);
         let protocol = match p.protocol.as_deref() {
@@ -317,7 +374,10 @@ fn ports(path: &str, c: &Container, issues: &mut Issues) -> Vec<PortPlan> {
             Some("UDP") => Protocol::Udp,
             Some("SCTP") => Protocol::Sctp,
             Some(other) => {
-                issues.error(push_key(&pp, "protocol"), format!("{other:?} is not one of \"TCP\", \"UDP\", \"SCTP\""));
+                issues.error(
+                    push_key(&pp, "protocol"),
+                    format!("{other:?} is not one of \"TCP\", \"UDP\", \"SCTP\""),
+                );
                 continue;
             }
         };
@@ -325,12 +385,18 @@ fn ports(path: &str, c: &Container, issues: &mut Issues) -> Vec<PortPlan> {
             if let Err(e) = names::port_name(n) {
                 issues.error(push_key(&pp, "name"), format!("{n:?} {e}"));
             } else if !names.insert(n.clone()) {
-                issues.error(push_key(&pp, "name"), format!("port name {n:?} is used twice in this container"));
+                issues.error(
+                    push_key(&pp, "name"),
+                    format!("port name {n:?} is used twice in this container"),
+                );
             }
         }
         if let Some(ip) = &p.host_ip {
             if ip.parse::<std::net::IpAddr>().is_err() {
-                issues.error(push_key(&pp, "hostIP"), format!("{ip:?} is not an IP address"));
+                issues.error(
+                    push_key(&pp, "hostIP"),
+                    format!("{ip:?} is not an IP address"),
+                );
             }
         }
         if let (Some(cp), Some(hp)) = (container_port, host_port) {
@@ -356,7 +422,10 @@ fn mounts(path: &str, c: &Container, scope: &PodScope<'_>, issues: &mut Issues) 
         if name.is_empty() {
             issues.error(k("name"), "required");
         } else if !scope.volumes.contains(&name) {
-            issues.error(k("name"), format!("volume {name:?} is not defined in spec.volumes"));
+            issues.error(
+                k("name"),
+                format!("volume {name:?} is not defined in spec.volumes"),
+            );
         }
         let target = m.mount_path.clone().unwrap_or_default();
         let mut ok = !name.is_empty() && scope.volumes.contains(&name);
@@ -366,11 +435,21 @@ fn mounts(path: &str, c: &Container, scope: &PodScope<'_>, issues: &mut Issues) 
         } else if let Err(e) = absolute_clean(&target) {
             issues.error(k("mountPath"), format!("{target:?} {e}"));
             ok = false;
-        } else if target == "/" || ["/proc", "/sys", "/dev"].iter().any(|r| is_under(&target, r)) {
-            issues.error(k("mountPath"), format!("{target:?}: mounting over /, /proc, /sys or /dev is refused"));
+        } else if target == "/"
+            || ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|r| is_under(&target, r))
+        {
+            issues.error(
+                k("mountPath"),
+                format!("{target:?}: mounting over /, /proc, /sys or /dev is refused"),
+            );
             ok = false;
         } else if !targets.insert(target.clone()) {
-            issues.error(k("mountPath"), format!("{target:?} is mounted twice in this container"));
+            issues.error(
+                k("mountPath"),
+                format!("{target:?} is mounted twice in this container"),
+            );
             ok = false;
         }
         let sub_path = m.sub_path.clone().filter(|s| !s.is_empty());
@@ -381,20 +460,38 @@ fn mounts(path: &str, c: &Container, scope: &PodScope<'_>, issues: &mut Issues) 
             }
         }
         if m.sub_path_expr.is_some() {
-            issues.error(k("subPathExpr"), format!("subPathExpr {UNSUPPORTED_CONTAINER_FIELDS}"));
+            issues.error(
+                k("subPathExpr"),
+                format!("subPathExpr {UNSUPPORTED_CONTAINER_FIELDS}"),
+            );
         }
         match m.mount_propagation.as_deref() {
             None | Some("None") => {}
-            Some(p @ ("HostToContainer" | "Bidirectional")) => {
-                issues.error(k("mountPropagation"), format!("{p:?} {UNSUPPORTED_CONTAINER_FIELDS} (only \"None\")"))
-            }
-            Some(p) => issues.error(k("mountPropagation"), format!("{p:?} is not one of \"None\", \"HostToContainer\", \"Bidirectional\"")),
+            Some(p @ ("HostToContainer" | "Bidirectional")) => issues.error(
+                k("mountPropagation"),
+                format!("{p:?} {UNSUPPORTED_CONTAINER_FIELDS} (only \"None\")"),
+            ),
+            Some(p) => issues.error(
+                k("mountPropagation"),
+                format!("{p:?} is not one of \"None\", \"HostToContainer\", \"Bidirectional\""),
+            ),
         }
-        if m.recursive_read_only.as_ref().is_some_and(|v| v.as_str() != Some("Disabled")) {
-            issues.error(k("recursiveReadOnly"), format!("recursiveReadOnly {UNSUPPORTED_CONTAINER_FIELDS} (only \"Disabled\")"));
+        if m.recursive_read_only
+            .as_ref()
+            .is_some_and(|v| v.as_str() != Some("Disabled"))
+        {
+            issues.error(
+                k("recursiveReadOnly"),
+                format!("recursiveReadOnly {UNSUPPORTED_CONTAINER_FIELDS} (only \"Disabled\")"),
+            );
         }
         if ok {
-            out.push(MountPlan { volume: name, path: target, sub_path, read_only: m.read_only.unwrap_or(false) });
+            out.push(MountPlan {
+                volume: name,
+                path: target,
+                sub_path,
+                read_only: m.read_only.unwrap_or(false),
+            });
         }
     }
     out
@@ -411,22 +508,38 @@ fn quantity(path: &str, resource: &str, v: &Scalar, issues: &mut Issues) -> Opti
     };
     if resource == "cpu" {
         if q.finer_than_milli() {
-            issues.warn(path, format!("{:?} is finer than 1m: rounded up to 1m precision, as Kubernetes does", v.0));
+            issues.warn(
+                path,
+                format!(
+                    "{:?} is finer than 1m: rounded up to 1m precision, as Kubernetes does",
+                    v.0
+                ),
+            );
         }
-        q.milli_ceil().map_err(|e| issues.error(path, e.to_string())).ok()
+        q.milli_ceil()
+            .map_err(|e| issues.error(path, e.to_string()))
+            .ok()
     } else {
         if q.suffix() == Suffix::Decimal(-3) {
             issues.warn(
                 path,
-                format!("{:?} is in millibytes (the 'm' suffix): did you mean {}Mi?", v.0, q.as_str().trim_end_matches('m')),
+                format!(
+                    "{:?} is in millibytes (the 'm' suffix): did you mean {}Mi?",
+                    v.0,
+                    q.as_str().trim_end_matches('m')
+                ),
             );
         }
-        q.value_ceil().map_err(|e| issues.error(path, e.to_string())).ok()
+        q.value_ceil()
+            .map_err(|e| issues.error(path, e.to_string()))
+            .ok()
     }
 }
 
 fn resources(path: &str, r: Option<&ResourceRequirements>, issues: &mut Issues) -> RawResources {
-    let Some(r) = r else { return RawResources::default() };
+    let Some(r) = r else {
+        return RawResources::default();
+    };
     let mut read = |section: &str, map: &BTreeMap<String, crate::manifest::Scalar>| {
         let mut got: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (res, v) in map {
@@ -458,13 +571,19 @@ fn resources(path: &str, r: Option<&ResourceRequirements>, issues: &mut Issues) 
     let limits = read("limits", &r.limits);
     let mut requests = read("requests", &r.requests);
     if r.claims.is_some() {
-        issues.error(push_key(path, "claims"), format!("resource claims {UNSUPPORTED_CONTAINER_FIELDS}"));
+        issues.error(
+            push_key(path, "claims"),
+            format!("resource claims {UNSUPPORTED_CONTAINER_FIELDS}"),
+        );
     }
     for (res, limit) in &limits {
         match requests.get(res) {
             Some(req) if req > limit => issues.error(
                 push_key(&push_key(path, "requests"), res),
-                format!("request {} must be less than or equal to the limit {}", r.requests[*res].0, r.limits[*res].0),
+                format!(
+                    "request {} must be less than or equal to the limit {}",
+                    r.requests[*res].0, r.limits[*res].0
+                ),
             ),
             Some(_) => {}
             // Kubernetes defaults a missing request to the limit.
@@ -490,22 +609,36 @@ fn probe(
     issues: &mut Issues,
 ) -> Option<ProbePlan> {
     let k = |key: &str| push_key(path, key);
-    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some(), p.grpc.is_some()];
+    let handlers = [
+        p.exec.is_some(),
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+        p.grpc.is_some(),
+    ];
     if handlers.iter().filter(|b| **b).count() != 1 {
-        issues.error(path, "exactly one of exec, httpGet, tcpSocket, grpc is required");
+        issues.error(
+            path,
+            "exactly one of exec, httpGet, tcpSocket, grpc is required",
+        );
         return None;
     }
     let port = |field: String, v: &Option<IntOrString>, issues: &mut Issues| -> Option<u16> {
         match v {
             Some(IntOrString::Int(n)) if (1..=65535).contains(n) => Some(*n as u16),
             Some(IntOrString::Int(n)) => {
-                issues.error(field, format!("{n} is not a port: must be between 1 and 65535"));
+                issues.error(
+                    field,
+                    format!("{n} is not a port: must be between 1 and 65535"),
+                );
                 None
             }
             Some(IntOrString::Str(s)) => match named_ports.get(s.as_str()) {
                 Some(n) => Some(*n),
                 None => {
-                    issues.error(field, format!("{s:?} is not the name of one of this container's ports"));
+                    issues.error(
+                        field,
+                        format!("{s:?} is not the name of one of this container's ports"),
+                    );
                     None
                 }
             },
@@ -520,38 +653,68 @@ fn probe(
             issues.error(push_key(&k("exec"), "command"), "must not be empty");
             return None;
         }
-        ProbeAction::Exec { command: e.command.clone() }
+        ProbeAction::Exec {
+            command: e.command.clone(),
+        }
     } else if let Some(h) = &p.http_get {
         let hp = k("httpGet");
         let port = port(push_key(&hp, "port"), &h.port, issues)?;
         let path_s = h.path.clone().unwrap_or_else(|| "/".into());
         if !path_s.starts_with('/') || path_s.contains(char::is_whitespace) {
-            issues.error(push_key(&hp, "path"), format!("{path_s:?} must start with '/' and contain no spaces"));
+            issues.error(
+                push_key(&hp, "path"),
+                format!("{path_s:?} must start with '/' and contain no spaces"),
+            );
         }
         let https = match h.scheme.as_deref() {
             None | Some("HTTP") => false,
             Some("HTTPS") => true,
             Some(s) => {
-                issues.error(push_key(&hp, "scheme"), format!("{s:?} is not one of \"HTTP\", \"HTTPS\""));
+                issues.error(
+                    push_key(&hp, "scheme"),
+                    format!("{s:?} is not one of \"HTTP\", \"HTTPS\""),
+                );
                 false
             }
         };
         let mut headers = Vec::new();
         for (i, hd) in h.http_headers.iter().enumerate() {
             let name = hd.name.clone().unwrap_or_default();
-            let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !valid {
-                issues.error(push_key(&push_index(&push_key(&hp, "httpHeaders"), i), "name"), format!("{name:?} is not an HTTP header name"));
+                issues.error(
+                    push_key(&push_index(&push_key(&hp, "httpHeaders"), i), "name"),
+                    format!("{name:?} is not an HTTP header name"),
+                );
             }
             headers.push((name, hd.value.clone().unwrap_or_default()));
         }
-        ProbeAction::HttpGet { path: path_s, port, host: h.host.clone(), https, headers }
+        ProbeAction::HttpGet {
+            path: path_s,
+            port,
+            host: h.host.clone(),
+            https,
+            headers,
+        }
     } else if let Some(t) = &p.tcp_socket {
-        ProbeAction::TcpSocket { port: port(push_key(&k("tcpSocket"), "port"), &t.port, issues)?, host: t.host.clone() }
+        ProbeAction::TcpSocket {
+            port: port(push_key(&k("tcpSocket"), "port"), &t.port, issues)?,
+            host: t.host.clone(),
+        }
     } else {
         let g = p.grpc.as_ref()?;
-        let port = port(push_key(&k("grpc"), "port"), &g.port.map(IntOrString::Int), issues)?;
-        ProbeAction::Grpc { port, service: g.service.clone() }
+        let port = port(
+            push_key(&k("grpc"), "port"),
+            &g.port.map(IntOrString::Int),
+            issues,
+        )?;
+        ProbeAction::Grpc {
+            port,
+            service: g.service.clone(),
+        }
     };
     let num = |field: &str, v: Option<i64>, default: u32, min: i64, issues: &mut Issues| -> u32 {
         match v {
@@ -565,10 +728,16 @@ fn probe(
     };
     let success_threshold = num("successThreshold", p.success_threshold, 1, 1, issues);
     if liveness_like && success_threshold != 1 {
-        issues.error(k("successThreshold"), "must be 1 for liveness and startup probes");
+        issues.error(
+            k("successThreshold"),
+            "must be 1 for liveness and startup probes",
+        );
     }
     if p.termination_grace_period_seconds.is_some() {
-        issues.warn(k("terminationGracePeriodSeconds"), "ignored: the pod's terminationGracePeriodSeconds applies");
+        issues.warn(
+            k("terminationGracePeriodSeconds"),
+            "ignored: the pod's terminationGracePeriodSeconds applies",
+        );
     }
     Some(ProbePlan {
         action,

@@ -17,12 +17,15 @@ use crate::hash::sha256_hex;
 use crate::manifest::{Document, PodSpec};
 use crate::names::{self, PodName};
 use crate::plan::{
-    ContainerPlan, ContainerResources, DnsPlan, DnsPolicy, EnvValue, PodPlan, PodResources, RestartPolicy,
+    ContainerPlan, ContainerResources, DnsPlan, DnsPolicy, EnvValue, PodPlan, PodResources,
+    RestartPolicy,
 };
 
 pub use annotations::{CPUSET, OOM_KILL_DISABLE, OOM_SCORE_ADJ, PIDS_LIMIT, SWAP};
 use container::{EnvSpec, PartialContainer, PodScope, RawResources};
-use resources::{cfs_quota_us, cpu_shares, cpu_weight, oom_score_adj, qos_class, QosInput, CFS_PERIOD_US};
+use resources::{
+    cfs_quota_us, cpu_shares, cpu_weight, oom_score_adj, qos_class, QosInput, CFS_PERIOD_US,
+};
 
 /// What resolution needs to know about the node and the agent's policy. Read by
 /// the caller; this crate does no I/O.
@@ -61,18 +64,29 @@ impl Default for NodeInfo {
 const CLUSTER_ONLY: &str = "ignored: a cluster-only field with no meaning on a single node";
 
 /// Resolves one pod document found at `prefix` (empty, or `items[i]`).
-pub fn resolve_pod(prefix: &str, doc: &Document, node: &NodeInfo, issues: &mut Issues) -> Option<PodPlan> {
+pub fn resolve_pod(
+    prefix: &str,
+    doc: &Document,
+    node: &NodeInfo,
+    issues: &mut Issues,
+) -> Option<PodPlan> {
     let k = |key: &str| push_key(prefix, key);
     match doc.api_version.as_deref() {
         Some("v1") => {}
-        Some(v) => issues.error(k("apiVersion"), format!("{v:?} is not supported: a Pod has apiVersion \"v1\"")),
+        Some(v) => issues.error(
+            k("apiVersion"),
+            format!("{v:?} is not supported: a Pod has apiVersion \"v1\""),
+        ),
         None => issues.error(k("apiVersion"), "required: \"v1\""),
     }
     match doc.kind.as_deref() {
         Some("Pod") => {}
         // Other kinds are refused by the loader before they are typed.
         Some(kind) => {
-            issues.error(k("kind"), format!("{kind:?} is not supported: podagent runs kind \"Pod\""));
+            issues.error(
+                k("kind"),
+                format!("{kind:?} is not supported: podagent runs kind \"Pod\""),
+            );
             return None;
         }
         None => issues.error(k("kind"), "required: \"Pod\""),
@@ -81,7 +95,10 @@ pub fn resolve_pod(prefix: &str, doc: &Document, node: &NodeInfo, issues: &mut I
         issues.unknown_field(k("items"));
     }
     if doc.status.is_some() {
-        issues.note(k("status"), "ignored: status is reported by the agent, not read from the file");
+        issues.note(
+            k("status"),
+            "ignored: status is reported by the agent, not read from the file",
+        );
     }
     let mp = k("metadata");
     let default_meta = Default::default();
@@ -90,9 +107,14 @@ pub fn resolve_pod(prefix: &str, doc: &Document, node: &NodeInfo, issues: &mut I
         &default_meta
     });
     let name = match (&meta.name, &meta.generate_name) {
-        (Some(n), _) => PodName::new(n).map_err(|e| issues.error(push_key(&mp, "name"), format!("{n:?} {e}"))).ok(),
+        (Some(n), _) => PodName::new(n)
+            .map_err(|e| issues.error(push_key(&mp, "name"), format!("{n:?} {e}")))
+            .ok(),
         (None, Some(_)) => {
-            issues.error(push_key(&mp, "generateName"), "generateName needs an API server: set metadata.name");
+            issues.error(
+                push_key(&mp, "generateName"),
+                "generateName needs an API server: set metadata.name",
+            );
             None
         }
         (None, None) => {
@@ -105,8 +127,14 @@ pub fn resolve_pod(prefix: &str, doc: &Document, node: &NodeInfo, issues: &mut I
         issues.error(push_key(&mp, "namespace"), format!("{namespace:?} {e}"));
     }
     if let Some(uid) = &meta.uid {
-        if uid.is_empty() || uid.len() > 128 || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            issues.error(push_key(&mp, "uid"), format!("{uid:?} must be 1 to 128 letters, digits and '-'"));
+        if uid.is_empty()
+            || uid.len() > 128
+            || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            issues.error(
+                push_key(&mp, "uid"),
+                format!("{uid:?} must be 1 to 128 letters, digits and '-'"),
+            );
         }
     }
     for (key, value) in &meta.labels {
@@ -122,25 +150,37 @@ pub fn resolve_pod(prefix: &str, doc: &Document, node: &NodeInfo, issues: &mut I
     for (key, value) in &meta.annotations {
         annotations_size += key.len() + value.len();
         if let Err(e) = names::qualified_key(key) {
-            issues.error(push_key(&push_key(&mp, "annotations"), key), format!("key {key:?}: {e}"));
+            issues.error(
+                push_key(&push_key(&mp, "annotations"), key),
+                format!("key {key:?}: {e}"),
+            );
         }
     }
     if annotations_size > 256 * 1024 {
-        issues.error(push_key(&mp, "annotations"), format!("total size {annotations_size} bytes exceeds 262144"));
+        issues.error(
+            push_key(&mp, "annotations"),
+            format!("total size {annotations_size} bytes exceeds 262144"),
+        );
     }
     for (field, set) in [
         ("resourceVersion", meta.resource_version.is_some()),
         ("generation", meta.generation.is_some()),
         ("creationTimestamp", meta.creation_timestamp.is_some()),
         ("deletionTimestamp", meta.deletion_timestamp.is_some()),
-        ("deletionGracePeriodSeconds", meta.deletion_grace_period_seconds.is_some()),
+        (
+            "deletionGracePeriodSeconds",
+            meta.deletion_grace_period_seconds.is_some(),
+        ),
         ("selfLink", meta.self_link.is_some()),
         ("managedFields", meta.managed_fields.is_some()),
         ("ownerReferences", meta.owner_references.is_some()),
         ("finalizers", meta.finalizers.is_some()),
     ] {
         if set {
-            issues.note(push_key(&mp, field), "ignored: set by an API server, not read from the file");
+            issues.note(
+                push_key(&mp, field),
+                "ignored: set by an API server, not read from the file",
+            );
         }
     }
     let sp = k("spec");
@@ -168,7 +208,10 @@ fn resolve_spec<'a>(
         Some("OnFailure") => RestartPolicy::OnFailure,
         Some("Never") => RestartPolicy::Never,
         Some(p) => {
-            issues.error(k("restartPolicy"), format!("{p:?} is not one of \"Always\", \"OnFailure\", \"Never\""));
+            issues.error(
+                k("restartPolicy"),
+                format!("{p:?} is not one of \"Always\", \"OnFailure\", \"Never\""),
+            );
             RestartPolicy::Always
         }
     };
@@ -176,7 +219,10 @@ fn resolve_spec<'a>(
         None => 30,
         Some(n) if n >= 0 => n as u64,
         Some(n) => {
-            issues.error(k("terminationGracePeriodSeconds"), format!("{n} must be greater than or equal to 0"));
+            issues.error(
+                k("terminationGracePeriodSeconds"),
+                format!("{n} must be greater than or equal to 0"),
+            );
             30
         }
     };
@@ -188,15 +234,31 @@ fn resolve_spec<'a>(
             h.clone()
         }
         // Kubernetes truncates a long pod name to 63 characters for the hostname.
-        None => name.as_ref().map_or("", |n| n.as_str()).chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string(),
+        None => name
+            .as_ref()
+            .map_or("", |n| n.as_str())
+            .chars()
+            .take(63)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_string(),
     };
     let host_network = spec.host_network.unwrap_or(false);
     let host_pid = spec.host_pid.unwrap_or(false);
     let share_pid = spec.share_process_namespace.unwrap_or(false);
     if host_pid && share_pid {
-        issues.error(k("shareProcessNamespace"), "may not be true together with hostPID");
+        issues.error(
+            k("shareProcessNamespace"),
+            "may not be true together with hostPID",
+        );
     }
-    let pod_sec = security::pod_security(&k("securityContext"), spec.security_context.as_ref(), host_network, node, issues);
+    let pod_sec = security::pod_security(
+        &k("securityContext"),
+        spec.security_context.as_ref(),
+        host_network,
+        node,
+        issues,
+    );
     let dns = dns(sp, spec, issues);
     let mut host_aliases = Vec::new();
     for (i, a) in spec.host_aliases.iter().enumerate() {
@@ -207,7 +269,10 @@ fn resolve_spec<'a>(
         }
         for (j, h) in a.hostnames.iter().enumerate() {
             if let Err(e) = names::dns1123_subdomain(h) {
-                issues.error(push_index(&push_key(&p, "hostnames"), j), format!("{h:?} {e}"));
+                issues.error(
+                    push_index(&push_key(&p, "hostnames"), j),
+                    format!("{h:?} {e}"),
+                );
             }
         }
         host_aliases.push((ip, a.hostnames.clone()));
@@ -216,14 +281,22 @@ fn resolve_spec<'a>(
     let volumes = volumes::volumes(&k("volumes"), &spec.volumes, issues);
     // Every declared name, valid source or not: a volume with a bad source is
     // reported once, not again at each mount that names it.
-    let volume_names: HashSet<String> = spec.volumes.iter().filter_map(|v| v.name.clone()).collect();
+    let volume_names: HashSet<String> =
+        spec.volumes.iter().filter_map(|v| v.name.clone()).collect();
     if spec.containers.is_empty() {
         issues.error(k("containers"), "at least one container is required");
     }
     let mut seen: HashMap<String, String> = HashMap::new();
     type Resolved<'c> = Vec<(String, &'c crate::manifest::Container, PartialContainer)>;
-    let mut resolved = |field: &str, list: &'a [crate::manifest::Container], init: bool, issues: &mut Issues| -> Resolved<'a> {
-        let scope = PodScope { volumes: &volume_names, init };
+    let mut resolved = |field: &str,
+                        list: &'a [crate::manifest::Container],
+                        init: bool,
+                        issues: &mut Issues|
+     -> Resolved<'a> {
+        let scope = PodScope {
+            volumes: &volume_names,
+            init,
+        };
         let mut out = Vec::new();
         for (i, c) in list.iter().enumerate() {
             let p = push_index(&k(field), i);
@@ -245,14 +318,28 @@ fn resolve_spec<'a>(
     check_host_ports(&apps, &init, host_network, issues);
 
     let qos = qos_class(
-        &init.iter().chain(apps.iter()).map(|(_, _, pc)| qos_input(&pc.resources)).collect::<Vec<_>>(),
+        &init
+            .iter()
+            .chain(apps.iter())
+            .map(|(_, _, pc)| qos_input(&pc.resources))
+            .collect::<Vec<_>>(),
     );
     let pids_limit = overrides.pids_limit.unwrap_or(node.default_pids_limit);
-    let all_resources: HashMap<String, RawResources> =
-        init.iter().chain(apps.iter()).map(|(_, _, pc)| (pc.name.to_string(), pc.resources)).collect();
+    let all_resources: HashMap<String, RawResources> = init
+        .iter()
+        .chain(apps.iter())
+        .map(|(_, _, pc)| (pc.name.to_string(), pc.resources))
+        .collect();
     let pod_name = name.as_ref().map_or("", |n| n.as_str());
-    let meta_ctx = MetaCtx { name: pod_name, namespace: &namespace, meta, node, resources: &all_resources };
-    let finish = |list: Vec<(String, &crate::manifest::Container, PartialContainer)>, issues: &mut Issues| {
+    let meta_ctx = MetaCtx {
+        name: pod_name,
+        namespace: &namespace,
+        meta,
+        node,
+        resources: &all_resources,
+    };
+    let finish = |list: Vec<(String, &crate::manifest::Container, PartialContainer)>,
+                  issues: &mut Issues| {
         list.into_iter()
             .map(|(p, c, pc)| {
                 let security = security::container_security(
@@ -262,7 +349,11 @@ fn resolve_spec<'a>(
                     node,
                     issues,
                 );
-                let o = overrides.containers.get(pc.name.as_str()).cloned().unwrap_or_default();
+                let o = overrides
+                    .containers
+                    .get(pc.name.as_str())
+                    .cloned()
+                    .unwrap_or_default();
                 let r = pc.resources;
                 if o.swap_bytes.is_some() && r.memory_limit.is_none() {
                     issues.error(
@@ -282,16 +373,18 @@ fn resolve_spec<'a>(
                     memory_limit_bytes: r.memory_limit,
                     swap_limit_bytes: o.swap_bytes,
                     cpuset: o.cpuset,
-                    oom_score_adj: o
-                        .oom_score_adj
-                        .unwrap_or_else(|| oom_score_adj(qos, r.memory_request.unwrap_or(0), node.memory_bytes)),
+                    oom_score_adj: o.oom_score_adj.unwrap_or_else(|| {
+                        oom_score_adj(qos, r.memory_request.unwrap_or(0), node.memory_bytes)
+                    }),
                     oom_kill_disable: o.oom_kill_disable,
                     ephemeral_storage_limit_bytes: r.ephemeral_limit,
                 };
                 let env = pc
                     .env
                     .iter()
-                    .filter_map(|(n, s)| Some((n.clone(), meta_ctx.env_value(&pc.name, s, &p, issues)?)))
+                    .filter_map(|(n, s)| {
+                        Some((n.clone(), meta_ctx.env_value(&pc.name, s, &p, issues)?))
+                    })
                     .collect();
                 let mut plan = ContainerPlan {
                     name: pc.name,
@@ -325,7 +418,10 @@ fn resolve_spec<'a>(
         return None;
     }
     let pod_resources = pod_resources(&init_containers, &containers, pids_limit);
-    let uid = meta.uid.clone().unwrap_or_else(|| derived_uid(&namespace, name.as_str()));
+    let uid = meta
+        .uid
+        .clone()
+        .unwrap_or_else(|| derived_uid(&namespace, name.as_str()));
     let mut plan = PodPlan {
         name,
         namespace,
@@ -371,7 +467,13 @@ fn qos_input(r: &RawResources) -> QosInput {
 fn pod_resources(init: &[ContainerPlan], apps: &[ContainerPlan], pids_limit: i64) -> PodResources {
     let effective = |f: &dyn Fn(&ContainerPlan) -> Option<u64>| -> Option<u64> {
         let sum = apps.iter().map(f).sum::<Option<u64>>()?;
-        let init_max = init.iter().map(f).collect::<Option<Vec<u64>>>()?.into_iter().max().unwrap_or(0);
+        let init_max = init
+            .iter()
+            .map(f)
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
         Some(sum.max(init_max))
     };
     let cpu_request = effective(&|c| Some(c.resources.cpu_request_milli)).unwrap_or(0);
@@ -397,11 +499,23 @@ fn check_host_ports(
             let pp = push_index(&push_key(p, "ports"), i);
             let Some(hp) = port.host_port else { continue };
             if host_network && hp != port.container_port {
-                issues.error(push_key(&pp, "hostPort"), format!("{hp} must equal containerPort {} with hostNetwork", port.container_port));
+                issues.error(
+                    push_key(&pp, "hostPort"),
+                    format!(
+                        "{hp} must equal containerPort {} with hostNetwork",
+                        port.container_port
+                    ),
+                );
             }
             let key = (hp, port.protocol, port.host_ip.clone());
             if let Some(first) = used.insert(key, pp.clone()) {
-                issues.error(push_key(&pp, "hostPort"), format!("host port {hp}/{:?} is already used by {first}", port.protocol));
+                issues.error(
+                    push_key(&pp, "hostPort"),
+                    format!(
+                        "host port {hp}/{:?} is already used by {first}",
+                        port.protocol
+                    ),
+                );
             }
         }
     }
@@ -420,7 +534,10 @@ fn notes_and_unsupported(sp: &str, spec: &PodSpec, issues: &mut Issues) {
         ("priority", spec.priority.is_some()),
         ("preemptionPolicy", spec.preemption_policy.is_some()),
         ("schedulerName", spec.scheduler_name.is_some()),
-        ("topologySpreadConstraints", spec.topology_spread_constraints.is_some()),
+        (
+            "topologySpreadConstraints",
+            spec.topology_spread_constraints.is_some(),
+        ),
         ("imagePullSecrets", spec.image_pull_secrets.is_some()),
         ("readinessGates", spec.readiness_gates.is_some()),
         ("schedulingGates", spec.scheduling_gates.is_some()),
@@ -435,23 +552,39 @@ fn notes_and_unsupported(sp: &str, spec: &PodSpec, issues: &mut Issues) {
         }
     }
     if spec.enable_service_links == Some(true) {
-        issues.note(k("enableServiceLinks"), "ignored: there are no Services on a single node");
+        issues.note(
+            k("enableServiceLinks"),
+            "ignored: there are no Services on a single node",
+        );
     }
     if spec.automount_service_account_token == Some(true) {
-        issues.note(k("automountServiceAccountToken"), "ignored: there is no API server to issue a token");
+        issues.note(
+            k("automountServiceAccountToken"),
+            "ignored: there is no API server to issue a token",
+        );
     }
     for (field, set) in [
         ("ephemeralContainers", spec.ephemeral_containers.is_some()),
         ("resourceClaims", spec.resource_claims.is_some()),
         ("resources", spec.resources.is_some()),
-        ("activeDeadlineSeconds", spec.active_deadline_seconds.is_some()),
+        (
+            "activeDeadlineSeconds",
+            spec.active_deadline_seconds.is_some(),
+        ),
     ] {
         if set {
             issues.error(k(field), format!("{field} is not supported by podagent"));
         }
     }
-    if spec.host_users.as_ref().is_some_and(|v| v.as_bool() == Some(false)) {
-        issues.error(k("hostUsers"), "user namespaces (hostUsers: false) are not supported by podagent");
+    if spec
+        .host_users
+        .as_ref()
+        .is_some_and(|v| v.as_bool() == Some(false))
+    {
+        issues.error(
+            k("hostUsers"),
+            "user namespaces (hostUsers: false) are not supported by podagent",
+        );
     }
 }
 
@@ -469,35 +602,62 @@ fn dns(sp: &str, spec: &PodSpec, issues: &mut Issues) -> DnsPlan {
     let cfg = spec.dns_config.clone().unwrap_or_default();
     let cp = k("dnsConfig");
     if policy == DnsPolicy::None && cfg.nameservers.is_empty() {
-        issues.error(push_key(&cp, "nameservers"), "at least one nameserver is required when dnsPolicy is \"None\"");
+        issues.error(
+            push_key(&cp, "nameservers"),
+            "at least one nameserver is required when dnsPolicy is \"None\"",
+        );
     }
     if cfg.nameservers.len() > 3 {
-        issues.error(push_key(&cp, "nameservers"), format!("{} nameservers: at most 3 allowed", cfg.nameservers.len()));
+        issues.error(
+            push_key(&cp, "nameservers"),
+            format!("{} nameservers: at most 3 allowed", cfg.nameservers.len()),
+        );
     }
     for (i, ns) in cfg.nameservers.iter().enumerate() {
         if ns.parse::<std::net::IpAddr>().is_err() {
-            issues.error(push_index(&push_key(&cp, "nameservers"), i), format!("{ns:?} is not an IP address"));
+            issues.error(
+                push_index(&push_key(&cp, "nameservers"), i),
+                format!("{ns:?} is not an IP address"),
+            );
         }
     }
     if cfg.searches.len() > 32 {
-        issues.error(push_key(&cp, "searches"), format!("{} search domains: at most 32 allowed", cfg.searches.len()));
+        issues.error(
+            push_key(&cp, "searches"),
+            format!("{} search domains: at most 32 allowed", cfg.searches.len()),
+        );
     }
     for (i, s) in cfg.searches.iter().enumerate() {
         if let Err(e) = names::dns1123_subdomain(s.trim_end_matches('.')) {
-            issues.error(push_index(&push_key(&cp, "searches"), i), format!("{s:?} {e}"));
+            issues.error(
+                push_index(&push_key(&cp, "searches"), i),
+                format!("{s:?} {e}"),
+            );
         }
     }
     let mut options = Vec::new();
     for (i, o) in cfg.options.iter().enumerate() {
-        match o.name.as_deref().filter(|n| !n.is_empty() && !n.contains(char::is_whitespace)) {
+        match o
+            .name
+            .as_deref()
+            .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
+        {
             Some(n) => options.push(match &o.value {
                 Some(v) => format!("{n}:{v}"),
                 None => n.to_string(),
             }),
-            None => issues.error(push_key(&push_index(&push_key(&cp, "options"), i), "name"), "required, without spaces"),
+            None => issues.error(
+                push_key(&push_index(&push_key(&cp, "options"), i), "name"),
+                "required, without spaces",
+            ),
         }
     }
-    DnsPlan { policy, nameservers: cfg.nameservers, searches: cfg.searches, options }
+    DnsPlan {
+        policy,
+        nameservers: cfg.nameservers,
+        searches: cfg.searches,
+        options,
+    }
 }
 
 struct MetaCtx<'a> {
@@ -509,7 +669,13 @@ struct MetaCtx<'a> {
 }
 
 impl MetaCtx<'_> {
-    fn env_value(&self, own: &crate::names::ContainerName, s: &EnvSpec, path: &str, issues: &mut Issues) -> Option<EnvValue> {
+    fn env_value(
+        &self,
+        own: &crate::names::ContainerName,
+        s: &EnvSpec,
+        path: &str,
+        issues: &mut Issues,
+    ) -> Option<EnvValue> {
         let lookup = |f: &str, prefix: &str, map: &std::collections::BTreeMap<String, String>| {
             f.strip_prefix(prefix)
                 .and_then(|r| r.strip_prefix("['"))
@@ -522,7 +688,10 @@ impl MetaCtx<'_> {
                 "metadata.name" => EnvValue::Literal(self.name.to_string()),
                 "metadata.namespace" => EnvValue::Literal(self.namespace.to_string()),
                 "metadata.uid" => EnvValue::Literal(
-                    self.meta.uid.clone().unwrap_or_else(|| derived_uid(self.namespace, self.name)),
+                    self.meta
+                        .uid
+                        .clone()
+                        .unwrap_or_else(|| derived_uid(self.namespace, self.name)),
                 ),
                 "spec.nodeName" => EnvValue::Literal(self.node.node_name.clone()),
                 "spec.serviceAccountName" => EnvValue::Literal("default".into()),
@@ -535,7 +704,11 @@ impl MetaCtx<'_> {
                 ),
             },
             EnvSpec::Resource(container, res, divisor) => {
-                let target = if container.is_empty() { own.as_str() } else { container.as_str() };
+                let target = if container.is_empty() {
+                    own.as_str()
+                } else {
+                    container.as_str()
+                };
                 let Some(r) = self.resources.get(target) else {
                     issues.error(path.to_string() + ".env", format!("resourceFieldRef names container {target:?}, which this pod does not have"));
                     return None;
@@ -549,7 +722,13 @@ impl MetaCtx<'_> {
                     "limits.ephemeral-storage" => (r.ephemeral_limit.unwrap_or(0), false),
                     _ => (0, false),
                 };
-                let d = if cpu { divisor.milli_ceil() } else { divisor.value_ceil() }.unwrap_or(1).max(1);
+                let d = if cpu {
+                    divisor.milli_ceil()
+                } else {
+                    divisor.value_ceil()
+                }
+                .unwrap_or(1)
+                .max(1);
                 EnvValue::Literal(amount.div_ceil(d).to_string())
             }
         })
@@ -559,7 +738,14 @@ impl MetaCtx<'_> {
 /// A uid that stays the same as long as the pod's namespace and name do.
 pub fn derived_uid(namespace: &str, name: &str) -> String {
     let h = sha256_hex(format!("podagent-uid\0{namespace}\0{name}").as_bytes());
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Hash of a container's plan without its resources: a change here restarts

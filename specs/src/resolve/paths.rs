@@ -12,7 +12,10 @@ pub fn absolute_clean(p: &str) -> Result<(), &'static str> {
     if p == "/" {
         return Ok(());
     }
-    if p[1..].split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if p[1..]
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err("must be normalised: no '..', '.', '//' or trailing '/'");
     }
     Ok(())
@@ -20,7 +23,9 @@ pub fn absolute_clean(p: &str) -> Result<(), &'static str> {
 
 /// True when `p` is `root` or lies under it (component-wise).
 pub fn is_under(p: &str, root: &str) -> bool {
-    p == root || p.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+    p == root
+        || p.strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Checks an image reference: `[host[:port]/]path[:tag][@algo:hex]`, the
@@ -40,24 +45,38 @@ pub fn image_reference(r: &str) -> Result<(), String> {
         None => (r, None),
     };
     if let Some(d) = digest {
-        let (algo, hex) = d.split_once(':').ok_or_else(|| format!("digest {d:?} must be algorithm:hex"))?;
+        let (algo, hex) = d
+            .split_once(':')
+            .ok_or_else(|| format!("digest {d:?} must be algorithm:hex"))?;
         let algo_ok = !algo.is_empty()
-            && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
-        let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            && algo
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
+        let hex_ok = hex.len() >= 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         if !algo_ok || !hex_ok || (algo == "sha256" && hex.len() != 64) {
-            return Err(format!("digest {d:?} is malformed (e.g. sha256:<64 hex digits>)"));
+            return Err(format!(
+                "digest {d:?} is malformed (e.g. sha256:<64 hex digits>)"
+            ));
         }
     }
     // A tag follows the last ':' that comes after the last '/'.
     let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
         None => (name_tag, None),
     };
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.bytes().enumerate().all(|(i, b)| b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-')));
+            && t.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-'))
+            });
         if !ok {
             return Err(format!("tag {t:?} is malformed: up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"));
         }
@@ -69,7 +88,11 @@ pub fn image_reference(r: &str) -> Result<(), String> {
             Some((h, p)) => (h, Some(p)),
             None => (host, None),
         };
-        if h.is_empty() || !h.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
+        if h.is_empty()
+            || !h
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
             return Err(format!("registry host {host:?} is malformed"));
         }
         if let Some(p) = port {
@@ -120,7 +143,9 @@ fn is_lower_alnum(b: u8) -> bool {
 pub fn image_tag(r: &str) -> Option<&str> {
     let name_tag = r.split('@').next().unwrap_or(r);
     let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
-    name_tag[last_slash..].rfind(':').map(|i| &name_tag[last_slash + i + 1..])
+    name_tag[last_slash..]
+        .rfind(':')
+        .map(|i| &name_tag[last_slash + i + 1..])
 }
 
 #[cfg(test)]
@@ -156,7 +181,11 @@ mod tests {
             "ghcr.io/a/b/c@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "my_app__x.y-z",
         ] {
-            assert!(image_reference(ok).is_ok(), "{ok}: {:?}", image_reference(ok));
+            assert!(
+                image_reference(ok).is_ok(),
+                "{ok}: {:?}",
+                image_reference(ok)
+            );
         }
         for bad in [
             "",

@@ -87,7 +87,10 @@ pub fn oom_score_adj(qos: QosClass, memory_request: u64, node_memory: u64) -> i3
         QosClass::Burstable => {
             let node = node_memory.max(1) as u128;
             let adj = 1000 - ((1000 * memory_request as u128) / node).min(1000) as i32;
-            adj.clamp(1000 + GUARANTEED_OOM_SCORE_ADJ, BEST_EFFORT_OOM_SCORE_ADJ - 1)
+            adj.clamp(
+                1000 + GUARANTEED_OOM_SCORE_ADJ,
+                BEST_EFFORT_OOM_SCORE_ADJ - 1,
+            )
         }
     }
 }
@@ -124,17 +127,34 @@ mod tests {
     }
 
     fn q(cr: Option<u64>, cl: Option<u64>, mr: Option<u64>, ml: Option<u64>) -> QosInput {
-        QosInput { cpu_request: cr, cpu_limit: cl, memory_request: mr, memory_limit: ml }
+        QosInput {
+            cpu_request: cr,
+            cpu_limit: cl,
+            memory_request: mr,
+            memory_limit: ml,
+        }
     }
 
     #[test]
     fn qos_classes_follow_kubernetes() {
-        assert_eq!(qos_class(&[q(None, None, None, None)]), QosClass::BestEffort);
+        assert_eq!(
+            qos_class(&[q(None, None, None, None)]),
+            QosClass::BestEffort
+        );
         let g = q(Some(500), Some(500), Some(64), Some(64));
         assert_eq!(qos_class(&[g, g]), QosClass::Guaranteed);
-        assert_eq!(qos_class(&[g, q(None, None, None, None)]), QosClass::Burstable);
-        assert_eq!(qos_class(&[q(Some(100), Some(500), Some(64), Some(64))]), QosClass::Burstable);
-        assert_eq!(qos_class(&[q(None, None, Some(64), None)]), QosClass::Burstable);
+        assert_eq!(
+            qos_class(&[g, q(None, None, None, None)]),
+            QosClass::Burstable
+        );
+        assert_eq!(
+            qos_class(&[q(Some(100), Some(500), Some(64), Some(64))]),
+            QosClass::Burstable
+        );
+        assert_eq!(
+            qos_class(&[q(None, None, Some(64), None)]),
+            QosClass::Burstable
+        );
     }
 
     #[test]

@@ -95,7 +95,10 @@ fn id(issues: &mut Issues, path: String, v: Option<i64>) -> Option<u32> {
     match u32::try_from(v) {
         Ok(id) if id != u32::MAX => Some(id),
         _ => {
-            issues.error(path, format!("{v} is not a valid id: must be between 0 and 4294967294"));
+            issues.error(
+                path,
+                format!("{v} is not a valid id: must be between 0 and 4294967294"),
+            );
             None
         }
     }
@@ -120,7 +123,9 @@ pub fn pod_security(
     node: &NodeInfo,
     issues: &mut Issues,
 ) -> PodSecurity {
-    let Some(sc) = sc else { return PodSecurity::default() };
+    let Some(sc) = sc else {
+        return PodSecurity::default();
+    };
     let k = |key: &str| push_key(path, key);
     let mut groups = Vec::new();
     for (i, g) in sc.supplemental_groups.iter().enumerate() {
@@ -133,17 +138,26 @@ pub fn pod_security(
         .as_ref()
         .and_then(|p| seccomp(&k("seccompProfile"), p, node, issues));
     if sc.se_linux_options.is_some() {
-        issues.note(k("seLinuxOptions"), "ignored: this node does not run SELinux");
+        issues.note(
+            k("seLinuxOptions"),
+            "ignored: this node does not run SELinux",
+        );
     }
     if sc.app_armor_profile.is_some() {
-        issues.error(k("appArmorProfile"), "AppArmor profiles are not supported by podagent");
+        issues.error(
+            k("appArmorProfile"),
+            "AppArmor profiles are not supported by podagent",
+        );
     }
     if sc.windows_options.is_some() {
         issues.note(k("windowsOptions"), "ignored on Linux");
     }
     if let Some(p) = &sc.fs_group_change_policy {
         if p != "Always" && p != "OnRootMismatch" {
-            issues.error(k("fsGroupChangePolicy"), format!("{p:?} is not one of \"Always\", \"OnRootMismatch\""));
+            issues.error(
+                k("fsGroupChangePolicy"),
+                format!("{p:?} is not one of \"Always\", \"OnRootMismatch\""),
+            );
         }
     }
     if let Some(v) = &sc.supplemental_groups_policy {
@@ -180,12 +194,17 @@ fn sysctls(
         // The kernel accepts '/' as the separator too; compare in dotted form.
         let dotted = name.replace('/', ".");
         let np = push_key(&p, "name");
-        if !dotted.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        if !dotted
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
             || dotted.starts_with('.')
             || dotted.ends_with('.')
             || dotted.contains("..")
         {
-            issues.error(np, format!("{name:?} is not a sysctl name (e.g. \"net.ipv4.tcp_syncookies\")"));
+            issues.error(
+                np,
+                format!("{name:?} is not a sysctl name (e.g. \"net.ipv4.tcp_syncookies\")"),
+            );
             continue;
         }
         if !seen.insert(dotted.clone()) {
@@ -194,7 +213,10 @@ fn sysctls(
         }
         let value = s.value.clone().unwrap_or_default();
         if value.contains(['+', '=']) {
-            issues.error(push_key(&p, "value"), format!("{value:?} must not contain '+' or '='"));
+            issues.error(
+                push_key(&p, "value"),
+                format!("{value:?} must not contain '+' or '='"),
+            );
             continue;
         }
         let namespaced = dotted.starts_with("net.")
@@ -203,11 +225,17 @@ fn sysctls(
             || dotted == "kernel.sem"
             || dotted.starts_with("fs.mqueue.");
         if !namespaced {
-            issues.error(np, format!("{name:?} is not namespaced: setting it would change the whole node"));
+            issues.error(
+                np,
+                format!("{name:?} is not namespaced: setting it would change the whole node"),
+            );
             continue;
         }
         if host_network && dotted.starts_with("net.") {
-            issues.error(np, format!("{name:?} would change the node's network: not allowed with hostNetwork"));
+            issues.error(
+                np,
+                format!("{name:?} would change the node's network: not allowed with hostNetwork"),
+            );
             continue;
         }
         if !SAFE_SYSCTLS.contains(&dotted.as_str()) && !node.allow_unsafe_sysctls {
@@ -223,7 +251,12 @@ fn sysctls(
 }
 
 /// A seccompProfile; `None` when invalid (already reported).
-pub fn seccomp(path: &str, p: &SeccompProfile, node: &NodeInfo, issues: &mut Issues) -> Option<SeccompPolicy> {
+pub fn seccomp(
+    path: &str,
+    p: &SeccompProfile,
+    node: &NodeInfo,
+    issues: &mut Issues,
+) -> Option<SeccompPolicy> {
     let tp = push_key(path, "type");
     let lp = push_key(path, "localhostProfile");
     match p.kind.as_deref() {
@@ -239,13 +272,23 @@ pub fn seccomp(path: &str, p: &SeccompProfile, node: &NodeInfo, issues: &mut Iss
                 return None;
             }
             if !node.seccomp_profiles.contains(rel) {
-                issues.error(lp, format!("profile {rel:?} does not exist in the agent's seccomp profile directory"));
+                issues.error(
+                    lp,
+                    format!(
+                        "profile {rel:?} does not exist in the agent's seccomp profile directory"
+                    ),
+                );
                 return None;
             }
             Some(SeccompPolicy::Localhost(rel.to_string()))
         }
         Some(other) => {
-            issues.error(tp, format!("{other:?} is not one of \"RuntimeDefault\", \"Unconfined\", \"Localhost\""));
+            issues.error(
+                tp,
+                format!(
+                    "{other:?} is not one of \"RuntimeDefault\", \"Unconfined\", \"Localhost\""
+                ),
+            );
             None
         }
         None => {
@@ -276,11 +319,20 @@ fn capability_list(path: &str, names: &[String], issues: &mut Issues) -> BTreeSe
         if n == "ALL" {
             out.insert(n.clone());
         } else if let Some(bare) = n.strip_prefix("CAP_") {
-            issues.error(p, format!("{n:?}: write capabilities without the CAP_ prefix (\"{bare}\")"));
+            issues.error(
+                p,
+                format!("{n:?}: write capabilities without the CAP_ prefix (\"{bare}\")"),
+            );
         } else if ALL_CAPABILITIES.contains(&n.as_str()) {
             out.insert(n.clone());
         } else if ALL_CAPABILITIES.contains(&n.to_ascii_uppercase().as_str()) {
-            issues.error(p, format!("{n:?}: capability names are upper case (\"{}\")", n.to_ascii_uppercase()));
+            issues.error(
+                p,
+                format!(
+                    "{n:?}: capability names are upper case (\"{}\")",
+                    n.to_ascii_uppercase()
+                ),
+            );
         } else {
             issues.error(p, format!("{n:?} is not a Linux capability"));
         }
@@ -317,7 +369,10 @@ pub fn container_security(
             true
         }
         Some(other) => {
-            issues.error(k("procMount"), format!("{other:?} is not one of \"Default\", \"Unmasked\""));
+            issues.error(
+                k("procMount"),
+                format!("{other:?} is not one of \"Default\", \"Unmasked\""),
+            );
             false
         }
     };
@@ -362,19 +417,32 @@ pub fn container_security(
     let run_as_user = id(issues, k("runAsUser"), sc.run_as_user).or(pod.run_as_user);
     let run_as_non_root = sc.run_as_non_root.unwrap_or(pod.run_as_non_root);
     if run_as_non_root && run_as_user == Some(0) {
-        issues.error(k("runAsNonRoot"), "runAsNonRoot is true but runAsUser is 0 (root)");
+        issues.error(
+            k("runAsNonRoot"),
+            "runAsNonRoot is true but runAsUser is 0 (root)",
+        );
     }
     let seccomp = match &sc.seccomp_profile {
         Some(p) => seccomp(&k("seccompProfile"), p, node, issues),
         None => None,
     }
     .or_else(|| pod.seccomp.clone())
-    .unwrap_or(if privileged { SeccompPolicy::Unconfined } else { SeccompPolicy::RuntimeDefault });
+    .unwrap_or(if privileged {
+        SeccompPolicy::Unconfined
+    } else {
+        SeccompPolicy::RuntimeDefault
+    });
     if sc.se_linux_options.is_some() {
-        issues.note(k("seLinuxOptions"), "ignored: this node does not run SELinux");
+        issues.note(
+            k("seLinuxOptions"),
+            "ignored: this node does not run SELinux",
+        );
     }
     if sc.app_armor_profile.is_some() {
-        issues.error(k("appArmorProfile"), "AppArmor profiles are not supported by podagent");
+        issues.error(
+            k("appArmorProfile"),
+            "AppArmor profiles are not supported by podagent",
+        );
     }
     if sc.windows_options.is_some() {
         issues.note(k("windowsOptions"), "ignored on Linux");

@@ -48,7 +48,9 @@ pub fn volumes(path: &str, list: &[Volume], issues: &mut Issues) -> Vec<VolumePl
         if let Some((field, _)) = unsupported.iter().find(|(_, s)| *s) {
             issues.error(
                 k(field),
-                format!("{field} volumes are not supported by podagent (supported: emptyDir, hostPath)"),
+                format!(
+                    "{field} volumes are not supported by podagent (supported: emptyDir, hostPath)"
+                ),
             );
             continue;
         }
@@ -85,7 +87,10 @@ pub fn volumes(path: &str, list: &[Volume], issues: &mut Issues) -> Vec<VolumePl
                 None | Some("") => false,
                 Some("Memory") => true,
                 Some(m) => {
-                    issues.error(push_key(&ep, "medium"), format!("{m:?} is not supported (\"\" or \"Memory\")"));
+                    issues.error(
+                        push_key(&ep, "medium"),
+                        format!("{m:?} is not supported (\"\" or \"Memory\")"),
+                    );
                     continue;
                 }
             };
@@ -99,7 +104,10 @@ pub fn volumes(path: &str, list: &[Volume], issues: &mut Issues) -> Vec<VolumePl
                     }
                 },
             };
-            VolumeSource::EmptyDir { memory, size_limit_bytes }
+            VolumeSource::EmptyDir {
+                memory,
+                size_limit_bytes,
+            }
         };
         out.push(VolumePlan { name, source });
     }

@@ -73,7 +73,12 @@ fn deeply_nested_and_aliased_input_is_refused_without_exhausting_memory() {
     check(deep.as_bytes());
     let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..12 {
-        laughs.push_str(&format!("{}: &{} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n", (b'a' + i) as char, (b'a' + i) as char, p = (b'a' + i - 1) as char));
+        laughs.push_str(&format!(
+            "{}: &{} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n",
+            (b'a' + i) as char,
+            (b'a' + i) as char,
+            p = (b'a' + i - 1) as char
+        ));
     }
     let r = load("laughs.yaml", laughs.as_bytes(), &NodeInfo::default());
     assert!(r.has_errors());

@@ -1,0 +1,442 @@
+//! Pod networking against the real kernel, as root. Every test runs on a
+//! thread that first enters a network namespace of its own (the "node"), so
+//! the host's network is never touched and all traffic stays between
+//! namespaces the test made. Outside CI a missing privilege skips; with
+//! CI=true it fails.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use netplug::{nft, Config, HostPort, NetError, Network, Protocol, Step};
+use nix::sched::{setns, unshare, CloneFlags};
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn have_nft() -> bool {
+    std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Skips outside CI, fails in CI.
+fn require() -> bool {
+    let missing = if !is_root() {
+        Some("needs root")
+    } else if !have_nft() {
+        Some("needs nft (apt-get install nftables)")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {why}"),
+        Some(why) => {
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}
+
+/// A private node: a network namespace of its own and a state dir. Dropping it
+/// removes every pod's mounts; the namespace itself goes with its thread.
+struct Node {
+    net: Network,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(dir.path().join("state"));
+        cfg.cidr = "10.88.0.0/16".parse().unwrap();
+        let net = Network::new(cfg).unwrap();
+        net.init().unwrap();
+        Node { net, _dir: dir }
+    }
+
+    fn state(&self) -> &Path {
+        &self.net.config().state_dir
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.net.gc(&|_| false);
+    }
+}
+
+/// Runs `f` on a thread in a fresh network namespace with `lo` up.
+fn on_private_node<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            netplug::link::netlink(None, |h| async move {
+                let lo = netplug::link::find(&h, "lo").await?.expect("lo");
+                h.link()
+                    .set(
+                        rtnetlink::LinkUnspec::new_with_index(lo.header.index)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|source| NetError::Netlink {
+                        op: "up",
+                        target: "lo".into(),
+                        source,
+                    })
+            })
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// A TCP echo server on `port` inside the pod's namespace; serves `conns`
+/// connections, then ends. Returns once it listens.
+fn echo_server(ns: &Path, port: u16, conns: usize) -> std::thread::JoinHandle<()> {
+    let ns = std::fs::File::open(ns).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        setns(&ns, CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        for _ in 0..conns {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(&buf[..n]).unwrap();
+        }
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// Connects to `addr` from the calling thread's namespace and checks that the
+/// bytes come back.
+fn echo(addr: SocketAddr, msg: &str) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(String::from_utf8(buf).unwrap(), msg);
+}
+
+/// `echo` from inside another pod's namespace.
+fn echo_from(ns: &Path, addr: SocketAddr, msg: &str) {
+    let path = ns.to_path_buf();
+    let msg = msg.to_string();
+    netplug::netns::run_in(Some(&path), move || {
+        echo(addr, &msg);
+        Ok(())
+    })
+    .unwrap();
+}
+
+fn link_names(ns: Option<&Path>) -> Vec<String> {
+    let mut names: Vec<String> =
+        netplug::link::netlink(ns, |h| async move { netplug::link::list(&h).await })
+            .unwrap()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+    names.sort();
+    names
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .collect()
+}
+
+/// Nothing of any pod remains on the node.
+fn assert_clean(node: &Node) {
+    assert_eq!(link_names(None), ["lo", "podbr0"], "links left on the node");
+    assert!(
+        nft::elements("podagent").unwrap().is_empty(),
+        "host ports left"
+    );
+    assert!(
+        node.net.ipam().list().unwrap().is_empty(),
+        "allocations left"
+    );
+    assert_eq!(
+        std::fs::read_dir(node.state().join("netns"))
+            .unwrap()
+            .count(),
+        0,
+        "netns files left"
+    );
+    assert!(
+        mounts_under(node.state()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(node.state())
+    );
+}
+
+#[test]
+fn two_pods_talk_over_tcp_and_the_node_reaches_them() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let a = node.net.setup("pod-a", &[]).unwrap();
+        let b = node.net.setup("pod-b", &[]).unwrap();
+        assert_eq!(a.ip, Ipv4Addr::new(10, 88, 0, 2));
+        assert_eq!(b.ip, Ipv4Addr::new(10, 88, 0, 3));
+        assert_eq!(a.gateway, Ipv4Addr::new(10, 88, 0, 1));
+        // Inside the pod: lo and eth0 only, eth0 holding the address.
+        assert_eq!(link_names(Some(&a.netns)), ["eth0", "lo"]);
+        let addrs = netplug::link::netlink(Some(&a.netns), |h| async move {
+            let eth0 = netplug::link::find(&h, "eth0").await?.unwrap();
+            netplug::link::addresses(&h, eth0.header.index).await
+        })
+        .unwrap();
+        assert_eq!(addrs, ["10.88.0.2/16".parse().unwrap()]);
+
+        let server = echo_server(&a.netns, 8080, 2);
+        echo_from(
+            &b.netns,
+            SocketAddr::from((a.ip, 8080)),
+            "pod b to pod a over the bridge",
+        );
+        echo(SocketAddr::from((a.ip, 8080)), "the node to pod a");
+        server.join().unwrap();
+
+        node.net.teardown("pod-a").unwrap();
+        node.net.teardown("pod-b").unwrap();
+        node.net.teardown("pod-b").unwrap(); // twice is fine
+        assert_clean(&node);
+    });
+}
+
+#[test]
+fn host_ports_forward_from_the_node_and_conflict_for_a_later_pod() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let port = HostPort {
+            protocol: Protocol::Tcp,
+            host_port: 18080,
+            container_port: 8080,
+        };
+        let a = node.net.setup("web", &[port]).unwrap();
+        let els = nft::elements("podagent").unwrap();
+        assert_eq!(els.len(), 1);
+        assert_eq!(
+            (els[0].host_port, els[0].ip, els[0].port),
+            (18080, a.ip, 8080)
+        );
+
+        let server = echo_server(&a.netns, 8080, 2);
+        echo(
+            SocketAddr::from((Ipv4Addr::new(10, 88, 0, 1), 18080)),
+            "to the node's address",
+        );
+        echo(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 18080)),
+            "to localhost",
+        );
+        server.join().unwrap();
+
+        let err = node.net.setup("other", &[port]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host port 18080/tcp is already used by pod web"
+        );
+        node.net.teardown("other").unwrap();
+        node.net.teardown("web").unwrap();
+        assert_clean(&node);
+    });
+}
+
+#[test]
+fn setting_up_a_pod_again_keeps_its_address_and_interfaces() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let first = node.net.setup("again", &[]).unwrap();
+        let second = node.net.setup("again", &[]).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(link_names(Some(&first.netns)), ["eth0", "lo"]);
+        node.net.teardown("again").unwrap();
+        assert_clean(&node);
+    });
+}
+
+#[test]
+fn an_existing_bridge_with_another_address_is_an_error() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(dir.path());
+        cfg.cidr = "10.99.0.0/16".parse().unwrap();
+        let err = Network::new(cfg).unwrap().init().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bridge podbr0 has address(es) 10.88.0.1/16, expected 10.99.0.1/16: refusing to change an existing bridge"
+        );
+        assert_clean(&node);
+    });
+}
+
+#[test]
+fn two_hundred_pods_get_distinct_addresses_and_leave_nothing() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let ids: Vec<String> = (0..200).map(|i| format!("pod-{i}")).collect();
+        let mut ips = std::collections::HashSet::new();
+        for id in &ids {
+            assert!(
+                ips.insert(node.net.setup(id, &[]).unwrap().ip),
+                "duplicate address for {id}"
+            );
+        }
+        assert_eq!(
+            link_names(None).len(),
+            202,
+            "lo, the bridge and 200 host veths"
+        );
+        for id in &ids {
+            node.net.teardown(id).unwrap();
+        }
+        assert_clean(&node);
+    });
+}
+
+const CRASH_ENV: &str = "NETPLUG_TEST_CRASH_AT";
+
+/// Not a test of its own: the child process of
+/// `a_crash_between_setup_steps_is_undone_by_gc`. It sets a pod up and, at the
+/// step named in its environment, tells the parent and waits to be killed.
+#[test]
+fn crash_helper_child_process() {
+    let Ok(spec) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, ':');
+    let (step, state, marker) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let mut cfg = Config::new(state);
+    cfg.cidr = "10.88.0.0/16".parse().unwrap();
+    let net = Network::new(cfg).unwrap();
+    let port = HostPort {
+        protocol: Protocol::Tcp,
+        host_port: 19090,
+        container_port: 9090,
+    };
+    let _ = net.setup_observed("crashing", &[port], &mut |s| {
+        if format!("{s:?}") == step {
+            std::fs::write(marker, step).unwrap();
+            loop {
+                std::thread::park();
+            }
+        }
+    });
+}
+
+#[test]
+fn a_crash_between_setup_steps_is_undone_by_gc() {
+    if !require() {
+        return;
+    }
+    for step in [
+        Step::Allocated,
+        Step::NetnsCreated,
+        Step::VethCreated,
+        Step::Configured,
+        Step::PortsPublished,
+    ] {
+        on_private_node(|| {
+            let node = Node::new();
+            let marker = node.state().join("marker");
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "crash_helper_child_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    CRASH_ENV,
+                    format!("{step:?}:{}:{}", node.state().display(), marker.display()),
+                )
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !marker.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the child never reached {step:?}"
+                );
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "the child exited before {step:?}"
+                );
+                std::thread::yield_now();
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            std::fs::remove_file(&marker).unwrap();
+            // The crash left the pod's state behind...
+            assert_eq!(node.net.ipam().list().unwrap().len(), 1, "after {step:?}");
+            if step != Step::Allocated {
+                assert!(
+                    netplug::netns::is_netns(&node.net.netns_path("crashing")),
+                    "after {step:?}"
+                );
+            }
+            // ...and garbage collection removes all of it.
+            let report = node.net.gc(&|_| false).unwrap();
+            assert_eq!(report.allocations, ["crashing"], "after {step:?}");
+            assert_clean(&node);
+        });
+    }
+}
+
+#[test]
+fn a_pod_network_namespace_file_is_its_own_namespace() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let a = node.net.setup("ns-check", &[]).unwrap();
+        let own = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
+        let pod = std::fs::metadata(&a.netns).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(own.ino(), pod.ino(), "the pod has its own namespace");
+        node.net.teardown("ns-check").unwrap();
+        assert!(!PathBuf::from(&a.netns).exists());
+        assert_clean(&node);
+    });
+}

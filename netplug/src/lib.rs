@@ -339,7 +339,9 @@ impl Network {
     pub fn teardown(&self, id: &str) -> Result<()> {
         check_pod_id(id)?;
         let alloc: Option<Allocation> = self.ipam.get(id)?;
-        if let Some(a) = &alloc {
+        // The allocation records the pod's ports: no nft call for a pod with
+        // none (GC sweeps the map for anything a crash left).
+        if let Some(a) = alloc.as_ref().filter(|a| !a.ports.is_empty()) {
             nft::unpublish(&self.cfg.nft_table, a.ip)?;
         }
         let (host, peer) = veth_names(id);

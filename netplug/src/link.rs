@@ -10,8 +10,13 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 
 use crate::error::{errno, NetError, Result};
 use crate::netns;
@@ -181,8 +186,10 @@ pub async fn delete(h: &Handle, name: &str) -> Result<bool> {
 }
 
 /// Creates the pod's veth pair: `host` attached to the bridge (up, hairpin so
-/// a pod reaches itself through a host port), `peer` moved into the pod's
-/// namespace. A leftover pair of the same name (a crash) is replaced.
+/// a pod reaches itself through a host port), `peer` created directly in the
+/// pod's namespace (moving a link between namespaces afterwards costs an RCU
+/// grace period, about 20 ms). A leftover pair of the same name (a crash) is
+/// replaced.
 pub async fn create_veth(
     h: &Handle,
     host: &str,
@@ -193,8 +200,22 @@ pub async fn create_veth(
 ) -> Result<()> {
     delete(h, host).await?;
     delete(h, peer).await?;
+    let ns = std::fs::File::open(pod_ns).map_err(|source| NetError::Io {
+        op: "open netns",
+        path: pod_ns.to_path_buf(),
+        source,
+    })?;
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_string())
+        .mtu(mtu)
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let msg = LinkVeth::new(host, peer)
+        .mtu(mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .build();
     h.link()
-        .add(LinkVeth::new(host, peer).mtu(mtu).build())
+        .add(msg)
         .execute()
         .await
         .map_err(nl("create veth", host))?;
@@ -220,20 +241,6 @@ pub async fn create_veth(
         .execute()
         .await
         .map_err(nl("set hairpin on", host))?;
-    let ns = std::fs::File::open(pod_ns).map_err(|source| NetError::Io {
-        op: "open netns",
-        path: pod_ns.to_path_buf(),
-        source,
-    })?;
-    h.link()
-        .set(
-            LinkUnspec::new_with_name(peer)
-                .setns_by_fd(ns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl("move into pod netns", peer))?;
     Ok(())
 }
 

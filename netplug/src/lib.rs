@@ -334,6 +334,44 @@ impl Network {
         }
     }
 
+    /// Writes the pod's hosts and resolv.conf files under the state dir
+    /// (`pods/<id>/`), atomically; `node_resolv_conf` is the text of the
+    /// node's resolver configuration. Removed by `teardown`.
+    pub fn write_dns_files(
+        &self,
+        id: &str,
+        hostname: &str,
+        ip: Option<Ipv4Addr>,
+        aliases: &[(String, Vec<String>)],
+        node_resolv_conf: &str,
+        settings: &dns::DnsSettings,
+    ) -> Result<DnsFiles> {
+        check_pod_id(id)?;
+        let dir = self.pod_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|source| NetError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let files = DnsFiles {
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+        };
+        write_atomic(
+            &files.hosts,
+            dns::hosts_file(hostname, ip.map(Into::into), aliases).as_bytes(),
+        )?;
+        write_atomic(
+            &files.resolv_conf,
+            dns::resolv_conf(node_resolv_conf, settings).as_bytes(),
+        )?;
+        Ok(files)
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("pods").join(id)
+    }
+
     /// Removes everything the pod has: host ports, veth, netns, address. Removing
     /// a pod twice, or one half set up, is not an error.
     pub fn teardown(&self, id: &str) -> Result<()> {
@@ -352,6 +390,18 @@ impl Network {
             Ok(())
         })?;
         netns::remove(&self.netns_path(id))?;
+        let dir = self.pod_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(NetError::Io {
+                    op: "remove",
+                    path: dir,
+                    source,
+                })
+            }
+        }
         self.ipam.release(id)?;
         Ok(())
     }
@@ -377,6 +427,17 @@ impl Network {
             if !known(&name) {
                 netns::remove(&e.path())?;
                 report.netns.push(name);
+            }
+        }
+        let pods = self.cfg.state_dir.join("pods");
+        for e in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !known(&name) {
+                std::fs::remove_dir_all(e.path()).map_err(|source| NetError::Io {
+                    op: "remove",
+                    path: e.path(),
+                    source,
+                })?;
             }
         }
         let owned: HashSet<String> = self
@@ -420,9 +481,31 @@ impl Network {
     }
 }
 
-/// Path of a file under the state dir for a pod (hosts, resolv.conf).
-pub fn pod_file(state_dir: &Path, id: &str, name: &str) -> PathBuf {
-    state_dir.join("pods").join(id).join(name)
+/// Writes `bytes` to `path` atomically: a temp file in the same directory,
+/// fsync, rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| NetError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename into place", path))
+}
+
+/// The pod's `/etc/hosts` and `/etc/resolv.conf`, for the runtime to
+/// bind-mount into its containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsFiles {
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
 }
 
 #[cfg(test)]

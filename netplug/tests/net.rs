@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use netplug::dns::DnsSettings;
 use netplug::{nft, Config, HostPort, NetError, Network, Protocol, Step};
 use nix::sched::{setns, unshare, CloneFlags};
 
@@ -165,6 +166,11 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// Nothing of any pod remains on the node.
 fn assert_clean(node: &Node) {
+    let pods = node.state().join("pods");
+    assert!(
+        !pods.exists() || std::fs::read_dir(&pods).unwrap().count() == 0,
+        "pod files left"
+    );
     assert_eq!(link_names(None), ["lo", "podbr0"], "links left on the node");
     assert!(
         nft::elements("podagent").unwrap().is_empty(),
@@ -437,6 +443,209 @@ fn a_pod_network_namespace_file_is_its_own_namespace() {
         assert_ne!(own.ino(), pod.ino(), "the pod has its own namespace");
         node.net.teardown("ns-check").unwrap();
         assert!(!PathBuf::from(&a.netns).exists());
+        assert_clean(&node);
+    });
+}
+
+#[test]
+fn outbound_traffic_is_masqueraded_and_can_be_switched_off() {
+    if !require() {
+        return;
+    }
+    for masquerade in [true, false] {
+        on_private_node(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = Config::new(dir.path().join("state"));
+            cfg.masquerade = masquerade;
+            let net = Network::new(cfg).unwrap();
+            net.init().unwrap();
+            let node = Node { net, _dir: dir };
+            // "Outside": a namespace of the test's own, linked to the node by
+            // a veth; the node is 192.0.2.1, the outside 192.0.2.2 (TEST-NET-1).
+            let outside = node.state().join("outside");
+            netplug::netns::create(&outside).unwrap();
+            let o = outside.clone();
+            netplug::link::netlink(None, move |h| async move {
+                let err = |op| {
+                    move |source| NetError::Netlink {
+                        op,
+                        target: "out".into(),
+                        source,
+                    }
+                };
+                let ns = std::fs::File::open(&o).unwrap();
+                let peer = rtnetlink::LinkMessageBuilder::<rtnetlink::LinkUnspec>::new()
+                    .name("out1".to_string())
+                    .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns))
+                    .build();
+                let msg = rtnetlink::LinkVeth::new("out0", "out1")
+                    .set_info_data(rtnetlink::packet_route::link::InfoData::Veth(
+                        rtnetlink::packet_route::link::InfoVeth::Peer(peer),
+                    ))
+                    .build();
+                h.link().add(msg).execute().await.map_err(err("add"))?;
+                let l = netplug::link::find(&h, "out0").await?.unwrap().header.index;
+                h.address()
+                    .add(l, "192.0.2.1".parse().unwrap(), 24)
+                    .execute()
+                    .await
+                    .map_err(err("addr"))?;
+                h.link()
+                    .set(rtnetlink::LinkUnspec::new_with_index(l).up().build())
+                    .execute()
+                    .await
+                    .map_err(err("up"))
+            })
+            .unwrap();
+            netplug::link::netlink(Some(&outside), move |h| async move {
+                let err = |op| {
+                    move |source| NetError::Netlink {
+                        op,
+                        target: "out1".into(),
+                        source,
+                    }
+                };
+                let l = netplug::link::find(&h, "out1").await?.unwrap().header.index;
+                h.address()
+                    .add(l, "192.0.2.2".parse().unwrap(), 24)
+                    .execute()
+                    .await
+                    .map_err(err("addr"))?;
+                h.link()
+                    .set(rtnetlink::LinkUnspec::new_with_index(l).up().build())
+                    .execute()
+                    .await
+                    .map_err(err("up"))?;
+                if !masquerade {
+                    // A route back to the pods, so that an unmasqueraded
+                    // connection completes and shows its source.
+                    let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(Ipv4Addr::new(10, 88, 0, 0), 16)
+                        .gateway(Ipv4Addr::new(192, 0, 2, 1))
+                        .build();
+                    h.route().add(route).execute().await.map_err(err("route"))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            let pod = node.net.setup("egress", &[]).unwrap();
+            // The server in the outside namespace reports the source it sees.
+            let ns = std::fs::File::open(&outside).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let server = std::thread::spawn(move || {
+                setns(&ns, CloneFlags::CLONE_NEWNET).unwrap();
+                let l = TcpListener::bind("192.0.2.2:7000").unwrap();
+                l.set_nonblocking(true).unwrap();
+                tx.send(()).unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                loop {
+                    match l.accept() {
+                        Ok((_, peer)) => return Some(peer),
+                        Err(_) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+                        Err(_) => return None,
+                    }
+                }
+            });
+            rx.recv().unwrap();
+            let connected = netplug::netns::run_in(Some(&pod.netns), || {
+                Ok(TcpStream::connect_timeout(
+                    &"192.0.2.2:7000".parse().unwrap(),
+                    Duration::from_secs(2),
+                )
+                .is_ok())
+            })
+            .unwrap();
+            let seen = server.join().unwrap();
+            assert!(connected);
+            let want: std::net::IpAddr = if masquerade {
+                Ipv4Addr::new(192, 0, 2, 1).into()
+            } else {
+                pod.ip.into()
+            };
+            assert_eq!(
+                seen.map(|p| p.ip()),
+                Some(want),
+                "masquerade {masquerade}: the source the outside sees"
+            );
+            node.net.teardown("egress").unwrap();
+            netplug::link::netlink(None, |h| async move {
+                netplug::link::delete(&h, "out0").await.map(drop)
+            })
+            .unwrap();
+            netplug::netns::remove(&outside).unwrap();
+            assert_clean(&node);
+        });
+    }
+}
+
+#[test]
+fn udp_host_ports_forward_too() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let port = HostPort {
+            protocol: Protocol::Udp,
+            host_port: 15353,
+            container_port: 5353,
+        };
+        let pod = node.net.setup("dns", &[port]).unwrap();
+        let ns = std::fs::File::open(&pod.netns).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            setns(&ns, CloneFlags::CLONE_NEWNET).unwrap();
+            let s = std::net::UdpSocket::bind("0.0.0.0:5353").unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            s.send_to(&buf[..n], from).unwrap();
+        });
+        rx.recv().unwrap();
+        let c = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"query", "10.88.0.1:15353").unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"query");
+        server.join().unwrap();
+        node.net.teardown("dns").unwrap();
+        assert_clean(&node);
+    });
+}
+
+#[test]
+fn dns_files_are_written_per_pod_and_removed_with_it() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let pod = node.net.setup("named", &[]).unwrap();
+        let settings = DnsSettings {
+            searches: vec!["edge.local".into()],
+            ..DnsSettings::default()
+        };
+        let files = node
+            .net
+            .write_dns_files(
+                "named",
+                "named",
+                Some(pod.ip),
+                &[],
+                "nameserver 192.0.2.53\n",
+                &settings,
+            )
+            .unwrap();
+        assert!(std::fs::read_to_string(&files.hosts)
+            .unwrap()
+            .contains("10.88.0.2\tnamed\n"));
+        assert_eq!(
+            std::fs::read_to_string(&files.resolv_conf).unwrap(),
+            "nameserver 192.0.2.53\nsearch edge.local\n"
+        );
+        node.net.teardown("named").unwrap();
+        assert!(!files.hosts.exists());
         assert_clean(&node);
     });
 }

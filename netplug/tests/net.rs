@@ -649,3 +649,36 @@ fn dns_files_are_written_per_pod_and_removed_with_it() {
         assert_clean(&node);
     });
 }
+
+#[test]
+fn a_pod_reaches_itself_and_others_through_a_host_port() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let port = HostPort {
+            protocol: Protocol::Tcp,
+            host_port: 18443,
+            container_port: 8443,
+        };
+        let server = node.net.setup("server", &[port]).unwrap();
+        let client = node.net.setup("client", &[]).unwrap();
+        let listening = echo_server(&server.netns, 8443, 2);
+        let via_node = SocketAddr::from((Ipv4Addr::new(10, 88, 0, 1), 18443));
+        echo_from(
+            &client.netns,
+            via_node,
+            "another pod through the node's host port",
+        );
+        echo_from(
+            &server.netns,
+            via_node,
+            "hairpin: the pod through its own host port",
+        );
+        listening.join().unwrap();
+        node.net.teardown("server").unwrap();
+        node.net.teardown("client").unwrap();
+        assert_clean(&node);
+    });
+}

@@ -2,5 +2,6 @@
 //! CLI that shows and manages them. The binaries in `src/bin` only parse,
 //! dispatch and map errors to exit codes; behaviour lives here.
 
+pub mod cgroups;
 pub mod cli;
 pub mod node;

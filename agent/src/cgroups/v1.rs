@@ -1,0 +1,193 @@
+//! cgroup v1: one directory per controller hierarchy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{
+    io, keyed, kill_until_empty, pids_in, read, read_u64, remove_dir, write, CgroupError,
+    CgroupPath, Cgroups, Limits, Result, Usage,
+};
+
+/// The controllers podagent needs, and what for.
+const REQUIRED: [(&str, &str); 4] = [
+    ("cpu", "cpu shares and quota"),
+    ("cpuset", "cpu pinning"),
+    ("memory", "memory limits"),
+    ("pids", "pids limits"),
+];
+/// Also joined when mounted: usage accounting, the device allowlist, io.
+const OPTIONAL: [&str; 4] = ["cpuacct", "devices", "blkio", "freezer"];
+
+#[derive(Debug, Clone)]
+pub struct V1 {
+    controllers: BTreeMap<String, PathBuf>,
+}
+
+impl V1 {
+    pub fn new(controllers: BTreeMap<String, PathBuf>) -> Self {
+        V1 { controllers }
+    }
+
+    fn mount(&self, controller: &'static str, what: &'static str) -> Result<&Path> {
+        self.controllers
+            .get(controller)
+            .map(PathBuf::as_path)
+            .ok_or(CgroupError::MissingController { controller, what })
+    }
+
+    fn dir(
+        &self,
+        controller: &'static str,
+        what: &'static str,
+        path: &CgroupPath,
+    ) -> Result<PathBuf> {
+        Ok(self.mount(controller, what)?.join(path.as_path()))
+    }
+
+    /// Every distinct hierarchy directory of `path` podagent manages.
+    fn dirs(&self, path: &CgroupPath) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = REQUIRED
+            .iter()
+            .map(|(c, _)| *c)
+            .chain(OPTIONAL)
+            .filter_map(|c| self.controllers.get(c))
+            .map(|m| m.join(path.as_path()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn set_memory(&self, dir: &Path, limit: Option<u64>, swap: Option<u64>) -> Result<()> {
+        let mem = dir.join("memory.limit_in_bytes");
+        let memsw = dir.join("memory.memsw.limit_in_bytes");
+        let new_mem = limit.map_or("-1".to_string(), |l| l.to_string());
+        let new_sw = limit.map_or("-1".to_string(), |l| {
+            l.saturating_add(swap.unwrap_or(0)).to_string()
+        });
+        // memory.limit <= memsw.limit at every moment: raise memsw first,
+        // lower memory first.
+        let current = read(&mem)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        let raising = limit.is_none_or(|l| l > current);
+        let has_memsw = memsw.exists();
+        if raising && has_memsw {
+            write(&memsw, &new_sw)?;
+        }
+        write(&mem, &new_mem)?;
+        if !raising && has_memsw {
+            write(&memsw, &new_sw)?;
+        }
+        Ok(())
+    }
+}
+
+impl Cgroups for V1 {
+    fn create(&self, path: &CgroupPath) -> Result<()> {
+        for (c, what) in REQUIRED {
+            self.mount(c, what)?;
+        }
+        for dir in self.dirs(path) {
+            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        }
+        // A new cpuset is empty, and a task cannot join an empty cpuset:
+        // copy cpus and mems down from the parent, outermost first.
+        let root = self.mount("cpuset", "cpu pinning")?;
+        for prefix in path.prefixes() {
+            let dir = root.join(&prefix);
+            let parent = dir.parent().unwrap_or(root);
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let mine = read(&dir.join(f)).unwrap_or_default();
+                if mine.trim().is_empty() {
+                    let from_parent = read(&parent.join(f))?;
+                    write(&dir.join(f), from_parent.trim())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, path: &CgroupPath, l: &Limits) -> Result<()> {
+        let cpu = self.dir("cpu", "cpu shares and quota", path)?;
+        if let Some(s) = l.cpu_shares {
+            write(&cpu.join("cpu.shares"), &s.to_string())?;
+        }
+        if let Some(p) = l.cfs_period_us {
+            write(&cpu.join("cpu.cfs_period_us"), &p.to_string())?;
+            let quota = l.cfs_quota_us.map_or("-1".to_string(), |q| q.to_string());
+            write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
+        }
+        if let Some(cpus) = &l.cpuset_cpus {
+            write(
+                &self.dir("cpuset", "cpu pinning", path)?.join("cpuset.cpus"),
+                cpus,
+            )?;
+        }
+        let mem = self.dir("memory", "memory limits", path)?;
+        self.set_memory(&mem, l.memory_limit, l.swap_limit)?;
+        if l.oom_kill_disable {
+            write(&mem.join("memory.oom_control"), "1")?;
+        }
+        if let Some(p) = l.pids_limit {
+            let v = if p < 0 {
+                "max".to_string()
+            } else {
+                p.to_string()
+            };
+            write(&self.dir("pids", "pids limits", path)?.join("pids.max"), &v)?;
+        }
+        Ok(())
+    }
+
+    fn add_process(&self, path: &CgroupPath, pid: u32) -> Result<()> {
+        for f in self.procs_files(path) {
+            write(&f, &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn procs_files(&self, path: &CgroupPath) -> Vec<PathBuf> {
+        self.dirs(path)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    fn pids(&self, path: &CgroupPath) -> Result<Vec<u32>> {
+        let mut all = Vec::new();
+        for f in self.procs_files(path) {
+            all.extend(pids_in(&f)?);
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+
+    fn usage(&self, path: &CgroupPath) -> Result<Usage> {
+        let mem = self.dir("memory", "memory limits", path)?;
+        let cpu_usec = match self.controllers.get("cpuacct") {
+            Some(m) => read_u64(&m.join(path.as_path()).join("cpuacct.usage"))? / 1000,
+            None => 0,
+        };
+        Ok(Usage {
+            cpu_usec,
+            memory_bytes: read_u64(&mem.join("memory.usage_in_bytes"))?,
+            pids: read_u64(&self.dir("pids", "pids limits", path)?.join("pids.current"))?,
+            // `oom_kill` in memory.oom_control since Linux 4.13.
+            oom_kills: keyed(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+        })
+    }
+
+    fn kill_all(&self, path: &CgroupPath) -> Result<()> {
+        kill_until_empty(|| self.pids(path))
+    }
+
+    fn remove(&self, path: &CgroupPath) -> Result<()> {
+        for dir in self.dirs(path) {
+            remove_dir(&dir)?;
+        }
+        Ok(())
+    }
+}

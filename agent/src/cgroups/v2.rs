@@ -1,0 +1,139 @@
+//! cgroup v2: one unified hierarchy; controllers enabled down the tree through
+//! `cgroup.subtree_control`.
+
+use std::path::PathBuf;
+
+use super::{
+    io, keyed, kill_until_empty, pids_in, read, read_u64, remove_dir, write, CgroupError,
+    CgroupPath, Cgroups, Limits, Result, Usage,
+};
+
+const REQUIRED: [(&str, &str); 4] = [
+    ("cpu", "cpu weight and quota"),
+    ("cpuset", "cpu pinning"),
+    ("memory", "memory limits"),
+    ("pids", "pids limits"),
+];
+
+#[derive(Debug, Clone)]
+pub struct V2 {
+    root: PathBuf,
+}
+
+impl V2 {
+    pub fn new(root: PathBuf) -> Self {
+        V2 { root }
+    }
+
+    fn dir(&self, path: &CgroupPath) -> PathBuf {
+        self.root.join(path.as_path())
+    }
+}
+
+impl Cgroups for V2 {
+    fn create(&self, path: &CgroupPath) -> Result<()> {
+        let available = read(&self.root.join("cgroup.controllers"))?;
+        let mut enable = Vec::new();
+        for (c, what) in REQUIRED {
+            if !available.split_whitespace().any(|a| a == c) {
+                return Err(CgroupError::MissingController {
+                    controller: c,
+                    what,
+                });
+            }
+            enable.push(format!("+{c}"));
+        }
+        if available.split_whitespace().any(|a| a == "io") {
+            enable.push("+io".into());
+        }
+        let enable = enable.join(" ");
+        // Enable the controllers in every level above the leaf, outermost
+        // first; the leaf holds processes and delegates nothing.
+        let mut parent = self.root.clone();
+        for prefix in path.prefixes() {
+            let current = read(&parent.join("cgroup.subtree_control")).unwrap_or_default();
+            if enable.split(' ').any(|e| {
+                !current
+                    .split_whitespace()
+                    .any(|c| Some(c) == e.strip_prefix('+'))
+            }) {
+                write(&parent.join("cgroup.subtree_control"), &enable)?;
+            }
+            let dir = self.root.join(&prefix);
+            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            parent = dir;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, path: &CgroupPath, l: &Limits) -> Result<()> {
+        let dir = self.dir(path);
+        if let Some(w) = l.cpu_weight {
+            write(&dir.join("cpu.weight"), &w.to_string())?;
+        }
+        if let Some(p) = l.cfs_period_us {
+            let quota = l.cfs_quota_us.map_or("max".to_string(), |q| q.to_string());
+            write(&dir.join("cpu.max"), &format!("{quota} {p}"))?;
+        }
+        if let Some(cpus) = &l.cpuset_cpus {
+            write(&dir.join("cpuset.cpus"), cpus)?;
+        }
+        match l.memory_limit {
+            Some(m) => {
+                write(&dir.join("memory.max"), &m.to_string())?;
+                write(
+                    &dir.join("memory.swap.max"),
+                    &l.swap_limit.unwrap_or(0).to_string(),
+                )?;
+            }
+            None => write(&dir.join("memory.max"), "max")?,
+        }
+        if l.oom_group {
+            write(&dir.join("memory.oom.group"), "1")?;
+        }
+        if let Some(p) = l.pids_limit {
+            let v = if p < 0 {
+                "max".to_string()
+            } else {
+                p.to_string()
+            };
+            write(&dir.join("pids.max"), &v)?;
+        }
+        Ok(())
+    }
+
+    fn add_process(&self, path: &CgroupPath, pid: u32) -> Result<()> {
+        write(&self.dir(path).join("cgroup.procs"), &pid.to_string())
+    }
+
+    fn procs_files(&self, path: &CgroupPath) -> Vec<PathBuf> {
+        vec![self.dir(path).join("cgroup.procs")]
+    }
+
+    fn pids(&self, path: &CgroupPath) -> Result<Vec<u32>> {
+        pids_in(&self.dir(path).join("cgroup.procs"))
+    }
+
+    fn usage(&self, path: &CgroupPath) -> Result<Usage> {
+        let dir = self.dir(path);
+        Ok(Usage {
+            cpu_usec: keyed(&dir.join("cpu.stat"), "usage_usec")?,
+            memory_bytes: read_u64(&dir.join("memory.current"))?,
+            pids: read_u64(&dir.join("pids.current"))?,
+            oom_kills: keyed(&dir.join("memory.events"), "oom_kill").unwrap_or(0),
+        })
+    }
+
+    fn kill_all(&self, path: &CgroupPath) -> Result<()> {
+        let kill = self.dir(path).join("cgroup.kill");
+        if kill.exists() {
+            // Linux 5.14+: the kernel kills every member, forks included.
+            write(&kill, "1")?;
+        }
+        kill_until_empty(|| self.pids(path))
+    }
+
+    fn remove(&self, path: &CgroupPath) -> Result<()> {
+        remove_dir(&self.dir(path))
+    }
+}

@@ -4,4 +4,5 @@
 
 pub mod cgroups;
 pub mod cli;
+pub mod image;
 pub mod node;

@@ -1,0 +1,774 @@
+//! The local image store: content-addressed, in OCI image layout form.
+//!
+//! ```text
+//! <root>/images/oci-layout, index.json, blobs/sha256/<hex>
+//! <root>/layers/sha256/<hex of the layer blob>/   unpacked once, shared
+//! ```
+//!
+//! Every blob is verified against its digest and size when it enters the
+//! store; every layer's uncompressed stream against the config's `diff_id`
+//! when it is unpacked. A layer is unpacked into a temporary directory and
+//! renamed into place only when complete, so a corrupt or truncated blob is an
+//! error, never a half-unpacked rootfs. The layout's JSON is read with small
+//! serde types of our own (bounded, lenient to fields we do not use).
+
+pub mod unpack;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use unpack::Extract;
+
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// JSON documents (index, manifest, config) larger than this are refused.
+const MAX_JSON: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {digest}: {reason}")]
+    Corrupt { digest: String, reason: String },
+    #[error("layer entry {entry:?} refused: {reason}")]
+    HostileEntry { entry: String, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("image {0:?} is not in the store")]
+    NotFound(String),
+    #[error("image {0:?} is used by a container: stop it first")]
+    InUse(String),
+    #[error("{0:?} is not an image reference: {1}")]
+    Reference(String, String),
+}
+
+impl ImageError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        ImageError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ImageError>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+/// The parts of an image config that decide how a container starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunConfig {
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub working_dir: Option<String>,
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Config {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    config: Option<RunConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RootFs {
+    #[serde(rename = "type")]
+    kind: String,
+    diff_ids: Vec<String>,
+}
+
+/// An image as `podctl image ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub digest: String,
+    /// Compressed size of config and layers.
+    pub size: u64,
+}
+
+/// What a container needs of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    pub reference: String,
+    pub config: RunConfig,
+    /// Unpacked layer directories, bottom first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// `busybox` → `busybox:latest`; the syntax is checked as the manifest's is.
+pub fn normalise_reference(r: &str) -> Result<String> {
+    specs::resolve::paths::image_reference(r)
+        .map_err(|e| ImageError::Reference(r.to_string(), e))?;
+    let has_tag = specs::resolve::paths::image_tag(r).is_some() || r.contains('@');
+    Ok(if has_tag {
+        r.to_string()
+    } else {
+        format!("{r}:latest")
+    })
+}
+
+fn hex_of(digest: &str) -> Result<&str> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| ImageError::Corrupt {
+            digest: digest.to_string(),
+            reason: "only sha256 digests are supported".into(),
+        })?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(ImageError::Corrupt {
+            digest: digest.to_string(),
+            reason: "malformed digest".into(),
+        });
+    }
+    Ok(hex)
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            count: 0,
+        }
+    }
+    fn digest(self) -> String {
+        format!(
+            "sha256:{}",
+            self.hash
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let f = File::open(path).map_err(|e| ImageError::io("open", path, e))?;
+    let mut text = Vec::new();
+    f.take(MAX_JSON + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| ImageError::io("read", path, e))?;
+    if text.len() as u64 > MAX_JSON {
+        return Err(ImageError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("larger than {MAX_JSON} bytes"),
+        });
+    }
+    serde_json::from_slice(&text).map_err(|e| ImageError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| ImageError::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| ImageError::io("fsync", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| ImageError::io("rename into place", path, e))
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    /// Opens (creating if needed) the store under `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let s = ImageStore {
+            root: root.to_path_buf(),
+        };
+        for d in [s.blobs(), s.root.join("layers/sha256"), s.root.join("tmp")] {
+            fs::create_dir_all(&d).map_err(|e| ImageError::io("create", &d, e))?;
+        }
+        let layout = s.images().join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        if !s.index_path().exists() {
+            s.write_index(&Index {
+                schema_version: 2,
+                media_type: Some(MEDIA_INDEX.into()),
+                manifests: vec![],
+            })?;
+        }
+        Ok(s)
+    }
+
+    fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    fn blobs(&self) -> PathBuf {
+        self.images().join("blobs/sha256")
+    }
+    fn index_path(&self) -> PathBuf {
+        self.images().join("index.json")
+    }
+    fn blob(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.blobs().join(hex_of(digest)?))
+    }
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|e| ImageError::Invalid {
+            path: self.index_path(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.index_path(), &bytes)
+    }
+    fn index(&self) -> Result<Index> {
+        read_json(&self.index_path())
+    }
+
+    /// Runs `f` holding the store's lock (one writer at a time).
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let path = self.root.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ImageError::io("open", &path, e))?;
+        let _guard = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| ImageError::io("lock", &path, e.into()))?;
+        f()
+    }
+
+    /// Stores `reader`'s bytes as a blob, checking them against `expected`
+    /// (digest and size) when given; returns the digest and size.
+    fn put_blob(
+        &self,
+        mut reader: impl Read,
+        expected: Option<(&str, u64)>,
+    ) -> Result<(String, u64)> {
+        let tmp_dir = self.root.join("tmp");
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+            .map_err(|e| ImageError::io("create temp file in", &tmp_dir, e))?;
+        let mut h = Hashing::new(&mut reader);
+        std::io::copy(&mut h, tmp.as_file_mut())
+            .map_err(|e| ImageError::io("write", tmp.path(), e))?;
+        let size = h.count;
+        let digest = h.digest();
+        if let Some((want, want_size)) = expected {
+            if digest != want {
+                return Err(ImageError::Corrupt {
+                    digest: want.to_string(),
+                    reason: format!("content hashes to {digest}"),
+                });
+            }
+            if size != want_size {
+                return Err(ImageError::Corrupt {
+                    digest: want.to_string(),
+                    reason: format!("{size} bytes, the descriptor says {want_size}"),
+                });
+            }
+        }
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| ImageError::io("fsync", tmp.path(), e))?;
+        let dest = self.blob(&digest)?;
+        tmp.persist(&dest)
+            .map_err(|e| ImageError::io("store blob", &dest, e.error))?;
+        Ok((digest, size))
+    }
+
+    fn put_json(&self, value: &impl Serialize) -> Result<(String, u64)> {
+        let bytes = serde_json::to_vec(value).map_err(|e| ImageError::Invalid {
+            path: self.root.clone(),
+            reason: e.to_string(),
+        })?;
+        self.put_blob(&bytes[..], None)
+    }
+
+    /// Adds or replaces `reference` in the store's index.
+    fn tag(&self, reference: &str, manifest: Descriptor) -> Result<()> {
+        let mut index = self.index()?;
+        index
+            .manifests
+            .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(reference));
+        let mut d = manifest;
+        d.annotations.insert(REF_NAME.into(), reference.to_string());
+        d.platform = None;
+        index.manifests.push(d);
+        self.write_index(&index)
+    }
+
+    /// `podctl image import-rootfs DIR NAME:TAG`: a one-layer image of a
+    /// directory, as `docker import` makes.
+    pub fn import_rootfs(
+        &self,
+        dir: &Path,
+        reference: &str,
+        cmd: Vec<String>,
+    ) -> Result<ImageInfo> {
+        let reference = normalise_reference(reference)?;
+        let meta = fs::metadata(dir).map_err(|e| ImageError::io("read", dir, e))?;
+        if !meta.is_dir() {
+            return Err(ImageError::Invalid {
+                path: dir.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        self.locked(|| {
+            let tmp_dir = self.root.join("tmp");
+            let mut tar_file = tempfile::tempfile_in(&tmp_dir)
+                .map_err(|e| ImageError::io("create temp file in", &tmp_dir, e))?;
+            {
+                let mut b = tar::Builder::new(&mut tar_file);
+                b.follow_symlinks(false);
+                b.mode(tar::HeaderMode::Complete);
+                b.append_dir_all(".", dir)
+                    .map_err(|e| ImageError::io("archive", dir, e))?;
+                b.finish().map_err(|e| ImageError::io("archive", dir, e))?;
+            }
+            use std::io::Seek;
+            tar_file
+                .rewind()
+                .map_err(|e| ImageError::io("rewind", &tmp_dir, e))?;
+            let (layer_digest, layer_size) = self.put_blob(&tar_file, None)?;
+            let config = Config {
+                architecture: arch().into(),
+                os: "linux".into(),
+                config: Some(RunConfig {
+                    cmd: (!cmd.is_empty()).then_some(cmd),
+                    env: Some(vec![format!("PATH={}", specs::oci::DEFAULT_PATH)]),
+                    ..RunConfig::default()
+                }),
+                rootfs: RootFs {
+                    kind: "layers".into(),
+                    diff_ids: vec![layer_digest.clone()],
+                },
+            };
+            let (config_digest, config_size) = self.put_json(&config)?;
+            let manifest = Manifest {
+                schema_version: 2,
+                media_type: Some(MEDIA_MANIFEST.into()),
+                config: Descriptor {
+                    media_type: MEDIA_CONFIG.into(),
+                    digest: config_digest,
+                    size: config_size,
+                    annotations: BTreeMap::new(),
+                    platform: None,
+                },
+                layers: vec![Descriptor {
+                    media_type: MEDIA_LAYER_TAR.into(),
+                    digest: layer_digest,
+                    size: layer_size,
+                    annotations: BTreeMap::new(),
+                    platform: None,
+                }],
+            };
+            let (digest, size) = self.put_json(&manifest)?;
+            self.tag(
+                &reference,
+                Descriptor {
+                    media_type: MEDIA_MANIFEST.into(),
+                    digest: digest.clone(),
+                    size,
+                    annotations: BTreeMap::new(),
+                    platform: None,
+                },
+            )?;
+            Ok(ImageInfo {
+                reference: reference.clone(),
+                digest,
+                size: config_size + layer_size,
+            })
+        })
+    }
+
+    /// `podctl image import PATH`: an OCI image layout directory, or an
+    /// oci-archive (a tar of one). Every blob is verified before anything is
+    /// tagged. `name` names an image whose layout gives only a tag.
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageInfo>> {
+        let meta = fs::metadata(path).map_err(|e| ImageError::io("read", path, e))?;
+        if meta.is_dir() {
+            return self.import_layout(path, name);
+        }
+        let tmp = tempfile::tempdir_in(self.root.join("tmp"))
+            .map_err(|e| ImageError::io("create temp dir in", &self.root, e))?;
+        let f = File::open(path).map_err(|e| ImageError::io("open", path, e))?;
+        unpack::unpack(f, tmp.path(), Extract::PlainFiles)?;
+        self.import_layout(tmp.path(), name)
+    }
+
+    fn import_layout(&self, dir: &Path, name: Option<&str>) -> Result<Vec<ImageInfo>> {
+        let layout: serde_json::Value = read_json(&dir.join("oci-layout"))?;
+        if layout["imageLayoutVersion"] != "1.0.0" {
+            return Err(ImageError::Invalid {
+                path: dir.join("oci-layout"),
+                reason: "imageLayoutVersion is not 1.0.0".into(),
+            });
+        }
+        let index: Index = read_json(&dir.join("index.json"))?;
+        let blob_in = |d: &Descriptor| -> Result<PathBuf> {
+            Ok(dir.join("blobs/sha256").join(hex_of(&d.digest)?))
+        };
+        self.locked(|| {
+            let mut imported = Vec::new();
+            for top in &index.manifests {
+                let reference = match (top.annotations.get(REF_NAME), name) {
+                    (_, Some(n)) => normalise_reference(n)?,
+                    (Some(r), None) if r.contains(['/', ':']) || !r.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) => normalise_reference(r)?,
+                    (Some(r), None) => return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: format!("image is named only by the tag {r:?}: import it with a name") }),
+                    (None, None) => return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: "an image has no org.opencontainers.image.ref.name: import it with a name".into() }),
+                };
+                // A multi-platform index: the manifest for this machine.
+                let mut desc = top.clone();
+                if desc.media_type == MEDIA_INDEX {
+                    let f = File::open(blob_in(&desc)?).map_err(|e| ImageError::io("open", dir, e))?;
+                    self.put_blob(f, Some((&desc.digest, desc.size)))?;
+                    let nested: Index = read_json(&self.blob(&desc.digest)?)?;
+                    desc = nested
+                        .manifests
+                        .into_iter()
+                        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch()))
+                        .ok_or_else(|| ImageError::Invalid { path: dir.to_path_buf(), reason: format!("no manifest for linux/{}", arch()) })?;
+                }
+                if desc.media_type != MEDIA_MANIFEST && desc.media_type != DOCKER_MANIFEST {
+                    return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: format!("unsupported manifest media type {}", desc.media_type) });
+                }
+                let copy = |d: &Descriptor| -> Result<()> {
+                    let f = File::open(blob_in(d)?).map_err(|e| ImageError::io("open blob", dir, e))?;
+                    self.put_blob(f, Some((&d.digest, d.size))).map(drop)
+                };
+                copy(&desc)?;
+                let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
+                copy(&manifest.config)?;
+                let config: Config = read_json(&self.blob(&manifest.config.digest)?)?;
+                if config.rootfs.diff_ids.len() != manifest.layers.len() {
+                    return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: "the config's diff_ids do not match the manifest's layers".into() });
+                }
+                for l in &manifest.layers {
+                    layer_kind(&l.media_type).ok_or_else(|| ImageError::Invalid { path: dir.to_path_buf(), reason: format!("unsupported layer media type {}", l.media_type) })?;
+                    copy(l)?;
+                }
+                self.tag(&reference, Descriptor { annotations: BTreeMap::new(), platform: None, ..desc.clone() })?;
+                imported.push(ImageInfo { reference, digest: desc.digest.clone(), size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>() });
+            }
+            Ok(imported)
+        })
+    }
+
+    /// Every tagged image.
+    pub fn list(&self) -> Result<Vec<ImageInfo>> {
+        let mut out = Vec::new();
+        for d in self.index()?.manifests {
+            let Some(reference) = d.annotations.get(REF_NAME).cloned() else {
+                continue;
+            };
+            let manifest: Manifest = read_json(&self.blob(&d.digest)?)?;
+            out.push(ImageInfo {
+                reference,
+                digest: d.digest,
+                size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+            });
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    /// `podctl image rm`: refused while `in_use` says a container uses it;
+    /// blobs and unpacked layers no other image references are deleted.
+    pub fn remove(&self, reference: &str, in_use: &dyn Fn(&str) -> bool) -> Result<()> {
+        let reference = normalise_reference(reference)?;
+        if in_use(&reference) {
+            return Err(ImageError::InUse(reference));
+        }
+        self.locked(|| {
+            let mut index = self.index()?;
+            let before = index.manifests.len();
+            index
+                .manifests
+                .retain(|d| d.annotations.get(REF_NAME) != Some(&reference));
+            if index.manifests.len() == before {
+                return Err(ImageError::NotFound(reference.clone()));
+            }
+            self.write_index(&index)?;
+            // Mark what remains reachable, sweep the rest.
+            let mut keep = BTreeSet::new();
+            for d in &index.manifests {
+                keep.insert(hex_of(&d.digest)?.to_string());
+                let m: Manifest = read_json(&self.blob(&d.digest)?)?;
+                keep.insert(hex_of(&m.config.digest)?.to_string());
+                for l in &m.layers {
+                    keep.insert(hex_of(&l.digest)?.to_string());
+                }
+            }
+            for dir in [self.blobs(), self.root.join("layers/sha256")] {
+                for e in fs::read_dir(&dir)
+                    .map_err(|e| ImageError::io("list", &dir, e))?
+                    .flatten()
+                {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !keep.contains(&name) {
+                        let p = e.path();
+                        let r = if p.is_dir() {
+                            fs::remove_dir_all(&p)
+                        } else {
+                            fs::remove_file(&p)
+                        };
+                        r.map_err(|err| ImageError::io("remove", &p, err))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The image's run config and its unpacked layers (unpacked now if needed,
+    /// once per layer digest).
+    pub fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
+        let reference = normalise_reference(reference)?;
+        let desc = self
+            .index()?
+            .manifests
+            .into_iter()
+            .find(|d| d.annotations.get(REF_NAME) == Some(&reference))
+            .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
+        let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
+        let config: Config = read_json(&self.blob(&manifest.config.digest)?)?;
+        let mut layers = Vec::new();
+        for (l, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            layers.push(self.unpacked(l, diff_id)?);
+        }
+        Ok(ResolvedImage {
+            reference,
+            config: config.config.unwrap_or_default(),
+            layers,
+        })
+    }
+
+    fn unpacked(&self, layer: &Descriptor, diff_id: &str) -> Result<PathBuf> {
+        let dest = self.root.join("layers/sha256").join(hex_of(&layer.digest)?);
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        self.locked(|| {
+            if dest.is_dir() {
+                return Ok(dest.clone());
+            }
+            let blob = self.blob(&layer.digest)?;
+            // Verified on import; verified again here, as the file may have
+            // been damaged on disk since.
+            let f = File::open(&blob).map_err(|e| ImageError::io("open", &blob, e))?;
+            let mut compressed = Hashing::new(f);
+            let tmp = tempfile::tempdir_in(self.root.join("tmp"))
+                .map_err(|e| ImageError::io("create temp dir in", &self.root, e))?;
+            let kind = layer_kind(&layer.media_type).ok_or_else(|| ImageError::Corrupt {
+                digest: layer.digest.clone(),
+                reason: format!("unsupported media type {}", layer.media_type),
+            })?;
+            let diff = {
+                let decompressed: Box<dyn Read> = match kind {
+                    Compression::None => Box::new(&mut compressed),
+                    Compression::Gzip => Box::new(flate2::read::GzDecoder::new(&mut compressed)),
+                    Compression::Zstd => Box::new(
+                        ruzstd::decoding::StreamingDecoder::new(&mut compressed).map_err(|e| {
+                            ImageError::Corrupt {
+                                digest: layer.digest.clone(),
+                                reason: format!("zstd: {e}"),
+                            }
+                        })?,
+                    ),
+                };
+                let mut uncompressed = Hashing::new(decompressed);
+                let result = unpack::unpack(&mut uncompressed, tmp.path(), Extract::Layer);
+                // Hash the tar's trailing padding too.
+                let drained = std::io::copy(&mut uncompressed, &mut std::io::sink());
+                match (result, drained) {
+                    (Err(e), _) => return Err(self.damaged(layer, e)),
+                    (_, Err(e)) => {
+                        return Err(ImageError::Corrupt {
+                            digest: layer.digest.clone(),
+                            reason: format!("reading the layer: {e}"),
+                        })
+                    }
+                    _ => {}
+                }
+                uncompressed.digest()
+            };
+            let _ = std::io::copy(&mut compressed, &mut std::io::sink());
+            let blob_digest = compressed.digest();
+            if blob_digest != layer.digest {
+                return Err(ImageError::Corrupt {
+                    digest: layer.digest.clone(),
+                    reason: format!("content on disk hashes to {blob_digest}"),
+                });
+            }
+            if diff != diff_id {
+                return Err(ImageError::Corrupt {
+                    digest: layer.digest.clone(),
+                    reason: format!(
+                        "uncompressed content hashes to {diff}, the config says {diff_id}"
+                    ),
+                });
+            }
+            let tmp_path = tmp.keep();
+            fs::rename(&tmp_path, &dest)
+                .map_err(|e| ImageError::io("rename into place", &dest, e))?;
+            Ok(dest.clone())
+        })
+    }
+
+    /// A read error while unpacking is reported as a damaged blob, a refused
+    /// entry as itself.
+    fn damaged(&self, layer: &Descriptor, e: ImageError) -> ImageError {
+        match e {
+            ImageError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::InvalidData
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
+                ImageError::Corrupt {
+                    digest: layer.digest.clone(),
+                    reason: format!("damaged layer: {source}"),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+fn layer_kind(media_type: &str) -> Option<Compression> {
+    match media_type {
+        MEDIA_LAYER_TAR => Some(Compression::None),
+        MEDIA_LAYER_GZIP | DOCKER_LAYER_GZIP => Some(Compression::Gzip),
+        MEDIA_LAYER_ZSTD => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// The OCI architecture name of this build.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_get_a_default_tag() {
+        assert_eq!(normalise_reference("busybox").unwrap(), "busybox:latest");
+        assert_eq!(
+            normalise_reference("reg:5000/app:v1").unwrap(),
+            "reg:5000/app:v1"
+        );
+        assert!(normalise_reference("Bad Name").is_err());
+    }
+
+    #[test]
+    fn digests_must_be_sha256_hex_so_they_are_safe_file_names() {
+        let good = format!("sha256:{}", specs::hash::sha256_hex(b"x"));
+        assert_eq!(hex_of(&good).unwrap().len(), 64);
+        assert!(hex_of("sha256:../../etc/passwd").is_err());
+        assert!(hex_of("md5:00").is_err());
+    }
+}

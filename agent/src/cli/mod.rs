@@ -1,5 +1,6 @@
 //! `podctl`: one module per subcommand.
 
+pub mod image;
 pub mod validate;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ pub enum Command {
     /// Check Pod manifests offline (no agent, no root): every problem with its
     /// file, line, column and field path.
     Validate(validate::Args),
+    /// Manage the local image store.
+    Image(image::Args),
 }
 
 /// What a subcommand ends with; `main` turns it into the exit code.
@@ -47,5 +50,6 @@ impl Outcome {
 pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write) -> Outcome {
     match cli.command {
         Command::Validate(args) => validate::run(&args, out, err),
+        Command::Image(args) => image::run(&args, out, err),
     }
 }

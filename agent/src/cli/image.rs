@@ -1,0 +1,92 @@
+//! `podctl image import|import-rootfs|ls|rm`: the local image store, used
+//! directly (as root), without the agent.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::image::ImageStore;
+
+use super::Outcome;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The agent's root dir; images live in its `images/` and `layers/`.
+    #[arg(long, default_value = "/var/lib/podagent", global = true)]
+    pub root_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Import an OCI image layout directory or an oci-archive tar.
+    Import {
+        path: PathBuf,
+        /// Name the image (for layouts that carry only a tag).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Make a one-layer image from a directory, as `docker import` does.
+    ImportRootfs {
+        dir: PathBuf,
+        reference: String,
+        /// The image's default command (its `Cmd`).
+        #[arg(long, num_args = 1.., value_name = "ARG")]
+        cmd: Vec<String>,
+    },
+    /// List the images.
+    Ls,
+    /// Remove an image (refused while a container uses it).
+    Rm { reference: String },
+}
+
+pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
+    let store = match ImageStore::open(&args.root_dir.join("store")) {
+        Ok(s) => s,
+        Err(e) => return fail(err, &e),
+    };
+    let result = match &args.command {
+        Command::Import { path, name } => store.import(path, name.as_deref()).map(|infos| {
+            for i in infos {
+                let _ = writeln!(out, "imported {} {}", i.reference, i.digest);
+            }
+        }),
+        Command::ImportRootfs {
+            dir,
+            reference,
+            cmd,
+        } => store
+            .import_rootfs(dir, reference, cmd.clone())
+            .map(|i| drop(writeln!(out, "imported {} {}", i.reference, i.digest))),
+        Command::Ls => store.list().map(|list| {
+            let _ = writeln!(out, "{:<40} {:<20} {:>10}", "REFERENCE", "DIGEST", "SIZE");
+            for i in list {
+                let short = i
+                    .digest
+                    .trim_start_matches("sha256:")
+                    .chars()
+                    .take(12)
+                    .collect::<String>();
+                let _ = writeln!(out, "{:<40} {:<20} {:>10}", i.reference, short, i.size);
+            }
+        }),
+        // No container runs without the agent, which will answer "in use"
+        // from its state; until then nothing holds an image.
+        Command::Rm { reference } => store.remove(reference, &|_| false).map(drop),
+    };
+    match result {
+        Ok(()) => Outcome::Ok,
+        Err(e) => fail(err, &e),
+    }
+}
+
+fn fail(err: &mut dyn Write, e: &dyn std::error::Error) -> Outcome {
+    let mut msg = format!("podctl image: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    let _ = writeln!(err, "{msg}");
+    Outcome::Invalid
+}

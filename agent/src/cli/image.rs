@@ -31,7 +31,7 @@ pub enum Command {
         dir: PathBuf,
         reference: String,
         /// The image's default command (its `Cmd`).
-        #[arg(long, num_args = 1.., value_name = "ARG")]
+        #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARG")]
         cmd: Vec<String>,
     },
     /// List the images.

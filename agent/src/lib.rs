@@ -6,3 +6,5 @@ pub mod cgroups;
 pub mod cli;
 pub mod image;
 pub mod node;
+pub mod shim;
+pub mod sys;

@@ -1,0 +1,32 @@
+//! podagent: the node agent. Today its one subcommand is `shim`, the parent
+//! of one container, which the agent starts for each container it runs.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "podagent",
+    version,
+    about = "Runs the pods of a directory on this node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one container from an OCI bundle and stay its parent (started by
+    /// the agent, not by hand).
+    Shim(agent::shim::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Shim(args) => agent::shim::run(&args),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

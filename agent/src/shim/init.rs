@@ -1,0 +1,575 @@
+//! The container's init, between fork and exec: one named step per function,
+//! in order. It runs in the child of the shim, already in the pod's network,
+//! IPC and UTS namespaces and in a new (or the pod's) PID namespace. A step
+//! that fails ends the child with its reason written to the error pipe; a
+//! value the kernel refused but the container can live with (oom_score_adj
+//! without CAP_SYS_RESOURCE) is sent as a warning.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
+use nix::unistd::{chdir, pivot_root, Gid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::mounts;
+
+/// Why the init could not exec, by step.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {detail}")]
+pub struct InitError {
+    pub step: &'static str,
+    pub detail: String,
+}
+
+fn fail(step: &'static str) -> impl Fn(String) -> InitError {
+    move |detail| InitError { step, detail }
+}
+
+fn errno(step: &'static str, what: String) -> impl Fn(nix::Error) -> InitError {
+    move |e| InitError {
+        step,
+        detail: format!("{what}: {e}"),
+    }
+}
+
+/// What the child needs besides the spec.
+pub struct Context<'a> {
+    pub spec: &'a Spec,
+    pub rootfs: PathBuf,
+    pub cgroup_procs: &'a [PathBuf],
+    /// Where warnings and the final error go.
+    pub report: &'a mut File,
+}
+
+impl Context<'_> {
+    fn warn(&mut self, msg: String) {
+        let _ = self.report.write_all(format!("W:{msg}\n").as_bytes());
+    }
+}
+
+/// Runs every step and execs the container's process; returns only on error.
+pub fn run(cx: &mut Context<'_>) -> InitError {
+    match steps(cx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
+    make_undumpable()?;
+    enter_cgroup(cx.cgroup_procs)?;
+    let old_umask = nix::sys::stat::umask(Mode::empty());
+    isolate_mounts()?;
+    let root = mount_rootfs(&cx.rootfs)?;
+    mount_all(cx.spec, &root)?;
+    create_devices(&root)?;
+    let null = host_dev_null()?;
+    mask_paths(cx.spec, &root, &null)?;
+    pivot(&cx.rootfs)?;
+    readonly_paths(cx.spec)?;
+    set_hostname(cx.spec)?;
+    apply_sysctls(cx.spec)?;
+    apply_rlimits(cx)?;
+    apply_oom_score_adj(cx)?;
+    if cx.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        remount_readonly(Path::new("/"))?;
+    }
+    nix::sys::stat::umask(old_umask);
+    let process = cx
+        .spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| fail("process")("the spec has no process".into()))?;
+    enter_cwd(process.cwd())?;
+    set_user_and_capabilities(process)?;
+    if process.no_new_privileges() == Some(true) {
+        nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs", "prctl".into()))?;
+    }
+    let (path, argv, envp) = resolve_exec(process)?;
+    close_inherited_fds()?;
+    apply_seccomp(cx.spec)?;
+    let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    let shown = path.to_string_lossy();
+    Err(match e {
+        nix::Error::ENOENT => fail("exec")(format!("executable file not found: {shown}")),
+        nix::Error::EACCES => fail("exec")(format!("permission denied: {shown}")),
+        e => fail("exec")(format!("{shown}: {e}")),
+    })
+}
+
+/// Non-dumpable until exec: nothing in the container can ptrace this process
+/// or open its /proc entries while it holds host resources (CVE-2019-5736).
+fn make_undumpable() -> Result<(), InitError> {
+    nix::sys::prctl::set_dumpable(false).map_err(errno("undumpable", "prctl".into()))
+}
+
+fn enter_cgroup(procs: &[PathBuf]) -> Result<(), InitError> {
+    for f in procs {
+        // "0" is the writing process, whatever its PID namespace.
+        std::fs::write(f, "0")
+            .map_err(|e| fail("enter_cgroup")(format!("{}: {e}", f.display())))?;
+    }
+    Ok(())
+}
+
+fn isolate_mounts() -> Result<(), InitError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(errno("mount_namespace", "unshare".into()))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(errno("mount_namespace", "make / private".into()))
+}
+
+/// Makes the rootfs a mount point and refuses an image whose /proc or /sys is
+/// a symlink (it would redirect the kernel filesystems' mounts).
+fn mount_rootfs(rootfs: &Path) -> Result<OwnedFd, InitError> {
+    for kernel_dir in ["proc", "sys"] {
+        let p = rootfs.join(kernel_dir);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(fail("rootfs")(format!(
+                "/{kernel_dir} in the image is a symlink: refused"
+            )));
+        }
+    }
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(errno("rootfs", format!("bind {}", rootfs.display())))?;
+    open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno("rootfs", format!("open {}", rootfs.display())))
+}
+
+fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination();
+        let opts = mounts::parse(m.options().as_deref().unwrap_or(&[]));
+        let typ = m.typ().as_deref().unwrap_or("bind");
+        let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        // cgroupfs needs per-controller handling (v1) or a cgroup namespace
+        // (v2): not mounted yet.
+        if typ == "cgroup" || typ == "cgroup2" {
+            continue;
+        }
+        let bind = opts.bind || typ == "bind";
+        let file = bind && std::fs::metadata(&source).is_ok_and(|md| !md.is_dir());
+        let target = mounts::target(root, dest, file).map_err(fail("mount"))?;
+        let at = mounts::fd_path(&target);
+        let shown = dest.display().to_string();
+        if bind {
+            mount(
+                Some(&source),
+                &at,
+                None::<&str>,
+                MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+                None::<&str>,
+            )
+            .map_err(errno(
+                "mount",
+                format!("bind {} on {shown}", source.display()),
+            ))?;
+        } else {
+            let mut flags = opts.flags;
+            if opts.readonly {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+            mount(Some(&source), &at, Some(typ), flags, data)
+                .map_err(errno("mount", format!("{typ} on {shown}")))?;
+        }
+        let remount = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | (opts.flags - MsFlags::MS_REC)
+            | if opts.readonly {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
+        let needs_remount = bind && remount != MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+        if needs_remount || opts.propagation.is_some() {
+            // The first handle names the directory under the new mount: open
+            // the target again to reach the mount itself.
+            let mounted = mounts::existing(root, dest)
+                .map_err(fail("mount"))?
+                .ok_or_else(|| fail("mount")(format!("{shown} vanished")))?;
+            let at = mounts::fd_path(&mounted);
+            if needs_remount {
+                mount(None::<&str>, &at, None::<&str>, remount, None::<&str>)
+                    .map_err(errno("mount", format!("remount {shown}")))?;
+            }
+            if let Some(p) = opts.propagation {
+                mount(None::<&str>, &at, None::<&str>, p, None::<&str>)
+                    .map_err(errno("mount", format!("propagation of {shown}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The default devices on the container's /dev tmpfs, and its usual links.
+fn create_devices(root: &OwnedFd) -> Result<(), InitError> {
+    let dev = mounts::target(root, Path::new("/dev"), false).map_err(fail("devices"))?;
+    let dev = nix::fcntl::openat(
+        dev.as_fd(),
+        ".",
+        OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno("devices", "open /dev".into()))?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        match mknodat(
+            dev.as_fd(),
+            name,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        ) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(fail("devices")(format!("mknod /dev/{name}: {e}"))),
+        }
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        match nix::unistd::symlinkat(target, dev.as_fd(), name) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(fail("devices")(format!("symlink /dev/{name}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The host's /dev/null, opened before pivot and checked to be the real
+/// character device 1:3: masks are bind-mounted from it, never from a path the
+/// image controls (the CVE-2025-31133 class).
+fn host_dev_null() -> Result<OwnedFd, InitError> {
+    let fd = open("/dev/null", OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(errno("mask", "open /dev/null".into()))?;
+    let st = nix::sys::stat::fstat(fd.as_fd()).map_err(errno("mask", "stat /dev/null".into()))?;
+    let is_chr = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    if !is_chr || st.st_rdev != makedev(1, 3) {
+        return Err(fail("mask")(
+            "the host's /dev/null is not the character device 1:3".into(),
+        ));
+    }
+    Ok(fd)
+}
+
+fn pivot(rootfs: &Path) -> Result<(), InitError> {
+    chdir(rootfs).map_err(errno("pivot_root", format!("chdir {}", rootfs.display())))?;
+    pivot_root(".", ".").map_err(errno("pivot_root", "pivot_root".into()))?;
+    umount2(".", MntFlags::MNT_DETACH)
+        .map_err(errno("pivot_root", "detach the old root".into()))?;
+    chdir("/").map_err(errno("pivot_root", "chdir /".into()))
+}
+
+/// Masks before pivot, while the host's /dev/null is still in this mount
+/// namespace: files get it bind-mounted over them, directories an empty
+/// read-only tmpfs. Targets are resolved inside the root.
+fn mask_paths(spec: &Spec, root: &OwnedFd, null: &OwnedFd) -> Result<(), InitError> {
+    let null_path = mounts::fd_path(null);
+    for p in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default()
+    {
+        let Some(fd) = mounts::existing(root, Path::new(&p)).map_err(fail("mask"))? else {
+            continue;
+        };
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(errno("mask", format!("stat {p}")))?;
+        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        let at = mounts::fd_path(&fd);
+        let r = if is_dir {
+            mount(
+                Some("tmpfs"),
+                &at,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        } else {
+            mount(
+                Some(&null_path),
+                &at,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        r.map_err(errno("mask", format!("mask {p}")))?;
+    }
+    Ok(())
+}
+
+fn remount_readonly(p: &Path) -> Result<(), InitError> {
+    // Keep the flags the kernel has locked (nosuid, nodev, noexec) or the
+    // remount is refused.
+    let st = nix::sys::statvfs::statvfs(p)
+        .map_err(errno("readonly", format!("statvfs {}", p.display())))?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    use nix::sys::statvfs::FsFlags;
+    for (f, m) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if st.flags().contains(f) {
+            flags |= m;
+        }
+    }
+    mount(None::<&str>, p, None::<&str>, flags, None::<&str>).map_err(errno(
+        "readonly",
+        format!("remount {} read-only", p.display()),
+    ))
+}
+
+fn readonly_paths(spec: &Spec) -> Result<(), InitError> {
+    for p in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.readonly_paths().clone())
+        .unwrap_or_default()
+    {
+        if std::fs::symlink_metadata(&p).is_err() {
+            continue;
+        }
+        mount(
+            Some(p.as_str()),
+            p.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(errno("readonly", format!("bind {p}")))?;
+        remount_readonly(Path::new(&p))?;
+    }
+    Ok(())
+}
+
+fn set_hostname(spec: &Spec) -> Result<(), InitError> {
+    let own_uts = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
+    match spec.hostname() {
+        Some(h) if own_uts => nix::unistd::sethostname(h).map_err(errno("hostname", h.clone())),
+        _ => Ok(()),
+    }
+}
+
+fn apply_sysctls(spec: &Spec) -> Result<(), InitError> {
+    for (k, v) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+    {
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        std::fs::write(&path, &v).map_err(|e| fail("sysctl")(format!("{k}={v}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn apply_rlimits(cx: &mut Context<'_>) -> Result<(), InitError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let limits = cx
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.rlimits().clone())
+        .unwrap_or_default();
+    for l in limits {
+        let name = format!("{:?}", l.typ());
+        let resource = match name.as_str() {
+            "RlimitNofile" => Resource::RLIMIT_NOFILE,
+            "RlimitNproc" => Resource::RLIMIT_NPROC,
+            "RlimitCore" => Resource::RLIMIT_CORE,
+            "RlimitMemlock" => Resource::RLIMIT_MEMLOCK,
+            "RlimitStack" => Resource::RLIMIT_STACK,
+            _ => return Err(fail("rlimits")(format!("{name} is not supported"))),
+        };
+        if setrlimit(resource, l.soft(), l.hard()).is_err() {
+            // Without CAP_SYS_RESOURCE a hard limit cannot be raised: keep
+            // the current hard limit and say so.
+            let (_, hard) = getrlimit(resource).map_err(errno("rlimits", name.clone()))?;
+            setrlimit(resource, l.soft().min(hard), hard)
+                .map_err(errno("rlimits", name.clone()))?;
+            cx.warn(format!(
+                "{name}: wanted {}/{}, got {}/{hard}",
+                l.soft(),
+                l.hard(),
+                l.soft().min(hard)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn apply_oom_score_adj(cx: &mut Context<'_>) -> Result<(), InitError> {
+    let Some(want) = cx.spec.process().as_ref().and_then(|p| p.oom_score_adj()) else {
+        return Ok(());
+    };
+    let _ = std::fs::write("/proc/self/oom_score_adj", want.to_string());
+    let got = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .map_err(|e| fail("oom_score_adj")(e.to_string()))?;
+    if got.trim() != want.to_string() {
+        cx.warn(format!(
+            "oom_score_adj: wanted {want}, got {} (lowering it needs CAP_SYS_RESOURCE)",
+            got.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Enters the working directory and checks it lies inside the new root: a
+/// directory handle leaked from the host would show as unreachable (the
+/// CVE-2024-21626 class).
+fn enter_cwd(cwd: &Path) -> Result<(), InitError> {
+    chdir(cwd).map_err(errno("cwd", cwd.display().to_string()))?;
+    let here = nix::unistd::getcwd().map_err(errno("cwd", "getcwd".into()))?;
+    if !here.is_absolute() || here.starts_with("(unreachable)") {
+        return Err(fail("cwd")(format!(
+            "{} is outside the container's root",
+            cwd.display()
+        )));
+    }
+    Ok(())
+}
+
+fn set_user_and_capabilities(p: &oci_spec::runtime::Process) -> Result<(), InitError> {
+    use caps::{CapSet, Capability};
+    let user = p.user();
+    let wanted = |set: Option<&std::collections::HashSet<oci_spec::runtime::Capability>>| -> caps::CapsHashSet {
+        set.into_iter()
+            .flatten()
+            .filter_map(|c| format!("CAP_{c}").parse::<Capability>().ok())
+            .collect()
+    };
+    let c = p.capabilities().as_ref();
+    let bounding = wanted(c.and_then(|c| c.bounding().as_ref()));
+    for cap in caps::all() {
+        if !bounding.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| {
+                fail("capabilities")(format!("drop {cap} from the bounding set: {e}"))
+            })?;
+        }
+    }
+    nix::sys::prctl::set_keepcaps(true).map_err(errno("user", "keepcaps".into()))?;
+    let gids: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(errno("user", "setgroups".into()))?;
+    let gid = Gid::from_raw(user.gid());
+    nix::unistd::setresgid(gid, gid, gid).map_err(errno("user", format!("setgid {gid}")))?;
+    let uid = Uid::from_raw(user.uid());
+    nix::unistd::setresuid(uid, uid, uid).map_err(errno("user", format!("setuid {uid}")))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(errno("user", "keepcaps".into()))?;
+    // Effective first: it must stay a subset of permitted at every step.
+    for (set, which) in [
+        (
+            CapSet::Effective,
+            wanted(c.and_then(|c| c.effective().as_ref())),
+        ),
+        (
+            CapSet::Permitted,
+            wanted(c.and_then(|c| c.permitted().as_ref())),
+        ),
+        (
+            CapSet::Inheritable,
+            wanted(c.and_then(|c| c.inheritable().as_ref())),
+        ),
+        (
+            CapSet::Ambient,
+            wanted(c.and_then(|c| c.ambient().as_ref())),
+        ),
+    ] {
+        caps::set(None, set, &which)
+            .map_err(|e| fail("capabilities")(format!("set {set:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// `args[0]` looked up in the container's PATH, and the C strings for execve.
+fn resolve_exec(
+    p: &oci_spec::runtime::Process,
+) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+    let c =
+        |s: &str| CString::new(s).map_err(|_| fail("exec")(format!("{s:?} contains a NUL byte")));
+    let args = p.args().clone().unwrap_or_default();
+    let env = p.env().clone().unwrap_or_default();
+    let first = args
+        .first()
+        .ok_or_else(|| fail("exec")("no command".into()))?;
+    let path = if first.contains('/') {
+        first.clone()
+    } else {
+        let search = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(specs::oci::DEFAULT_PATH);
+        search
+            .split(':')
+            .map(|d| format!("{d}/{first}"))
+            .find(|cand| {
+                std::fs::metadata(cand).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+            })
+            .ok_or_else(|| fail("exec")(format!("executable file not found in $PATH: {first}")))?
+    };
+    let argv = args.iter().map(|a| c(a)).collect::<Result<Vec<_>, _>>()?;
+    let envp = env.iter().map(|e| c(e)).collect::<Result<Vec<_>, _>>()?;
+    Ok((c(&path)?, argv, envp))
+}
+
+/// Marks every descriptor above stderr close-on-exec: nothing of the shim or
+/// the agent reaches the container (the CVE-2024-21626 class). The error pipe
+/// is among them, so a successful exec closes it and the shim reads EOF.
+fn close_inherited_fds() -> Result<(), InitError> {
+    crate::sys::cloexec_from(3).map_err(errno("close_fds", "close_range".into()))
+}
+
+fn apply_seccomp(spec: &Spec) -> Result<(), InitError> {
+    let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(());
+    };
+    let ctx = super::seccomp::compile(profile).map_err(fail("seccomp"))?;
+    ctx.load()
+        .map_err(|e| fail("seccomp")(format!("load: {e}")))
+}

@@ -1,0 +1,392 @@
+//! `podagent shim`: the parent of one container (DESIGN rule 3).
+//!
+//! Started by the agent (fork+exec of `podagent shim`), it is single-threaded
+//! from start to end. It reads the bundle's `config.json` (an OCI spec made by
+//! `specs::oci`), joins the pod's network, IPC and UTS namespaces, makes or
+//! joins the PID namespace, forks the container's init (`init.rs`, which
+//! execs the process), records its start and its end atomically in the state
+//! directory, and writes its output to a CRI-format log. It keeps running when
+//! the agent dies: the container's exit is recorded either way.
+//!
+//! State files, both written to a temp file and renamed:
+//! - `state.json`: `pid`, `start_ticks` (field 22 of `/proc/<pid>/stat`, so the
+//!   agent re-adopts the process, never a reused pid), `started_at`,
+//!   `warnings`;
+//! - `exit.json`: `exit_code`, `signal`, `started_at`, `finished_at`, `reason`
+//!   (`Completed`, `Error`, `StartError`), `message`.
+
+mod init;
+pub mod logs;
+pub mod mounts;
+mod seccomp;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// Largest config.json read.
+const MAX_CONFIG: u64 = 4 << 20;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The bundle: `config.json` and, unless it names another, `rootfs/`.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Where `state.json` and `exit.json` are written.
+    #[arg(long)]
+    pub state: PathBuf,
+    /// A `cgroup.procs` file the container joins before exec (one per v1
+    /// hierarchy, one for v2).
+    #[arg(long = "cgroup-procs")]
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The container's log file.
+    #[arg(long)]
+    pub log: PathBuf,
+    #[arg(long, default_value_t = 10 << 20)]
+    pub log_max_size: u64,
+    #[arg(long, default_value_t = 5)]
+    pub log_max_files: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub started_at: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exited {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    pub reason: String,
+    pub message: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("invalid config: {0}")]
+    Config(String),
+}
+
+fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Sys { what, source }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Io { what, source }
+}
+
+fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<(), ShimError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| ShimError::Config(e.to_string()))?;
+    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+    f.write_all(&bytes)
+        .map_err(io_err(format!("write {}", tmp.display())))?;
+    f.sync_all()
+        .map_err(io_err(format!("fsync {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))
+}
+
+fn read_config(bundle: &Path) -> Result<Spec, ShimError> {
+    let path = bundle.join("config.json");
+    let f = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(format!("read {}", path.display())))?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(ShimError::Config(format!(
+            "{} is larger than {MAX_CONFIG} bytes",
+            path.display()
+        )));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ShimError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Joins the namespaces the spec names by path and unshares the ones it asks
+/// to create (the mount namespace is the init's own, made after fork).
+fn enter_namespaces(spec: &Spec) -> Result<(), ShimError> {
+    let mut new = CloneFlags::empty();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+    {
+        let flag = match ns.typ() {
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Mount | LinuxNamespaceType::Cgroup => continue,
+            other => {
+                return Err(ShimError::Config(format!(
+                    "namespace {other:?} is not supported"
+                )))
+            }
+        };
+        match ns.path() {
+            Some(p) => {
+                let f = File::open(p).map_err(io_err(format!("open namespace {}", p.display())))?;
+                setns(f.as_fd(), flag).map_err(sys_err(format!("setns {}", p.display())))?;
+            }
+            None => new |= flag,
+        }
+    }
+    if !new.is_empty() {
+        unshare(new).map_err(sys_err("unshare"))?;
+    }
+    Ok(())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ShimError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe"))
+}
+
+/// Runs the shim; its exit status is podagent's.
+pub fn run(args: &Args) -> i32 {
+    match supervise(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podagent shim: {e}");
+            let exited = Exited {
+                exit_code: 128,
+                signal: None,
+                started_at: None,
+                finished_at: logs::rfc3339_nano(SystemTime::now()),
+                reason: "StartError".into(),
+                message: e.to_string(),
+                warnings: Vec::new(),
+            };
+            let _ = write_json(&args.state, "exit.json", &exited);
+            1
+        }
+    }
+}
+
+fn supervise(args: &Args) -> Result<i32, ShimError> {
+    std::fs::create_dir_all(&args.state)
+        .map_err(io_err(format!("create {}", args.state.display())))?;
+    let spec = read_config(&args.bundle)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| ShimError::Config("no root".into()))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        args.bundle.join(root.path())
+    };
+    let mut log = logs::CriLog::open(&args.log, args.log_max_size, args.log_max_files)
+        .map_err(io_err(format!("open {}", args.log.display())))?;
+    let _ = nix::unistd::setsid();
+    enter_namespaces(&spec)?;
+
+    let (report_r, report_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let null = File::open("/dev/null").map_err(io_err("open /dev/null"))?;
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    chld.thread_block().map_err(sys_err("block SIGCHLD"))?;
+    let sigfd = SignalFd::new(&chld).map_err(sys_err("signalfd"))?;
+
+    let child = match sys::fork().map_err(sys_err("fork"))? {
+        ForkResult::Child => {
+            drop((report_r, out_r, err_r));
+            let _ = nix::sys::signal::sigprocmask(
+                SigmaskHow::SIG_SETMASK,
+                Some(&SigSet::empty()),
+                None,
+            );
+            let redirect = nix::unistd::dup2_stdin(&null)
+                .and_then(|_| nix::unistd::dup2_stdout(&out_w))
+                .and_then(|_| nix::unistd::dup2_stderr(&err_w));
+            let mut report = File::from(report_w);
+            if let Err(e) = redirect {
+                let _ = report.write_all(format!("E:stdio: {e}\n").as_bytes());
+                sys::exit_now(127);
+            }
+            let mut cx = init::Context {
+                spec: &spec,
+                rootfs,
+                cgroup_procs: &args.cgroup_procs,
+                report: &mut report,
+            };
+            let e = init::run(&mut cx);
+            let _ = report.write_all(format!("E:{e}\n").as_bytes());
+            sys::exit_now(127);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop((report_w, out_w, err_w, null));
+
+    // EOF on the report pipe: the process was exec'd (or the init died).
+    let mut report = String::new();
+    File::from(report_r)
+        .read_to_string(&mut report)
+        .map_err(io_err("read the init's report"))?;
+    let warnings: Vec<String> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("W:"))
+        .map(str::to_string)
+        .collect();
+    if let Some(err) = report.lines().find_map(|l| l.strip_prefix("E:")) {
+        let _ = waitpid(child, None);
+        let exited = Exited {
+            exit_code: 128,
+            signal: None,
+            started_at: None,
+            finished_at: logs::rfc3339_nano(SystemTime::now()),
+            reason: "StartError".into(),
+            message: err.to_string(),
+            warnings,
+        };
+        write_json(&args.state, "exit.json", &exited)?;
+        return Ok(1);
+    }
+    let started_at = logs::rfc3339_nano(SystemTime::now());
+    let started = Started {
+        pid: child.as_raw(),
+        start_ticks: start_ticks(child.as_raw()).unwrap_or(0),
+        started_at: started_at.clone(),
+        warnings: warnings.clone(),
+    };
+    write_json(&args.state, "state.json", &started)?;
+
+    let status = pump(child, &sigfd, [out_r, err_r], &mut log)?;
+    let _ = log.flush();
+    let (exit_code, signal) = match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    };
+    let exited = Exited {
+        exit_code,
+        signal,
+        started_at: Some(started_at),
+        finished_at: logs::rfc3339_nano(SystemTime::now()),
+        reason: if exit_code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        },
+        message: String::new(),
+        warnings,
+    };
+    write_json(&args.state, "exit.json", &exited)?;
+    Ok(0)
+}
+
+/// Copies the container's output into the log until its init exits and the
+/// pipes are drained; returns how the init ended.
+fn pump(
+    child: Pid,
+    sigfd: &SignalFd,
+    pipes: [OwnedFd; 2],
+    log: &mut logs::CriLog,
+) -> Result<WaitStatus, ShimError> {
+    let mut open = [true, true];
+    let mut status = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if status.is_some() && !open.iter().any(|o| *o) {
+            break;
+        }
+        let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        for (i, p) in pipes.iter().enumerate() {
+            if open[i] {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        // Once the init is gone, output still in flight is read for at most
+        // a second: a daemonised grandchild may hold the pipe open.
+        let timeout = if status.is_some() {
+            PollTimeout::from(1000u16)
+        } else {
+            PollTimeout::NONE
+        };
+        let n = match poll(&mut fds, timeout) {
+            Ok(n) => n,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(sys_err("poll")(e)),
+        };
+        if n == 0 {
+            break;
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready[0] {
+            let _ = sigfd.read_signal();
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => {}
+                Ok(s) => status = Some(s),
+                Err(e) => return Err(sys_err("waitpid")(e)),
+            }
+        }
+        let mut slot = 1;
+        for (i, p) in pipes.iter().enumerate() {
+            if !open[i] {
+                continue;
+            }
+            if ready[slot] {
+                match nix::unistd::read(p, &mut buf) {
+                    Ok(0) => open[i] = false,
+                    Ok(k) => log.feed(i, &buf[..k]).map_err(io_err("write the log"))?,
+                    Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                    Err(_) => open[i] = false,
+                }
+            }
+            slot += 1;
+        }
+    }
+    match status {
+        Some(s) => Ok(s),
+        None => waitpid(child, None).map_err(sys_err("waitpid")),
+    }
+}

@@ -1,0 +1,96 @@
+//! An OCI `LinuxSeccomp` profile compiled with libseccomp and loaded into the
+//! calling process (the container's init, right before exec).
+
+use std::str::FromStr;
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
+
+fn action(
+    a: LinuxSeccompAction,
+    errno: Option<u32>,
+    default_errno: u32,
+) -> Result<ScmpAction, String> {
+    Ok(match a {
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+        LinuxSeccompAction::ScmpActErrno => {
+            ScmpAction::Errno(errno.unwrap_or(default_errno) as i32)
+        }
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            ScmpAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(0) as u16),
+        other => return Err(format!("seccomp action {other:?} is not supported")),
+    })
+}
+
+fn op(o: LinuxSeccompOperator, value_two: u64, value: u64) -> (ScmpCompareOp, u64) {
+    match o {
+        LinuxSeccompOperator::ScmpCmpNe => (ScmpCompareOp::NotEqual, value),
+        LinuxSeccompOperator::ScmpCmpLt => (ScmpCompareOp::Less, value),
+        LinuxSeccompOperator::ScmpCmpLe => (ScmpCompareOp::LessOrEqual, value),
+        LinuxSeccompOperator::ScmpCmpEq => (ScmpCompareOp::Equal, value),
+        LinuxSeccompOperator::ScmpCmpGe => (ScmpCompareOp::GreaterEqual, value),
+        LinuxSeccompOperator::ScmpCmpGt => (ScmpCompareOp::Greater, value),
+        // OCI: value is the mask, valueTwo the datum.
+        LinuxSeccompOperator::ScmpCmpMaskedEq => (ScmpCompareOp::MaskedEqual(value), value_two),
+    }
+}
+
+/// Builds the filter. Syscall names this libseccomp does not know are
+/// skipped (newer than the library), as runc does.
+pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, String> {
+    let default_errno = profile.default_errno_ret().unwrap_or(1);
+    let e = |what: &str, err: libseccomp::error::SeccompError| format!("seccomp {what}: {err}");
+    let mut ctx = ScmpFilterContext::new(action(profile.default_action(), None, default_errno)?)
+        .map_err(|err| e("init", err))?;
+    // no_new_privs is set by the init itself, in its own step.
+    ctx.set_ctl_nnp(false).map_err(|err| e("nnp", err))?;
+    for a in profile.architectures().iter().flatten() {
+        let name = serde_json::to_value(a)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        if let Ok(arch) = ScmpArch::from_str(&name) {
+            if !ctx.is_arch_present(arch).unwrap_or(false) {
+                ctx.add_arch(arch).map_err(|err| e("add arch", err))?;
+            }
+        }
+    }
+    for rule in profile.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret(), default_errno)?;
+        let conds: Vec<ScmpArgCompare> = rule
+            .args()
+            .iter()
+            .flatten()
+            .map(|a| {
+                let (o, datum) = op(a.op(), a.value_two().unwrap_or(0), a.value());
+                ScmpArgCompare::new(a.index() as u32, o, datum)
+            })
+            .collect();
+        for name in rule.names() {
+            let Ok(sys) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            if act == profile_default(profile, default_errno)? {
+                continue; // libseccomp refuses rules equal to the default
+            }
+            let r = if conds.is_empty() {
+                ctx.add_rule(act, sys)
+            } else {
+                ctx.add_rule_conditional(act, sys, &conds)
+            };
+            r.map_err(|err| e(&format!("rule for {name}"), err))?;
+        }
+    }
+    Ok(ctx)
+}
+
+fn profile_default(p: &LinuxSeccomp, default_errno: u32) -> Result<ScmpAction, String> {
+    action(p.default_action(), None, default_errno)
+}

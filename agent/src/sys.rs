@@ -35,3 +35,35 @@ pub fn cloexec_from(first: u32) -> nix::Result<()> {
     };
     nix::errno::Errno::result(r).map(drop)
 }
+
+/// Installs a seccomp filter (classic BPF, 8 bytes an instruction, as
+/// libseccomp exports it) on the calling thread.
+pub fn load_seccomp_filter(program: &[u8]) -> nix::Result<()> {
+    use nix::libc;
+    if program.is_empty() || program.len() % 8 != 0 || program.len() / 8 > usize::from(u16::MAX) {
+        return Err(nix::errno::Errno::EINVAL);
+    }
+    let mut filter: Vec<libc::sock_filter> = program
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filter`, a live, properly aligned array of
+    // `len` instructions; the kernel copies it before prctl returns.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
+}

@@ -353,3 +353,18 @@ spec:
     assert!(log.contains(" stdout F write=refused\n"), "{log}");
     assert!(!host.path().join("x").exists());
 }
+
+#[test]
+fn without_no_new_privs_the_filter_is_still_installed() {
+    if !require() {
+        return;
+    }
+    let run = run_pod(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: escalating}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, \"grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | sed 's/:\\t/=/'\"]\n    securityContext: {allowPrivilegeEscalation: true}\n",
+        |_| {},
+    );
+    assert_eq!(run.exited.exit_code, 0, "{:?}", run.exited);
+    let out = run.stdout();
+    assert_eq!(out.get("NoNewPrivs").map(String::as_str), Some("0"));
+    assert_eq!(out.get("Seccomp").map(String::as_str), Some("2"));
+}

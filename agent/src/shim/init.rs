@@ -43,6 +43,8 @@ fn errno(step: &'static str, what: String) -> impl Fn(nix::Error) -> InitError {
 /// What the child needs besides the spec.
 pub struct Context<'a> {
     pub spec: &'a Spec,
+    /// The compiled seccomp program, if the spec has a profile.
+    pub seccomp: Option<&'a [u8]>,
     pub rootfs: PathBuf,
     pub cgroup_procs: &'a [PathBuf],
     /// Where warnings and the final error go.
@@ -91,13 +93,19 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
         .as_ref()
         .ok_or_else(|| fail("process")("the spec has no process".into()))?;
     enter_cwd(process.cwd())?;
-    set_user_and_capabilities(process)?;
-    if process.no_new_privileges() == Some(true) {
-        nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs", "prctl".into()))?;
+    let nnp = process.no_new_privileges() == Some(true);
+    // Without no_new_privs a filter needs CAP_SYS_ADMIN: install it while the
+    // init still has it (the profile allows what follows), as runc does.
+    if !nnp {
+        apply_seccomp(cx.seccomp)?;
     }
+    set_user_and_capabilities(process)?;
     let (path, argv, envp) = resolve_exec(process)?;
     close_inherited_fds()?;
-    apply_seccomp(cx.spec)?;
+    if nnp {
+        nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs", "prctl".into()))?;
+        apply_seccomp(cx.seccomp)?;
+    }
     let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     let shown = path.to_string_lossy();
     Err(match e {
@@ -565,11 +573,11 @@ fn close_inherited_fds() -> Result<(), InitError> {
     crate::sys::cloexec_from(3).map_err(errno("close_fds", "close_range".into()))
 }
 
-fn apply_seccomp(spec: &Spec) -> Result<(), InitError> {
-    let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
-        return Ok(());
-    };
-    let ctx = super::seccomp::compile(profile).map_err(fail("seccomp"))?;
-    ctx.load()
-        .map_err(|e| fail("seccomp")(format!("load: {e}")))
+fn apply_seccomp(program: Option<&[u8]>) -> Result<(), InitError> {
+    match program {
+        Some(p) => {
+            crate::sys::load_seccomp_filter(p).map_err(errno("seccomp", "load the filter".into()))
+        }
+        None => Ok(()),
+    }
 }

@@ -60,6 +60,9 @@ pub struct Args {
     pub log_max_size: u64,
     #[arg(long, default_value_t = 5)]
     pub log_max_files: usize,
+    /// Where compiled seccomp programs are cached (by profile hash).
+    #[arg(long)]
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +225,12 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     let mut log = logs::CriLog::open(&args.log, args.log_max_size, args.log_max_files)
         .map_err(io_err(format!("open {}", args.log.display())))?;
     let _ = nix::unistd::setsid();
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => Some(
+            seccomp::program(profile, args.seccomp_cache.as_deref()).map_err(ShimError::Config)?,
+        ),
+        None => None,
+    };
     enter_namespaces(&spec)?;
 
     let (report_r, report_w) = pipe()?;
@@ -251,6 +260,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
             }
             let mut cx = init::Context {
                 spec: &spec,
+                seccomp: seccomp.as_deref(),
                 rootfs,
                 cgroup_procs: &args.cgroup_procs,
                 report: &mut report,

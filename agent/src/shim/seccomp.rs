@@ -42,6 +42,40 @@ fn op(o: LinuxSeccompOperator, value_two: u64, value: u64) -> (ScmpCompareOp, u6
     }
 }
 
+/// The profile compiled to classic BPF: read from `cache` when it holds this
+/// profile (keyed by the SHA-256 of its JSON), else compiled with libseccomp
+/// (about 15 ms for the default profile) and stored there. Loading the program
+/// in the container's init then costs one syscall.
+pub fn program(profile: &LinuxSeccomp, cache: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Seek};
+    let json = serde_json::to_vec(profile).map_err(|e| e.to_string())?;
+    let key = specs::hash::sha256_hex(&json);
+    let cached = cache.map(|d| d.join(format!("{key}.bpf")));
+    if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        if !bytes.is_empty() && bytes.len() % 8 == 0 && bytes.len() <= 8 * 65535 {
+            return Ok(bytes);
+        }
+    }
+    let ctx = compile(profile)?;
+    let mut f = tempfile::tempfile().map_err(|e| format!("seccomp: temp file: {e}"))?;
+    ctx.export_bpf(&f)
+        .map_err(|e| format!("seccomp: export: {e}"))?;
+    let mut bytes = Vec::new();
+    f.rewind()
+        .and_then(|_| f.read_to_end(&mut bytes))
+        .map_err(|e| format!("seccomp: read back: {e}"))?;
+    if let (Some(path), Some(dir)) = (&cached, cache) {
+        // A cache that cannot be written only costs time.
+        if std::fs::create_dir_all(dir).is_ok() {
+            let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+            if std::fs::write(&tmp, &bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, path);
+            }
+        }
+    }
+    Ok(bytes)
+}
+
 /// Builds the filter. Syscall names this libseccomp does not know are
 /// skipped (newer than the library), as runc does.
 pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, String> {

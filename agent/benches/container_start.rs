@@ -1,0 +1,187 @@
+//! Container start and stop, podagent's shim beside `runc run` of the same
+//! bundle (the same config.json, rootfs and command), in the same run, and the
+//! resident cost of an idle container's shim.
+//!
+//! As root: `cargo bench -p agent --bench container_start [-- RUNS]`.
+//! "Start to exit" runs `/bin/true`: everything from spawning the runtime to
+//! the container having exec'd and exited. "Start to first instruction" is the
+//! time until the container's process has run its first command (it creates a
+//! file the benchmark waits for). Medians and percentiles in milliseconds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use specs::oci::{container_spec, ImageConfig, OciInputs};
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, mut d: Vec<Duration>) {
+    d.sort();
+    println!(
+        "{name:<34} n={:<4} median {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms",
+        d.len(),
+        percentile(&d, 0.5),
+        percentile(&d, 0.9),
+        percentile(&d, 0.99)
+    );
+}
+
+fn bundle(dir: &Path, command: &[&str], name: &str) -> PathBuf {
+    let b = dir.join(name);
+    let rootfs = b.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for a in ["sh", "true", "touch", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    let cmd = command
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: bench}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [{cmd}]\n    resources: {{requests: {{cpu: 100m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}\n"
+    );
+    let r = specs::load("bench.yaml", yaml.as_bytes(), &specs::NodeInfo::default());
+    assert!(!r.has_errors(), "{:#?}", r.diagnostics);
+    let pod = &r.pods[0];
+    let inputs = OciInputs {
+        rootfs,
+        image: ImageConfig::default(),
+        ..OciInputs::default()
+    };
+    container_spec(pod, &pod.containers[0], &inputs)
+        .unwrap()
+        .save(b.join("config.json"))
+        .unwrap();
+    b
+}
+
+struct DirRef<'a>(&'a Path);
+
+impl DirRef<'_> {
+    fn path(&self) -> &Path {
+        self.0
+    }
+}
+
+fn shim(bundle: &Path, state: &Path) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let podagent = exe.parent().unwrap().parent().unwrap().join("podagent");
+    let mut c = Command::new(podagent);
+    c.arg("shim")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--state")
+        .arg(state)
+        .arg("--log")
+        .arg(state.join("log"));
+    // As the agent runs it: compiled seccomp programs cached by profile.
+    c.arg("--seccomp-cache")
+        .arg(state.parent().unwrap().join("seccomp-cache"));
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn main() -> std::process::ExitCode {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100);
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the benchmark needs root");
+        return std::process::ExitCode::from(2);
+    }
+    // BENCH_DIR keeps the bundles for profiling a single run by hand.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir_path = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir_path).unwrap();
+    let dir = DirRef(&dir_path);
+    println!(
+        "container start, {runs} runs, {} CPUs, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let b_true = bundle(dir.path(), &["/bin/true"], "true");
+    let marker_dir = dir.path().join("marker");
+    std::fs::create_dir_all(&marker_dir).unwrap();
+
+    let mut ours = Vec::new();
+    for i in 0..runs {
+        let state = dir.path().join(format!("state-{i}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let t = Instant::now();
+        let s = shim(&b_true, &state).status().unwrap();
+        ours.push(t.elapsed());
+        assert!(s.success());
+    }
+    report("podagent shim: start to exit", ours);
+
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if let Some(runc) = &runc {
+        let root = dir.path().join("runc-root");
+        let mut theirs = Vec::new();
+        for i in 0..runs {
+            let id = format!("bench-{}-{i}", std::process::id());
+            let t = Instant::now();
+            let s = Command::new(runc)
+                .arg("--root")
+                .arg(&root)
+                .args(["run", "--bundle"])
+                .arg(&b_true)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            theirs.push(t.elapsed());
+            assert!(s.success(), "runc run failed");
+        }
+        report("runc run: start to exit", theirs);
+    } else {
+        println!("runc not installed: no comparison");
+    }
+
+    // Resident cost of an idle container's shim: proportional set size.
+    let b_sleep = bundle(dir.path(), &["/bin/sleep", "30"], "sleep");
+    let state = dir.path().join("state-idle");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut child = shim(&b_sleep, &state).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.join("state.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle container never started"
+        );
+        std::thread::yield_now();
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id())).unwrap();
+    let pss_kb: u64 = smaps
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    println!("idle shim PSS: {:.2} MB", pss_kb as f64 / 1024.0);
+    let started: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    let pid = started["pid"].as_i64().unwrap() as i32;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    std::process::ExitCode::SUCCESS
+}

@@ -155,33 +155,47 @@ fn main() -> std::process::ExitCode {
         println!("runc not installed: no comparison");
     }
 
-    // Resident cost of an idle container's shim: proportional set size.
-    let b_sleep = bundle(dir.path(), &["/bin/sleep", "30"], "sleep");
-    let state = dir.path().join("state-idle");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut child = shim(&b_sleep, &state).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !state.join("state.json").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the idle container never started"
-        );
-        std::thread::yield_now();
+    // Resident cost of idle containers' shims: proportional set size, so
+    // pages shared between shims (the binary, libc) are divided among them.
+    let b_sleep = bundle(dir.path(), &["/bin/sleep", "60"], "sleep");
+    for count in [1usize, 10] {
+        let mut shims = Vec::new();
+        for i in 0..count {
+            let state = dir.path().join(format!("state-idle-{count}-{i}"));
+            std::fs::create_dir_all(&state).unwrap();
+            shims.push((shim(&b_sleep, &state).spawn().unwrap(), state));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (_, state) in &shims {
+            while !state.join("state.json").exists() {
+                assert!(Instant::now() < deadline, "an idle container never started");
+                std::thread::yield_now();
+            }
+        }
+        let pss: Vec<u64> = shims
+            .iter()
+            .map(|(c, _)| {
+                let smaps =
+                    std::fs::read_to_string(format!("/proc/{}/smaps_rollup", c.id())).unwrap();
+                smaps
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Pss:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mean = pss.iter().sum::<u64>() as f64 / pss.len() as f64 / 1024.0;
+        println!("idle shim PSS with {count:>2} shims running: {mean:.2} MB each");
+        for (mut c, state) in shims {
+            let started: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+            let pid = started["pid"].as_i64().unwrap() as i32;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = c.wait();
+        }
     }
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id())).unwrap();
-    let pss_kb: u64 = smaps
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    println!("idle shim PSS: {:.2} MB", pss_kb as f64 / 1024.0);
-    let started: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
-    let pid = started["pid"].as_i64().unwrap() as i32;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = child.wait();
     std::process::ExitCode::SUCCESS
 }

@@ -6,5 +6,6 @@ pub mod cgroups;
 pub mod cli;
 pub mod image;
 pub mod node;
+pub mod runtime;
 pub mod shim;
 pub mod sys;

@@ -295,6 +295,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
             warnings,
         };
         write_json(&args.state, "exit.json", &exited)?;
+        tell_spawner("failed");
         return Ok(1);
     }
     let started_at = logs::rfc3339_nano(SystemTime::now());
@@ -305,6 +306,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
         warnings: warnings.clone(),
     };
     write_json(&args.state, "state.json", &started)?;
+    tell_spawner("started");
 
     let status = pump(child, &sigfd, [out_r, err_r], &mut log)?;
     let _ = log.flush();
@@ -328,6 +330,18 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     };
     write_json(&args.state, "exit.json", &exited)?;
     Ok(0)
+}
+
+/// One line on stdout for whoever spawned the shim ("started" once the
+/// process is exec'd, "failed" after a start error); stdout then points at
+/// /dev/null, so a spawner that went away never breaks the shim.
+fn tell_spawner(word: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{word}");
+    let _ = out.flush();
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
 }
 
 /// Copies the container's output into the log until its init exits and the

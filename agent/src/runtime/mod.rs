@@ -1,0 +1,408 @@
+//! From a plan to running containers: the pod's sandbox, each container's
+//! overlay rootfs, bundle, cgroups and shim; stop and removal.
+//!
+//! Layout under the state dir (default `/run/podagent`):
+//!
+//! ```text
+//! pods/<uid>/ns/{ipc,uts}, shm/, volumes/<name>/          sandbox.rs
+//! containers/<uid>/<name>/bundle/{config.json,rootfs/}    the overlay is mounted at rootfs
+//!                         upper/, work/, state/, container.log
+//! ```
+//! and cgroups `<cgroup root>/pod<uid>/<name>`. Every name leads back to its
+//! pod uid and container name (DESIGN rule 5).
+
+pub mod sandbox;
+
+use std::io::BufRead;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use specs::oci::{container_spec, ImageConfig, OciInputs};
+use specs::plan::{ContainerPlan, PodPlan};
+
+use crate::cgroups::{CgroupPath, Cgroups, Limits};
+use crate::image::{ImageStore, ResolvedImage};
+use crate::shim::{start_ticks, Exited, Started};
+pub use sandbox::Sandbox;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {volume}: {reason}")]
+    Volume { volume: String, reason: String },
+    #[error("image")]
+    Image(#[from] crate::image::ImageError),
+    #[error("cgroups")]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error("OCI spec")]
+    Spec(#[from] specs::oci::OciError),
+    #[error("container {container} did not start: {message}")]
+    StartError { container: String, message: String },
+    #[error("a helper thread panicked")]
+    Thread,
+}
+
+/// What the runtime needs to know of the node.
+#[derive(Debug)]
+pub struct Runtime {
+    pub state_dir: PathBuf,
+    pub images: ImageStore,
+    pub cgroups: Box<dyn Cgroups>,
+    /// Cgroup path under which pods live (default `podagent`).
+    pub cgroup_root: String,
+    /// The `podagent` binary that runs shims.
+    pub podagent: PathBuf,
+}
+
+/// A container the runtime started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handle {
+    pub dir: PathBuf,
+    pub started: Started,
+}
+
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Resolves an image's `User` (`uid`, `uid:gid`, `name`, `name:group`)
+/// against the rootfs's /etc/passwd and /etc/group.
+pub fn image_user(rootfs: &Path, user: &str) -> Option<(u32, u32)> {
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| {
+                Some((
+                    f.get(2)?.parse().ok()?,
+                    f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0),
+                ))
+            })?
+        })
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, lookup("etc/passwd", u).map_or(0, |(_, g)| g)),
+        Err(_) => lookup("etc/passwd", u)?,
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => g
+            .parse()
+            .ok()
+            .or_else(|| lookup("etc/group", g).map(|(gid, _)| gid))?,
+    };
+    Some((uid, gid))
+}
+
+/// Waits until `dir/name` exists (written by rename into place), at most
+/// `timeout`; driven by inotify, not by polling.
+pub fn wait_for_file(dir: &Path, name: &str, timeout: Duration) -> bool {
+    let target = dir.join(name);
+    let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) else {
+        return target.exists();
+    };
+    if ino
+        .add_watch(dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE)
+        .is_err()
+    {
+        return target.exists();
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if target.exists() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = u16::try_from(left.as_millis().min(60_000))
+            .unwrap_or(60_000)
+            .max(1);
+        let mut fds = [nix::poll::PollFd::new(
+            ino.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+        let _ = ino.read_events();
+    }
+}
+
+impl Runtime {
+    fn container_dir(&self, pod: &PodPlan, c: &ContainerPlan) -> PathBuf {
+        self.state_dir
+            .join("containers")
+            .join(&pod.uid)
+            .join(c.name.as_str())
+    }
+
+    pub fn pod_cgroup(&self, pod: &PodPlan) -> Result<CgroupPath, RuntimeError> {
+        Ok(CgroupPath::new(&self.cgroup_root)?.join(&format!("pod{}", pod.uid))?)
+    }
+
+    fn container_cgroup(
+        &self,
+        pod: &PodPlan,
+        c: &ContainerPlan,
+    ) -> Result<CgroupPath, RuntimeError> {
+        Ok(self.pod_cgroup(pod)?.join(c.name.as_str())?)
+    }
+
+    /// The pod's cgroup with the pod-level limits (the kubelet's pod cgroup).
+    pub fn create_pod_cgroup(&self, pod: &PodPlan) -> Result<(), RuntimeError> {
+        let path = self.pod_cgroup(pod)?;
+        self.cgroups.create(&path)?;
+        let r = &pod.pod_resources;
+        self.cgroups.apply(
+            &path,
+            &Limits {
+                cpu_shares: Some(r.cpu_shares),
+                cpu_weight: Some(specs::resolve::resources::cpu_weight(r.cpu_shares)),
+                cfs_period_us: Some(r.cfs_period_us),
+                cfs_quota_us: r.cfs_quota_us,
+                memory_limit: r.memory_limit_bytes,
+                pids_limit: Some(r.pids_limit),
+                ..Limits::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Starts container `c` of `pod` in `sandbox` (and `net_ns`, from
+    /// netplug; `None` gives it a network namespace with only loopback).
+    /// Returns once the process has been exec'd, or with its start error.
+    pub fn start(
+        &self,
+        pod: &PodPlan,
+        sandbox: &Sandbox,
+        net_ns: Option<&Path>,
+        c: &ContainerPlan,
+    ) -> Result<Handle, RuntimeError> {
+        let image = self.images.resolve(&c.image)?;
+        let dir = self.container_dir(pod, c);
+        let rootfs = dir.join("bundle/rootfs");
+        mount_overlay(&image, &dir, &rootfs)?;
+        let config = image.config.clone();
+        let user = config
+            .user
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .and_then(|u| image_user(&rootfs, u));
+        let inputs = OciInputs {
+            rootfs: rootfs.clone(),
+            image: ImageConfig {
+                entrypoint: config.entrypoint.unwrap_or_default(),
+                cmd: config.cmd.unwrap_or_default(),
+                env: config.env.unwrap_or_default(),
+                working_dir: config.working_dir,
+                user,
+            },
+            net_ns: if pod.host_network {
+                None
+            } else {
+                net_ns.map(Path::to_path_buf)
+            },
+            ipc_ns: sandbox.ipc_ns.clone(),
+            uts_ns: sandbox.uts_ns.clone(),
+            pid_ns: None,
+            cgroups_path: None,
+            volume_dirs: sandbox.volumes.iter().cloned().collect(),
+            shm_dir: sandbox.shm.clone(),
+            files: Vec::new(),
+            pod_ip: None,
+            host_ip: None,
+            localhost_seccomp: None,
+        };
+        let spec = container_spec(pod, c, &inputs)?;
+        let config_path = dir.join("bundle/config.json");
+        spec.save(&config_path).map_err(|e| RuntimeError::Io {
+            op: "write",
+            path: config_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+
+        let cg = self.container_cgroup(pod, c)?;
+        self.cgroups.create(&cg)?;
+        let r = &c.resources;
+        self.cgroups.apply(
+            &cg,
+            &Limits {
+                cpu_shares: Some(r.cpu_shares),
+                cpu_weight: Some(r.cpu_weight),
+                cfs_period_us: Some(r.cfs_period_us),
+                cfs_quota_us: r.cfs_quota_us,
+                cpuset_cpus: r.cpuset.as_ref().map(|s| s.to_string()),
+                memory_limit: r.memory_limit_bytes,
+                swap_limit: r.swap_limit_bytes,
+                oom_kill_disable: r.oom_kill_disable,
+                oom_group: true,
+                pids_limit: Some(pod.pod_resources.pids_limit),
+            },
+        )?;
+
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).map_err(io("create", &state))?;
+        let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(io("create", &dir))?;
+        let mut cmd = Command::new(&self.podagent);
+        cmd.arg("shim")
+            .arg("--bundle")
+            .arg(dir.join("bundle"))
+            .arg("--state")
+            .arg(&state);
+        cmd.arg("--log").arg(dir.join("container.log"));
+        cmd.arg("--seccomp-cache")
+            .arg(self.state_dir.join("seccomp-cache"));
+        for f in self.cgroups.procs_files(&cg) {
+            cmd.arg("--cgroup-procs").arg(f);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_log);
+        let mut child = cmd.spawn().map_err(io("spawn", &self.podagent))?;
+        // The shim writes one line when the process is exec'd or has failed.
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        if line.starts_with("started") {
+            let started: Started = read_json(&state.join("state.json"))?;
+            return Ok(Handle { dir, started });
+        }
+        let _ = child.wait();
+        let message = read_json::<Exited>(&state.join("exit.json"))
+            .map(|e| e.message)
+            .unwrap_or_else(|_| std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default());
+        Err(RuntimeError::StartError {
+            container: c.name.to_string(),
+            message,
+        })
+    }
+
+    /// Stops a container: SIGTERM to its init, then, after `grace`, SIGKILL
+    /// to every process left in its cgroup. Returns its exit record.
+    pub fn stop(
+        &self,
+        pod: &PodPlan,
+        c: &ContainerPlan,
+        grace: Duration,
+    ) -> Result<Exited, RuntimeError> {
+        let dir = self.container_dir(pod, c);
+        let state = dir.join("state");
+        if let Ok(started) = read_json::<Started>(&state.join("state.json")) {
+            // Signal only the process the shim started, never a reused pid.
+            if start_ticks(started.pid) == Some(started.start_ticks) {
+                let _ = kill(Pid::from_raw(started.pid), Signal::SIGTERM);
+            }
+        }
+        if !wait_for_file(&state, "exit.json", grace) {
+            self.cgroups.kill_all(&self.container_cgroup(pod, c)?)?;
+            wait_for_file(&state, "exit.json", Duration::from_secs(10));
+        }
+        read_json(&state.join("exit.json"))
+    }
+
+    /// Removes a stopped container: its processes (if any are left), rootfs,
+    /// directories and cgroup.
+    pub fn remove(&self, pod: &PodPlan, c: &ContainerPlan) -> Result<(), RuntimeError> {
+        let cg = self.container_cgroup(pod, c)?;
+        self.cgroups.kill_all(&cg)?;
+        self.cgroups.remove(&cg)?;
+        let dir = self.container_dir(pod, c);
+        let rootfs = dir.join("bundle/rootfs");
+        if is_mounted(&rootfs) {
+            umount2(&rootfs, MntFlags::MNT_DETACH).map_err(|e| RuntimeError::Io {
+                op: "unmount",
+                path: rootfs.clone(),
+                source: e.into(),
+            })?;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &dir)(e)),
+        }
+    }
+
+    /// Removes the pod's cgroup and sandbox once its containers are removed.
+    pub fn remove_pod(&self, pod: &PodPlan) -> Result<(), RuntimeError> {
+        self.cgroups.remove(&self.pod_cgroup(pod)?)?;
+        let _ = std::fs::remove_dir(self.state_dir.join("containers").join(&pod.uid));
+        sandbox::remove(&self.state_dir, &pod.uid)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, RuntimeError> {
+    let bytes = std::fs::read(p).map_err(io("read", p))?;
+    serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Io {
+        op: "parse",
+        path: p.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn is_mounted(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
+        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// The container's rootfs: its image's layers as overlay lower dirs (top
+/// first), its own upper and work dirs.
+fn mount_overlay(image: &ResolvedImage, dir: &Path, rootfs: &Path) -> Result<(), RuntimeError> {
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    for d in [&upper, &work, &rootfs.to_path_buf()] {
+        std::fs::create_dir_all(d).map_err(io("create", d))?;
+    }
+    if is_mounted(rootfs) {
+        return Ok(());
+    }
+    let lower: Vec<String> = image
+        .layers
+        .iter()
+        .rev()
+        .map(|l| l.display().to_string())
+        .collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| RuntimeError::Io {
+        op: "mount overlay at",
+        path: rootfs.to_path_buf(),
+        source: e.into(),
+    })
+}

@@ -1,0 +1,273 @@
+//! The runtime from a plan: a pod's sandbox, containers on overlay rootfs from
+//! the image store, their cgroups and shims; stop with its grace period; and
+//! nothing left afterwards. As root; each container has its own network
+//! namespace (loopback only), so the host's network is not touched. Outside
+//! CI a missing privilege skips; with CI=true it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent::cgroups::{detect, CgroupPath};
+use agent::image::ImageStore;
+use agent::runtime::{sandbox, Runtime, RuntimeError};
+
+fn require() -> bool {
+    let why = if !nix::unistd::geteuid().is_root() {
+        Some("needs root")
+    } else if !Path::new("/bin/busybox").exists() {
+        Some("needs /bin/busybox")
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(w) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {w}"),
+        Some(w) => {
+            eprintln!("skipping: {w}");
+            false
+        }
+    }
+}
+
+struct Fixture {
+    rt: Runtime,
+    cg_root: CgroupPath,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.rt.cgroups.remove(&self.cg_root);
+    }
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImageStore::open(&dir.path().join("store")).unwrap();
+    let rootfs = dir.path().join("busybox-rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+    )
+    .unwrap();
+    images
+        .import_rootfs(&rootfs, "busybox:latest", vec!["sh".into()])
+        .unwrap();
+    let cg_root =
+        CgroupPath::new(&format!("podagent-rttest-{}-{name}", std::process::id())).unwrap();
+    let rt = Runtime {
+        state_dir: dir.path().join("state"),
+        images,
+        cgroups: detect(Path::new("/proc/self/mountinfo")).unwrap().driver(),
+        cgroup_root: cg_root.as_path().display().to_string(),
+        podagent: PathBuf::from(env!("CARGO_BIN_EXE_podagent")),
+    };
+    Fixture { rt, cg_root, dir }
+}
+
+fn plan(yaml: &str) -> specs::PodPlan {
+    let r = specs::load("pod.yaml", yaml.as_bytes(), &specs::NodeInfo::default());
+    assert!(!r.has_errors(), "{:#?}", r.diagnostics);
+    r.pods.into_iter().next().unwrap()
+}
+
+/// Waits for `f` to hold, checking every 20 ms, at most `limit`.
+#[allow(clippy::disallowed_methods)]
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+const POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  hostname: web-1
+  volumes: [{name: data, emptyDir: {}}]
+  containers:
+  - name: writer
+    image: busybox
+    command: [sh, -c, 'hostname > /data/host; echo $$$$ > /data/pid; echo shared > /dev/shm/note; exec sleep 1000']
+    volumeMounts: [{name: data, mountPath: /data}]
+    resources: {limits: {cpu: 200m, memory: 32Mi}}
+  - name: reader
+    image: busybox
+    command: [sh, -c, 'trap "exit 0" TERM; while [ ! -f /data/host ]; do sleep 0.05; done; cat /data/host /dev/shm/note; while :; do sleep 0.1; done']
+    volumeMounts: [{name: data, mountPath: /data, readOnly: true}]
+"#;
+
+#[test]
+fn a_pod_runs_from_its_plan_and_stopping_it_leaves_nothing() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("pod");
+    let rt = &fx.rt;
+    let pod = plan(POD);
+    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
+    rt.create_pod_cgroup(&pod).unwrap();
+    let writer = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    let reader = rt.start(&pod, &sb, None, &pod.containers[1]).unwrap();
+    assert!(writer.started.pid > 1 && writer.started.start_ticks > 0);
+
+    // The reader saw the writer's volume and the pod's shared /dev/shm.
+    let log = reader.dir.join("container.log");
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" stdout F shared\n")),
+        "reader log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(" stdout F web-1\n"),
+        "the pod's hostname: {text}"
+    );
+    let volume = sb
+        .volumes
+        .iter()
+        .find(|(n, _)| n == "data")
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(
+        std::fs::read_to_string(volume.join("pid")).unwrap().trim(),
+        "1",
+        "PID 1 in its own namespace"
+    );
+    // The writer runs in its cgroup under the pod's, with its limits.
+    let cg = rt.pod_cgroup(&pod).unwrap().join("writer").unwrap();
+    assert!(rt
+        .cgroups
+        .pids(&cg)
+        .unwrap()
+        .contains(&(writer.started.pid as u32)));
+
+    // The reader exits on SIGTERM; the writer (sleep as PID 1 ignores it) is
+    // killed when the grace period ends.
+    let t = Instant::now();
+    let exited = rt
+        .stop(&pod, &pod.containers[1], Duration::from_secs(5))
+        .unwrap();
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (0, "Completed"));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stopped on SIGTERM, not at the deadline"
+    );
+    let t = Instant::now();
+    let exited = rt
+        .stop(&pod, &pod.containers[0], Duration::from_secs(1))
+        .unwrap();
+    let waited = t.elapsed();
+    assert_eq!(exited.signal, Some(9), "{exited:?}");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(5),
+        "killed after the grace period ({waited:?})"
+    );
+
+    for c in &pod.containers {
+        rt.remove(&pod, c).unwrap();
+    }
+    rt.remove_pod(&pod).unwrap();
+    assert!(
+        mounts_under(fx.dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(fx.dir.path())
+    );
+    assert!(!rt.state_dir.join("pods").join(&pod.uid).exists());
+    assert!(!rt.state_dir.join("containers").join(&pod.uid).exists());
+    for f in rt.cgroups.procs_files(&cg) {
+        assert!(!f.parent().unwrap().exists(), "cgroup {} left", f.display());
+    }
+}
+
+#[test]
+fn start_errors_are_reported_and_cleaned_up() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("errors");
+    let rt = &fx.rt;
+    let pod = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n  containers:\n  - {name: nope, image: busybox, command: [/bin/nope]}\n  - {name: noimage, image: 'missing:v1'}\n");
+    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
+    rt.create_pod_cgroup(&pod).unwrap();
+    match rt.start(&pod, &sb, None, &pod.containers[0]) {
+        Err(RuntimeError::StartError { container, message }) => {
+            assert_eq!(container, "nope");
+            assert_eq!(message, "exec: executable file not found: /bin/nope");
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = rt.start(&pod, &sb, None, &pod.containers[1]).unwrap_err();
+    assert_eq!(
+        format!("{err}: {}", std::error::Error::source(&err).unwrap()),
+        "image: image \"missing:v1\" is not in the store"
+    );
+    for c in &pod.containers {
+        rt.remove(&pod, c).unwrap();
+    }
+    rt.remove_pod(&pod).unwrap();
+    assert!(
+        mounts_under(fx.dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(fx.dir.path())
+    );
+}
+
+#[test]
+fn the_shim_leads_its_own_session_apart_from_its_spawner() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("orphan");
+    let rt = &fx.rt;
+    let pod = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: orphan}\nspec:\n  containers: [{name: c, image: busybox, command: [sleep, '1000']}]\n");
+    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
+    rt.create_pod_cgroup(&pod).unwrap();
+    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    // The shim is in a session of its own, so it is not in the test's process
+    // group and survives the agent's; the container is its child.
+    let shim_pid = std::fs::read_to_string(format!("/proc/{}/stat", h.started.pid)).unwrap();
+    let ppid: i32 = shim_pid[shim_pid.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(ppid))).unwrap();
+    assert_eq!(sid.as_raw(), ppid, "the shim leads its own session");
+    assert_ne!(sid, nix::unistd::getsid(None).unwrap());
+    rt.stop(&pod, &pod.containers[0], Duration::from_millis(200))
+        .unwrap();
+    rt.remove(&pod, &pod.containers[0]).unwrap();
+    rt.remove_pod(&pod).unwrap();
+    assert!(mounts_under(fx.dir.path()).is_empty());
+}

@@ -271,3 +271,43 @@ fn the_shim_leads_its_own_session_apart_from_its_spawner() {
     rt.remove_pod(&pod).unwrap();
     assert!(mounts_under(fx.dir.path()).is_empty());
 }
+
+#[test]
+fn the_device_cgroup_denies_devices_outside_the_allowlist() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("devices");
+    let rt = &fx.rt;
+    // CAP_MKNOD is a default capability and `c *:* m` is allowed, as with
+    // runc: the node can be made, but not opened.
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: devices}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'mknod /tmp/mem c 1 1 && echo mknod=ok; if head -c 1 /tmp/mem > /dev/null 2>&1; then echo mem=readable; else echo mem=denied; fi; echo zero=$(head -c 3 /dev/zero | wc -c)']\n",
+    );
+    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
+    rt.create_pod_cgroup(&pod).unwrap();
+    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    assert!(agent::runtime::wait_for_file(
+        &h.dir.join("state"),
+        "exit.json",
+        Duration::from_secs(10)
+    ));
+    let log = std::fs::read_to_string(h.dir.join("container.log")).unwrap();
+    assert!(log.contains(" stdout F mknod=ok\n"), "{log}");
+    assert!(
+        log.contains(" stdout F zero=3\n"),
+        "allowed devices work: {log}"
+    );
+    match detect(Path::new("/proc/self/mountinfo")).unwrap().name() {
+        "v2" => eprintln!(
+            "cgroup v2: no eBPF device filter is loaded yet; /dev's contents are the only limit"
+        ),
+        _ => assert!(
+            log.contains(" stdout F mem=denied\n"),
+            "the v1 device cgroup must refuse /dev/mem: {log}"
+        ),
+    }
+    rt.remove(&pod, &pod.containers[0]).unwrap();
+    rt.remove_pod(&pod).unwrap();
+    assert!(mounts_under(fx.dir.path()).is_empty());
+}

@@ -96,6 +96,34 @@ pub struct Limits {
     pub oom_group: bool,
     /// `None` or -1: unlimited.
     pub pids_limit: Option<i64>,
+    /// Device access rules, in order (v1 `devices.deny`/`devices.allow`);
+    /// empty: left as they are.
+    pub devices: Vec<DeviceRule>,
+}
+
+/// One device cgroup rule: `allow` or deny `kind` (`a`, `c`, `b`) `major:minor`
+/// (`None`: any) for `access` (`rwm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub kind: char,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
+}
+
+impl DeviceRule {
+    /// The v1 line: `c 1:3 rwm`, `a *:* rwm`.
+    pub fn v1_line(&self) -> String {
+        let n = |v: Option<i64>| v.map_or("*".to_string(), |v| v.to_string());
+        format!(
+            "{} {}:{} {}",
+            self.kind,
+            n(self.major),
+            n(self.minor),
+            self.access
+        )
+    }
 }
 
 /// What a cgroup uses now.

@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 use specs::oci::{container_spec, ImageConfig, OciInputs};
 use specs::plan::{ContainerPlan, PodPlan};
 
-use crate::cgroups::{CgroupPath, Cgroups, Limits};
+use crate::cgroups::{CgroupPath, Cgroups, DeviceRule, Limits};
 use crate::image::{ImageStore, ResolvedImage};
 use crate::shim::{start_ticks, Exited, Started};
 pub use sandbox::Sandbox;
@@ -244,6 +244,28 @@ impl Runtime {
             source: std::io::Error::other(e.to_string()),
         })?;
 
+        let devices = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|d| DeviceRule {
+                allow: d.allow(),
+                kind: match d.typ() {
+                    Some(
+                        oci_spec::runtime::LinuxDeviceType::C
+                        | oci_spec::runtime::LinuxDeviceType::U,
+                    ) => 'c',
+                    Some(oci_spec::runtime::LinuxDeviceType::B) => 'b',
+                    _ => 'a',
+                },
+                major: d.major(),
+                minor: d.minor(),
+                access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+            })
+            .collect();
         let cg = self.container_cgroup(pod, c)?;
         self.cgroups.create(&cg)?;
         let r = &c.resources;
@@ -260,6 +282,7 @@ impl Runtime {
                 oom_kill_disable: r.oom_kill_disable,
                 oom_group: true,
                 pids_limit: Some(pod.pod_resources.pids_limit),
+                devices,
             },
         )?;
 

@@ -21,6 +21,7 @@ fn limits() -> Limits {
         oom_kill_disable: false,
         oom_group: true,
         pids_limit: Some(64),
+        devices: Vec::new(),
     }
 }
 

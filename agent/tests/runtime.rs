@@ -311,3 +311,75 @@ fn the_device_cgroup_denies_devices_outside_the_allowlist() {
     rt.remove_pod(&pod).unwrap();
     assert!(mounts_under(fx.dir.path()).is_empty());
 }
+
+fn podctl(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_podctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn podctl_logs_shows_the_current_and_the_previous_run() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("logs");
+    let rt = &fx.rt;
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: chatty}\nspec:\n  containers:\n  - name: talk\n    image: busybox\n    command: [sh, -c, 'echo run $(cat /proc/sys/kernel/random/uuid); echo two; echo three >&2']\n",
+    );
+    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
+    rt.create_pod_cgroup(&pod).unwrap();
+    let state = rt.state_dir.display().to_string();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+        assert!(agent::runtime::wait_for_file(
+            &h.dir.join("state"),
+            "exit.json",
+            Duration::from_secs(10)
+        ));
+        let (code, out, err) = podctl(&["logs", "--state-dir", &state, "chatty"]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("run "));
+        assert_eq!(&lines[1..], ["two", "three"]);
+        runs.push(lines[0].to_string());
+    }
+    assert_ne!(runs[0], runs[1], "two runs");
+    let (_, out, _) = podctl(&["logs", "--state-dir", &state, "chatty", "--previous"]);
+    assert_eq!(out.lines().next(), Some(runs[0].as_str()));
+    let (_, out, _) = podctl(&[
+        "logs",
+        "--state-dir",
+        &state,
+        "chatty",
+        "-c",
+        "talk",
+        "--tail",
+        "1",
+    ]);
+    assert_eq!(out, "three\n");
+    let (code, _, err) = podctl(&["logs", "--state-dir", &state, "chaty"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "podctl logs: pod default/chaty not found; did you mean chatty?"
+    );
+    let (code, _, err) = podctl(&["logs", "--state-dir", &state, "chatty", "-c", "nope"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "podctl logs: container nope is not in pod chatty; it has talk"
+    );
+    rt.remove(&pod, &pod.containers[0]).unwrap();
+    rt.remove_pod(&pod).unwrap();
+    assert!(mounts_under(fx.dir.path()).is_empty());
+}

@@ -1,6 +1,7 @@
 //! `podctl`: one module per subcommand.
 
 pub mod image;
+pub mod logs;
 pub mod validate;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Manage the local image store.
     Image(image::Args),
+    /// Print a container's output.
+    Logs(logs::Args),
 }
 
 /// What a subcommand ends with; `main` turns it into the exit code.
@@ -51,5 +54,6 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
     match cli.command {
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Image(args) => image::run(&args, out, err),
+        Command::Logs(args) => logs::run(&args, out, err),
     }
 }

@@ -151,6 +151,26 @@ pub fn wait_for_file(dir: &Path, name: &str, timeout: Duration) -> bool {
     }
 }
 
+/// Waits until something in `dir` is written, created or moved, at most
+/// `timeout` (inotify).
+pub fn wait_for_change(dir: &Path, timeout: Duration) {
+    let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) else {
+        return;
+    };
+    let flags = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO;
+    if ino.add_watch(dir, flags).is_err() {
+        return;
+    }
+    let ms = u16::try_from(timeout.as_millis().min(60_000))
+        .unwrap_or(60_000)
+        .max(1);
+    let mut fds = [nix::poll::PollFd::new(
+        ino.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+}
+
 impl Runtime {
     fn container_dir(&self, pod: &PodPlan, c: &ContainerPlan) -> PathBuf {
         self.state_dir
@@ -287,6 +307,12 @@ impl Runtime {
         )?;
 
         let state = dir.join("state");
+        // A restart keeps the previous run's log and records (`--previous`).
+        let log = dir.join("container.log");
+        if log.exists() {
+            std::fs::rename(&log, dir.join("previous.log")).map_err(io("rename", &log))?;
+        }
+        let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).map_err(io("create", &state))?;
         let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(io("create", &dir))?;
         let mut cmd = Command::new(&self.podagent);

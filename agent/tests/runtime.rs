@@ -383,3 +383,75 @@ fn podctl_logs_shows_the_current_and_the_previous_run() {
     rt.remove_pod(&pod).unwrap();
     assert!(mounts_under(fx.dir.path()).is_empty());
 }
+
+#[test]
+fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("exec");
+    let rt = &fx.rt;
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: target}\nspec:\n  hostname: target-host\n  containers:\n  - name: app\n    image: busybox\n    command: [sh, -c, 'echo marker > /tmp/inside; exec sleep 1000']\n    env: [{name: GREETING, value: hello}]\n",
+    );
+    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
+    rt.create_pod_cgroup(&pod).unwrap();
+    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    let state = rt.state_dir.display().to_string();
+    let podagent = env!("CARGO_BIN_EXE_podagent");
+    let exec = |script: &str| {
+        podctl(&[
+            "exec",
+            "--state-dir",
+            &state,
+            "--podagent",
+            podagent,
+            "target",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || exec("cat /tmp/inside").1
+            == "marker\n"),
+        "the container's own filesystem"
+    );
+    let (code, out, err) = exec("hostname; echo $GREETING; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t'; tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/self/cgroup | grep -cE 'pod'");
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["target-host", "hello", "NoNewPrivs:1", "Seccomp:2"],
+        "{out}"
+    );
+    assert_eq!(
+        lines[4], "sleep 1000 ",
+        "PID 1 is the container's init (its PID namespace): {out}"
+    );
+    assert_ne!(lines[5], "0", "it runs in the container's cgroup: {out}");
+    // The command's exit status is podctl's.
+    assert_eq!(exec("exit 7").0, 7);
+    let (code, _, err) = podctl(&[
+        "exec",
+        "--state-dir",
+        &state,
+        "--podagent",
+        podagent,
+        "target",
+        "--",
+        "/bin/nope",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("executable file not found"), "{err}");
+    rt.stop(&pod, &pod.containers[0], Duration::from_millis(100))
+        .unwrap();
+    let (code, _, err) = exec("true");
+    assert_eq!(code, 1);
+    assert!(err.contains("has exited"), "{err}");
+    drop(h);
+    rt.remove(&pod, &pod.containers[0]).unwrap();
+    rt.remove_pod(&pod).unwrap();
+    assert!(mounts_under(fx.dir.path()).is_empty());
+}

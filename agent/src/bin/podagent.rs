@@ -21,12 +21,15 @@ enum Command {
     /// Run one container from an OCI bundle and stay its parent (started by
     /// the agent, not by hand).
     Shim(agent::shim::Args),
+    /// Run a command in a running container (used by `podctl exec`).
+    Exec(agent::shim::exec::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Shim(args) => agent::shim::run(&args),
+        Command::Exec(args) => agent::shim::exec::run(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,6 +1,8 @@
 //! `podctl`: one module per subcommand.
 
+pub mod exec;
 pub mod image;
+pub mod locate;
 pub mod logs;
 pub mod validate;
 
@@ -26,6 +28,8 @@ pub enum Command {
     Image(image::Args),
     /// Print a container's output.
     Logs(logs::Args),
+    /// Run a command in a running container.
+    Exec(exec::Args),
 }
 
 /// What a subcommand ends with; `main` turns it into the exit code.
@@ -37,6 +41,8 @@ pub enum Outcome {
     Invalid,
     /// 2: the command was used wrongly (missing file, bad flag).
     Usage,
+    /// The exit status of a command podctl ran (`exec`).
+    Passed(u8),
 }
 
 impl Outcome {
@@ -45,6 +51,7 @@ impl Outcome {
             Outcome::Ok => 0,
             Outcome::Invalid => 1,
             Outcome::Usage => 2,
+            Outcome::Passed(c) => c,
         }
     }
 }
@@ -55,5 +62,9 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Image(args) => image::run(&args, out, err),
         Command::Logs(args) => logs::run(&args, out, err),
+        Command::Exec(args) => match exec::run(&args, err) {
+            Ok(code) => Outcome::Passed(u8::try_from(code).unwrap_or(1)),
+            Err(o) => o,
+        },
     }
 }

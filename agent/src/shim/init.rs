@@ -107,17 +107,22 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
         apply_seccomp(cx.seccomp)?;
     }
     let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    Err(exec_failed(&path, e))
+}
+
+/// Why execve failed, in the words a user expects.
+pub(super) fn exec_failed(path: &std::ffi::CStr, e: nix::Error) -> InitError {
     let shown = path.to_string_lossy();
-    Err(match e {
+    match e {
         nix::Error::ENOENT => fail("exec")(format!("executable file not found: {shown}")),
         nix::Error::EACCES => fail("exec")(format!("permission denied: {shown}")),
         e => fail("exec")(format!("{shown}: {e}")),
-    })
+    }
 }
 
 /// Non-dumpable until exec: nothing in the container can ptrace this process
 /// or open its /proc entries while it holds host resources (CVE-2019-5736).
-fn make_undumpable() -> Result<(), InitError> {
+pub(super) fn make_undumpable() -> Result<(), InitError> {
     nix::sys::prctl::set_dumpable(false).map_err(errno("undumpable", "prctl".into()))
 }
 
@@ -467,7 +472,7 @@ fn apply_oom_score_adj(cx: &mut Context<'_>) -> Result<(), InitError> {
 /// Enters the working directory and checks it lies inside the new root: a
 /// directory handle leaked from the host would show as unreachable (the
 /// CVE-2024-21626 class).
-fn enter_cwd(cwd: &Path) -> Result<(), InitError> {
+pub(super) fn enter_cwd(cwd: &Path) -> Result<(), InitError> {
     chdir(cwd).map_err(errno("cwd", cwd.display().to_string()))?;
     let here = nix::unistd::getcwd().map_err(errno("cwd", "getcwd".into()))?;
     if !here.is_absolute() || here.starts_with("(unreachable)") {
@@ -479,7 +484,7 @@ fn enter_cwd(cwd: &Path) -> Result<(), InitError> {
     Ok(())
 }
 
-fn set_user_and_capabilities(p: &oci_spec::runtime::Process) -> Result<(), InitError> {
+pub(super) fn set_user_and_capabilities(p: &oci_spec::runtime::Process) -> Result<(), InitError> {
     use caps::{CapSet, Capability};
     let user = p.user();
     let wanted = |set: Option<&std::collections::HashSet<oci_spec::runtime::Capability>>| -> caps::CapsHashSet {
@@ -536,7 +541,7 @@ fn set_user_and_capabilities(p: &oci_spec::runtime::Process) -> Result<(), InitE
 }
 
 /// `args[0]` looked up in the container's PATH, and the C strings for execve.
-fn resolve_exec(
+pub(super) fn resolve_exec(
     p: &oci_spec::runtime::Process,
 ) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
     let c =
@@ -569,11 +574,11 @@ fn resolve_exec(
 /// Marks every descriptor above stderr close-on-exec: nothing of the shim or
 /// the agent reaches the container (the CVE-2024-21626 class). The error pipe
 /// is among them, so a successful exec closes it and the shim reads EOF.
-fn close_inherited_fds() -> Result<(), InitError> {
+pub(super) fn close_inherited_fds() -> Result<(), InitError> {
     crate::sys::cloexec_from(3).map_err(errno("close_fds", "close_range".into()))
 }
 
-fn apply_seccomp(program: Option<&[u8]>) -> Result<(), InitError> {
+pub(super) fn apply_seccomp(program: Option<&[u8]>) -> Result<(), InitError> {
     match program {
         Some(p) => {
             crate::sys::load_seccomp_filter(p).map_err(errno("seccomp", "load the filter".into()))

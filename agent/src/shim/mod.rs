@@ -15,6 +15,7 @@
 //! - `exit.json`: `exit_code`, `signal`, `started_at`, `finished_at`, `reason`
 //!   (`Completed`, `Error`, `StartError`), `message`.
 
+pub mod exec;
 mod init;
 pub mod logs;
 pub mod mounts;

@@ -1,0 +1,171 @@
+//! `podagent exec`: a process in a running container's namespaces and cgroup,
+//! with the container's environment, user, capabilities, no_new_privs and
+//! seccomp profile. Single-threaded like the shim; its exit status is the
+//! process's (128 + signal when killed by one).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::ForkResult;
+use oci_spec::runtime::Spec;
+
+use super::{init, read_config, start_ticks, ShimError};
+use crate::cgroups::{detect, Layout};
+use crate::sys;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The container's bundle (its config.json gives env, user, capabilities
+    /// and seccomp).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// The container's init, as its state.json records it.
+    #[arg(long)]
+    pub pid: i32,
+    /// Its start time in clock ticks: a recycled pid is refused.
+    #[arg(long)]
+    pub start_ticks: u64,
+    #[arg(long)]
+    pub seccomp_cache: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// The `cgroup.procs` files of the cgroups `pid` is in, on this node.
+fn cgroup_procs(pid: i32, layout: &Layout) -> Result<Vec<PathBuf>, ShimError> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| ShimError::Io {
+            what: format!("read /proc/{pid}/cgroup"),
+            source: e,
+        })?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let rel = path.trim_start_matches('/');
+        let mount = match layout {
+            Layout::V2 { root } if ctrls.is_empty() => Some(root.clone()),
+            Layout::V1 { controllers } | Layout::Hybrid { controllers, .. } => {
+                ctrls.split(',').find_map(|c| controllers.get(c)).cloned()
+            }
+            _ => None,
+        };
+        if let Some(m) = mount {
+            let file = m.join(rel).join("cgroup.procs");
+            if !out.contains(&file) {
+                out.push(file);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: &Args) -> i32 {
+    match exec(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podagent exec: {e}");
+            126
+        }
+    }
+}
+
+fn exec(args: &Args) -> Result<i32, ShimError> {
+    if start_ticks(args.pid) != Some(args.start_ticks) {
+        return Err(ShimError::Config(format!(
+            "container process {} is not running",
+            args.pid
+        )));
+    }
+    let mut spec: Spec = read_config(&args.bundle)?;
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(p) => Some(
+            super::seccomp::program(p, args.seccomp_cache.as_deref()).map_err(ShimError::Config)?,
+        ),
+        None => None,
+    };
+    let layout =
+        detect(Path::new("/proc/self/mountinfo")).map_err(|e| ShimError::Config(e.to_string()))?;
+    // Join the cgroups first: their files are host paths, gone once the
+    // container's mount namespace is entered.
+    for f in cgroup_procs(args.pid, &layout)? {
+        std::fs::write(&f, "0").map_err(|e| ShimError::Io {
+            what: format!("join {}", f.display()),
+            source: e,
+        })?;
+    }
+    let ns = |name: &str| File::open(format!("/proc/{}/ns/{name}", args.pid));
+    let mut opened = Vec::new();
+    for (name, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let f = ns(name).map_err(|e| ShimError::Io {
+            what: format!("open the container's {name} namespace"),
+            source: e,
+        })?;
+        opened.push((name, f, flag));
+    }
+    for (name, f, flag) in &opened {
+        setns(f.as_fd(), *flag).map_err(|e| ShimError::Sys {
+            what: format!("enter the container's {name} namespace"),
+            source: e,
+        })?;
+    }
+    drop(opened);
+    // The process the user asked for, with the container's process settings.
+    if let Some(p) = spec.process_mut() {
+        p.set_args(Some(args.command.clone()));
+        p.set_terminal(Some(false));
+    }
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| ShimError::Config("the spec has no process".into()))?;
+    match sys::fork().map_err(|e| ShimError::Sys {
+        what: "fork".into(),
+        source: e,
+    })? {
+        ForkResult::Child => {
+            let e = (|| -> Result<std::convert::Infallible, init::InitError> {
+                init::make_undumpable()?;
+                init::enter_cwd(process.cwd())?;
+                let nnp = process.no_new_privileges() == Some(true);
+                if !nnp {
+                    init::apply_seccomp(seccomp.as_deref())?;
+                }
+                init::set_user_and_capabilities(&process)?;
+                let (path, argv, envp) = init::resolve_exec(&process)?;
+                init::close_inherited_fds()?;
+                if nnp {
+                    nix::sys::prctl::set_no_new_privs().map_err(|e| init::InitError {
+                        step: "no_new_privs",
+                        detail: e.to_string(),
+                    })?;
+                    init::apply_seccomp(seccomp.as_deref())?;
+                }
+                let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+                Err(init::exec_failed(&path, e))
+            })();
+            let Err(e) = e;
+            eprintln!("podagent exec: {e}");
+            sys::exit_now(126);
+        }
+        ForkResult::Parent { child } => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Ok(128 + sig as i32),
+            Ok(_) => Ok(1),
+            Err(e) => Err(ShimError::Sys {
+                what: "waitpid".into(),
+                source: e,
+            }),
+        },
+    }
+}

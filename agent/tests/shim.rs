@@ -143,7 +143,9 @@ echo "pid=$$$$"
 echo "uid=$(id -u)"
 echo "cwd=$(pwd)"
 grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status | sed 's/:\t/=/'
-echo "kcore=$(cat /proc/kcore | wc -c)"
+echo "timer_list=$(cat /proc/timer_list | wc -c)"
+echo "timer_list_dev=$(ls -l /proc/timer_list | awk '{print $1 $5 $6}')"
+echo "firmware=$(ls /sys/firmware | wc -l)"
 echo "fds=$(ls /proc/self/fd | tr '\n' ' ')"
 echo "devices=$(ls /dev | tr '\n' ' ')"
 echo "cgroup=$(grep -E '(:memory:|^0::)' /proc/self/cgroup | cut -d: -f3)"
@@ -169,7 +171,7 @@ spec:
   containers:
   - name: checker
     image: busybox
-    workingDir: /work
+    workingDir: /work/deep
     command: [sh, -c, {CHECKER:?}]
     resources:
       requests: {{cpu: 100m, memory: 16Mi}}
@@ -187,12 +189,16 @@ spec:
         ("hostname", "box-1"),
         ("pid", "1"),
         ("uid", "0"),
-        ("cwd", "/work"),
+        ("cwd", "/work/deep"),
         ("NoNewPrivs", "1"),
         ("Seccomp", "2"),
         // The 14 default capabilities.
         ("CapEff", "00000000a80425fb"),
-        ("kcore", "0"),
+        // Masked: the host's /dev/null over files (about 7 kB on the host),
+        // an empty tmpfs over directories (2 entries on the host).
+        ("timer_list", "0"),
+        ("timer_list_dev", "crw-rw-rw-1,3"),
+        ("firmware", "0"),
         ("fds", "0 1 2 3 "),
         (
             "devices",
@@ -207,7 +213,8 @@ spec:
         assert_eq!(
             out.get(k).map(String::as_str),
             Some(v),
-            "{k}; stdout: {out:#?}"
+            "{k}; stdout: {out:#?}; log: {:?}",
+            run.log
         );
     }
     assert_eq!(
@@ -367,4 +374,58 @@ fn without_no_new_privs_the_filter_is_still_installed() {
     let out = run.stdout();
     assert_eq!(out.get("NoNewPrivs").map(String::as_str), Some("0"));
     assert_eq!(out.get("Seccomp").map(String::as_str), Some("2"));
+}
+
+#[test]
+fn a_symlink_in_the_image_cannot_redirect_a_volume_onto_the_host() {
+    if !require() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("planted"), "volume content\n").unwrap();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: symlink-attack}}\nspec:\n  volumes: [{{name: v, hostPath: {{path: {}}}}}]\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'cat /data/planted; ls /etc/planted']\n    volumeMounts: [{{name: v, mountPath: /data}}]\n",
+        host.path().display()
+    );
+    let report = specs::load("s.yaml", yaml.as_bytes(), &specs::NodeInfo::default());
+    assert!(!report.has_errors(), "{:#?}", report.diagnostics);
+    let pod = &report.pods[0];
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("bundle/rootfs");
+    busybox_rootfs(&rootfs);
+    // The image's /data points at the host's /etc.
+    std::os::unix::fs::symlink("/etc", rootfs.join("data")).unwrap();
+    let inputs = OciInputs {
+        rootfs: rootfs.clone(),
+        volume_dirs: [("v".to_string(), host.path().to_path_buf())].into(),
+        ..OciInputs::default()
+    };
+    container_spec(pod, &pod.containers[0], &inputs)
+        .unwrap()
+        .save(dir.path().join("bundle/config.json"))
+        .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_podagent"))
+        .args(["shim", "--bundle"])
+        .arg(dir.path().join("bundle"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--log")
+        .arg(dir.path().join("c.log"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
+    // The link was followed inside the container's root: the volume landed on
+    // the image's /etc, never on the host's.
+    assert!(log.contains(" stdout F volume content\n"), "{log}");
+    assert!(log.contains(" stdout F /etc/planted\n"), "{log}");
+    assert!(
+        !Path::new("/etc/planted").exists(),
+        "the host's /etc was mounted over"
+    );
+    let host_etc_mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some("/etc"));
+    assert!(!host_etc_mounted);
 }

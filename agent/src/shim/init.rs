@@ -75,6 +75,7 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     let root = mount_rootfs(&cx.rootfs)?;
     mount_all(cx.spec, &root)?;
     create_devices(&root)?;
+    create_cwd(cx.spec, &root)?;
     let null = host_dev_null()?;
     mask_paths(cx.spec, &root, &null)?;
     pivot(&cx.rootfs)?;
@@ -281,6 +282,15 @@ fn create_devices(root: &OwnedFd) -> Result<(), InitError> {
             Ok(()) | Err(nix::Error::EEXIST) => {}
             Err(e) => return Err(fail("devices")(format!("symlink /dev/{name}: {e}"))),
         }
+    }
+    Ok(())
+}
+
+/// The working directory, created inside the root when the image lacks it
+/// (as runc does).
+fn create_cwd(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
+    if let Some(p) = spec.process() {
+        mounts::target(root, p.cwd(), false).map_err(fail("cwd"))?;
     }
     Ok(())
 }

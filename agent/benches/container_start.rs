@@ -155,6 +155,103 @@ fn main() -> std::process::ExitCode {
         println!("runc not installed: no comparison");
     }
 
+    // Stop: SIGTERM to a container that exits on it, until its exit is
+    // recorded (podagent) or `runc kill` plus `runc run` returning (runc).
+    // The container says when its handler is installed: a signal before that
+    // would be ignored by a PID 1 without one.
+    let b_term = bundle(
+        dir.path(),
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 0' TERM; touch /tmp/ready; while :; do :; done",
+        ],
+        "term",
+    );
+    let ready = b_term.join("rootfs/tmp/ready");
+    let wait_ready = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "the container never got ready");
+            std::thread::yield_now();
+        }
+        std::fs::remove_file(&ready).unwrap();
+    };
+    let stop_runs = runs.min(30);
+    let mut ours = Vec::new();
+    for i in 0..stop_runs {
+        let state = dir.path().join(format!("state-stop-{i}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut child = shim(&b_term, &state).spawn().unwrap();
+        assert!(agent::runtime::wait_for_file(
+            &state,
+            "state.json",
+            Duration::from_secs(10)
+        ));
+        let started: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+        let pid = nix::unistd::Pid::from_raw(started["pid"].as_i64().unwrap() as i32);
+        wait_ready();
+        let t = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert!(agent::runtime::wait_for_file(
+            &state,
+            "exit.json",
+            Duration::from_secs(10)
+        ));
+        ours.push(t.elapsed());
+        let _ = child.wait();
+    }
+    report("podagent: SIGTERM to exit recorded", ours);
+    if let Some(runc) = &runc {
+        let root = dir.path().join("runc-root");
+        let mut theirs = Vec::new();
+        let state_of = |id: &str| {
+            let o = Command::new(runc)
+                .arg("--root")
+                .arg(&root)
+                .args(["state", id])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        for i in 0..stop_runs {
+            let id = format!("stop-{}-{i}", std::process::id());
+            let ok = Command::new(runc)
+                .arg("--root")
+                .arg(&root)
+                .args(["run", "-d", "--bundle"])
+                .arg(&b_term)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(ok.success(), "runc run -d failed");
+            wait_ready();
+            let t = Instant::now();
+            let k = Command::new(runc)
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", &id, "TERM"])
+                .status()
+                .unwrap();
+            assert!(k.success());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !state_of(&id).contains("stopped") {
+                assert!(Instant::now() < deadline, "runc's container never stopped");
+            }
+            theirs.push(t.elapsed());
+            let _ = Command::new(runc)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .status();
+        }
+        report("runc: kill TERM to state stopped", theirs);
+    }
+
     // Resident cost of idle containers' shims: proportional set size, so
     // pages shared between shims (the binary, libc) are divided among them.
     let b_sleep = bundle(dir.path(), &["/bin/sleep", "60"], "sleep");

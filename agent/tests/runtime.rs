@@ -37,7 +37,10 @@ struct Fixture {
 }
 
 impl Drop for Fixture {
+    /// Whatever a test left (it may have panicked half-way): processes,
+    /// mounts, cgroups, directories.
     fn drop(&mut self) {
+        let _ = self.rt.gc(&|_| false);
         let _ = self.rt.cgroups.remove(&self.cg_root);
     }
 }
@@ -454,4 +457,41 @@ fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
     rt.remove(&pod, &pod.containers[0]).unwrap();
     rt.remove_pod(&pod).unwrap();
     assert!(mounts_under(fx.dir.path()).is_empty());
+}
+
+#[test]
+fn gc_removes_a_running_pod_that_is_no_longer_known() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("gc");
+    let rt = &fx.rt;
+    let pod = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: forgotten}\nspec:\n  volumes: [{name: m, emptyDir: {medium: Memory}}]\n  containers: [{name: c, image: busybox, command: [sleep, '1000'], volumeMounts: [{name: m, mountPath: /m}]}]\n");
+    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
+    rt.create_pod_cgroup(&pod).unwrap();
+    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    assert_eq!(
+        rt.gc(&|uid| uid == pod.uid).unwrap(),
+        Vec::<String>::new(),
+        "a known pod is kept"
+    );
+    assert!(agent::shim::start_ticks(h.started.pid).is_some());
+    assert_eq!(rt.gc(&|_| false).unwrap(), std::slice::from_ref(&pod.uid));
+    assert!(
+        eventually(Duration::from_secs(5), || agent::shim::start_ticks(
+            h.started.pid
+        )
+        .is_none()),
+        "the container's process is gone"
+    );
+    assert!(
+        mounts_under(fx.dir.path()).is_empty(),
+        "{:?}",
+        mounts_under(fx.dir.path())
+    );
+    assert!(!rt.state_dir.join("pods").join(&pod.uid).exists());
+    let cg = rt.pod_cgroup(&pod).unwrap();
+    for f in rt.cgroups.procs_files(&cg) {
+        assert!(!f.parent().unwrap().exists(), "cgroup {} left", f.display());
+    }
 }

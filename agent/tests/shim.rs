@@ -81,6 +81,17 @@ fn run_pod(yaml: &str, tweak_rootfs: impl FnOnce(&Path)) -> Run {
     let cg_root = CgroupPath::new(&name).unwrap();
     let leaf = cg_root.join("c").unwrap();
     driver.create(&leaf).unwrap();
+    // Removes the cgroups (and kills what is in them) even if an assertion
+    // below fails.
+    struct Cleanup<'a>(&'a dyn agent::cgroups::Cgroups, CgroupPath, CgroupPath);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill_all(&self.2);
+            let _ = self.0.remove(&self.2);
+            let _ = self.0.remove(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(driver.as_ref(), cg_root.clone(), leaf.clone());
     let inputs = OciInputs {
         rootfs: rootfs.clone(),
         image: ImageConfig {

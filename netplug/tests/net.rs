@@ -462,7 +462,9 @@ fn outbound_traffic_is_masqueraded_and_can_be_switched_off() {
             let node = Node { net, _dir: dir };
             // "Outside": a namespace of the test's own, linked to the node by
             // a veth; the node is 192.0.2.1, the outside 192.0.2.2 (TEST-NET-1).
-            let outside = node.state().join("outside");
+            // Under the netns dir, so the node's GC removes it if the test
+            // fails half-way.
+            let outside = node.net.netns_path("outside");
             netplug::netns::create(&outside).unwrap();
             let o = outside.clone();
             netplug::link::netlink(None, move |h| async move {

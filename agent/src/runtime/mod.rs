@@ -403,6 +403,55 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Removes every pod on this node's state that `known` does not name (by
+    /// uid): its containers' processes (the whole cgroup), rootfs mounts,
+    /// directories, cgroups and sandbox. What a crash or a failed test left
+    /// behind; idempotent. Returns the uids removed.
+    pub fn gc(&self, known: &dyn Fn(&str) -> bool) -> Result<Vec<String>, RuntimeError> {
+        let mut removed = Vec::new();
+        let mut uids: Vec<String> = Vec::new();
+        for sub in ["containers", "pods"] {
+            if let Ok(entries) = std::fs::read_dir(self.state_dir.join(sub)) {
+                uids.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        uids.sort();
+        uids.dedup();
+        for uid in uids.into_iter().filter(|u| !known(u)) {
+            let pod_cg = CgroupPath::new(&self.cgroup_root)?.join(&format!("pod{uid}"))?;
+            let dir = self.state_dir.join("containers").join(&uid);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Ok(cg) = pod_cg.join(&name) {
+                    self.cgroups.kill_all(&cg)?;
+                    self.cgroups.remove(&cg)?;
+                }
+                let rootfs = e.path().join("bundle/rootfs");
+                if is_mounted(&rootfs) {
+                    umount2(&rootfs, MntFlags::MNT_DETACH).map_err(|err| RuntimeError::Io {
+                        op: "unmount",
+                        path: rootfs.clone(),
+                        source: err.into(),
+                    })?;
+                }
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+            }
+            self.cgroups.kill_all(&pod_cg)?;
+            self.cgroups.remove(&pod_cg)?;
+            sandbox::remove(&self.state_dir, &uid)?;
+            removed.push(uid);
+        }
+        Ok(removed)
+    }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, RuntimeError> {
     let bytes = std::fs::read(p).map_err(io("read", p))?;
     serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Io {

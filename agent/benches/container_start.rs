@@ -70,6 +70,44 @@ impl DirRef<'_> {
     }
 }
 
+/// Every container the benchmark starts through the shim joins this cgroup;
+/// dropping it kills whatever is left (a benchmark stopped half-way leaves no
+/// busy loop behind).
+struct BenchCgroup {
+    driver: Box<dyn agent::cgroups::Cgroups>,
+    path: agent::cgroups::CgroupPath,
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        let _ = self.driver.kill_all(&self.path);
+        let _ = self.driver.remove(&self.path);
+    }
+}
+
+/// runc containers the benchmark made; dropping deletes them by force.
+struct RuncIds {
+    runc: PathBuf,
+    root: PathBuf,
+    ids: Vec<String>,
+}
+
+impl Drop for RuncIds {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = Command::new(&self.runc)
+                .arg("--root")
+                .arg(&self.root)
+                .args(["delete", "--force", id])
+                .output();
+        }
+    }
+}
+
+thread_local! {
+    static PROCS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn shim(bundle: &Path, state: &Path) -> Command {
     let exe = std::env::current_exe().unwrap();
     let podagent = exe.parent().unwrap().parent().unwrap().join("podagent");
@@ -104,6 +142,16 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir_path).unwrap();
     let dir = DirRef(&dir_path);
+    let driver = agent::cgroups::detect(Path::new("/proc/self/mountinfo"))
+        .unwrap()
+        .driver();
+    let cg = BenchCgroup {
+        path: agent::cgroups::CgroupPath::new(&format!("podagent-bench-{}", std::process::id()))
+            .unwrap(),
+        driver,
+    };
+    cg.driver.create(&cg.path).unwrap();
+    PROCS.with(|p| *p.borrow_mut() = cg.driver.procs_files(&cg.path));
     println!(
         "container start, {runs} runs, {} CPUs, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -215,8 +263,14 @@ fn main() -> std::process::ExitCode {
                 .unwrap();
             String::from_utf8_lossy(&o.stdout).into_owned()
         };
+        let mut made = RuncIds {
+            runc: runc.clone(),
+            root: root.clone(),
+            ids: Vec::new(),
+        };
         for i in 0..stop_runs {
             let id = format!("stop-{}-{i}", std::process::id());
+            made.ids.push(id.clone());
             let ok = Command::new(runc)
                 .arg("--root")
                 .arg(&root)

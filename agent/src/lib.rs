@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod image;
 pub mod node;
+pub mod reconcile;
 pub mod runtime;
 pub mod shim;
 pub mod sys;

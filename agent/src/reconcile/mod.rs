@@ -1,0 +1,308 @@
+//! Reconcile: `plan(desired, actual, now)` returns the actions that move the
+//! node towards the manifests (DESIGN rule 1). Pure: no I/O, time is an
+//! argument, back-off is computed, never slept. The executor performs the
+//! actions and feeds results back into `Actual`.
+//!
+//! Lifecycle rules (each has a table test below):
+//! - a new pod gets its sandbox, then its init containers one at a time, each
+//!   to success, then all its app containers;
+//! - a terminated container restarts by the pod's `restartPolicy` (Always;
+//!   OnFailure when its exit code is not 0; Never), after the kubelet's
+//!   back-off: 10 s doubling to 5 min, reset once it ran 10 min;
+//! - an init container that fails follows the policy too; with Never the pod
+//!   has failed and nothing more starts;
+//! - a changed pod changes only what changed: pod-level fields (or the set of
+//!   containers) recreate the pod; one container's spec restarts that
+//!   container alone, at once even if it was backing off; resources alone
+//!   resize it in place;
+//! - a pod no longer desired is deleted within its grace period;
+//! - an unchanged pod produces no action.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use specs::hash::sha256_hex;
+use specs::plan::{ContainerPlan, ContainerResources, PodPlan, RestartPolicy};
+
+/// The kubelet's crash back-off: 10 s, doubling, at most 5 min.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long before exiting starts its back-off anew.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// The delay before restart number `crashes` (1 for the first crash).
+pub fn backoff(crashes: u32) -> Duration {
+    if crashes == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(crashes - 1).unwrap_or(u32::MAX);
+    BACKOFF_INITIAL.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+/// What a container is doing, as the executor last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Created or not yet started.
+    Waiting,
+    Running {
+        since: Instant,
+    },
+    Terminated {
+        exit_code: i32,
+        started: Instant,
+        finished: Instant,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// The container plan hash it runs (`ContainerPlan::hash`).
+    pub hash: String,
+    pub resources: ContainerResources,
+    pub status: Status,
+    pub restart_count: u32,
+    /// Consecutive crashes that count towards the back-off.
+    pub crashes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    pub uid: String,
+    /// `sandbox_hash` of the plan the sandbox was made for.
+    pub sandbox_hash: String,
+    /// Its `terminationGracePeriodSeconds`, kept for when its file is gone.
+    pub grace: Duration,
+    pub containers: BTreeMap<String, ContainerState>,
+}
+
+/// Desired: every valid pod by `namespace/name`; actual: what runs.
+pub type Desired = BTreeMap<String, PodPlan>;
+pub type Actual = BTreeMap<String, PodState>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    CreateSandbox {
+        pod: String,
+    },
+    StartContainer {
+        pod: String,
+        container: String,
+    },
+    /// Stop and start again with the current spec.
+    RestartContainer {
+        pod: String,
+        container: String,
+    },
+    ResizeContainer {
+        pod: String,
+        container: String,
+        resources: ContainerResources,
+    },
+    /// Stop everything and remove the sandbox, then create it again.
+    RecreatePod {
+        pod: String,
+    },
+    DeletePod {
+        pod: String,
+        grace: Duration,
+    },
+}
+
+/// The result of a pass: the actions, and when to plan again if nothing
+/// happens before (a back-off ending).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub wake_at: Option<Instant>,
+}
+
+/// Everything about the pod except its containers' specs and resources: a
+/// change here recreates the pod. The names of the containers are part of it.
+pub fn sandbox_hash(p: &PodPlan) -> String {
+    let mut copy = p.clone();
+    copy.hash.clear();
+    copy.pod_resources.cpu_shares = 0;
+    copy.pod_resources.cfs_quota_us = None;
+    copy.pod_resources.memory_limit_bytes = None;
+    let names = |cs: &[ContainerPlan]| cs.iter().map(|c| c.name.to_string()).collect::<Vec<_>>();
+    let (init, apps) = (names(&p.init_containers), names(&p.containers));
+    copy.init_containers.clear();
+    copy.containers.clear();
+    let mut bytes = serde_json::to_vec(&copy).unwrap_or_default();
+    bytes.extend(serde_json::to_vec(&(init, apps)).unwrap_or_default());
+    sha256_hex(&bytes)
+}
+
+fn should_restart(policy: RestartPolicy, exit_code: i32) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => exit_code != 0,
+        RestartPolicy::Never => false,
+    }
+}
+
+/// When a terminated container may start again, if it may.
+fn restart_at(policy: RestartPolicy, s: &ContainerState) -> Option<Instant> {
+    let Status::Terminated {
+        exit_code,
+        started,
+        finished,
+    } = s.status
+    else {
+        return None;
+    };
+    if !should_restart(policy, exit_code) {
+        return None;
+    }
+    let crashes = if finished.saturating_duration_since(started) >= BACKOFF_RESET {
+        1
+    } else {
+        s.crashes.max(1)
+    };
+    Some(finished + backoff(crashes))
+}
+
+/// Plans one pass.
+pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
+    let mut out = Plan::default();
+    let wake = |at: Instant, out: &mut Plan| {
+        out.wake_at = Some(out.wake_at.map_or(at, |w| w.min(at)));
+    };
+    for (key, state) in actual {
+        if !desired.contains_key(key) {
+            out.actions.push(Action::DeletePod {
+                pod: key.clone(),
+                grace: state.grace,
+            });
+        }
+    }
+    for (key, pod) in desired {
+        let Some(state) = actual.get(key) else {
+            out.actions.push(Action::CreateSandbox { pod: key.clone() });
+            continue;
+        };
+        if state.sandbox_hash != sandbox_hash(pod) {
+            out.actions.push(Action::RecreatePod { pod: key.clone() });
+            continue;
+        }
+        let act = |a: Action, out: &mut Plan| out.actions.push(a);
+        // Init containers, in order: the first one not yet successful decides.
+        let mut inits_done = true;
+        for c in &pod.init_containers {
+            let name = c.name.to_string();
+            match state.containers.get(&name) {
+                None => {
+                    act(
+                        Action::StartContainer {
+                            pod: key.clone(),
+                            container: name,
+                        },
+                        &mut out,
+                    );
+                    inits_done = false;
+                }
+                Some(s) if s.hash != c.hash => {
+                    act(
+                        Action::RestartContainer {
+                            pod: key.clone(),
+                            container: name,
+                        },
+                        &mut out,
+                    );
+                    inits_done = false;
+                }
+                Some(s) => match s.status {
+                    Status::Terminated { exit_code: 0, .. } => continue,
+                    Status::Waiting | Status::Running { .. } => inits_done = false,
+                    Status::Terminated { .. } => {
+                        inits_done = false;
+                        // An init container restarts on failure unless the
+                        // pod's policy is Never (Always acts as OnFailure).
+                        let policy = match pod.restart_policy {
+                            RestartPolicy::Never => RestartPolicy::Never,
+                            _ => RestartPolicy::OnFailure,
+                        };
+                        if let Some(at) = restart_at(policy, s) {
+                            if at <= now {
+                                act(
+                                    Action::StartContainer {
+                                        pod: key.clone(),
+                                        container: name,
+                                    },
+                                    &mut out,
+                                );
+                            } else {
+                                wake(at, &mut out);
+                            }
+                        }
+                    }
+                },
+            }
+            break;
+        }
+        if !inits_done {
+            continue;
+        }
+        for c in &pod.containers {
+            let name = c.name.to_string();
+            let Some(s) = state.containers.get(&name) else {
+                act(
+                    Action::StartContainer {
+                        pod: key.clone(),
+                        container: name,
+                    },
+                    &mut out,
+                );
+                continue;
+            };
+            if s.hash != c.hash {
+                // A new version starts at once, whatever back-off the old had.
+                act(
+                    Action::RestartContainer {
+                        pod: key.clone(),
+                        container: name,
+                    },
+                    &mut out,
+                );
+                continue;
+            }
+            match &s.status {
+                Status::Waiting => act(
+                    Action::StartContainer {
+                        pod: key.clone(),
+                        container: name.clone(),
+                    },
+                    &mut out,
+                ),
+                Status::Running { .. } if s.resources != c.resources => act(
+                    Action::ResizeContainer {
+                        pod: key.clone(),
+                        container: name.clone(),
+                        resources: c.resources.clone(),
+                    },
+                    &mut out,
+                ),
+                Status::Running { .. } => {}
+                Status::Terminated { .. } => {
+                    if let Some(at) = restart_at(pod.restart_policy, s) {
+                        if at <= now {
+                            act(
+                                Action::StartContainer {
+                                    pod: key.clone(),
+                                    container: name.clone(),
+                                },
+                                &mut out,
+                            );
+                        } else {
+                            wake(at, &mut out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+//! Table tests of every lifecycle rule, with an injected clock.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn pod(yaml: &str) -> PodPlan {
+    let r = specs::load("p.yaml", yaml.as_bytes(), &specs::NodeInfo::default());
+    assert!(!r.has_errors(), "{:#?}", r.diagnostics);
+    r.pods.into_iter().next().unwrap()
+}
+
+const WEB: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 7
+  initContainers:
+  - {name: init-a, image: busybox, command: [a]}
+  - {name: init-b, image: busybox, command: [b]}
+  containers:
+  - {name: app, image: busybox, command: [serve], resources: {limits: {cpu: 500m}}}
+  - {name: side, image: busybox, command: [ship]}
+";
+
+fn desired(p: &PodPlan) -> Desired {
+    BTreeMap::from([(format!("{}/{}", p.namespace, p.name), p.clone())])
+}
+
+fn cs(c: &ContainerPlan, status: Status) -> ContainerState {
+    ContainerState {
+        hash: c.hash.clone(),
+        resources: c.resources.clone(),
+        status,
+        restart_count: 0,
+        crashes: 0,
+    }
+}
+
+/// The pod's state with the given containers, the sandbox made from `p`.
+fn state(p: &PodPlan, containers: Vec<(&ContainerPlan, Status)>) -> Actual {
+    let key = format!("{}/{}", p.namespace, p.name);
+    let containers = containers
+        .into_iter()
+        .map(|(c, s)| (c.name.to_string(), cs(c, s)))
+        .collect();
+    BTreeMap::from([(
+        key,
+        PodState {
+            uid: p.uid.clone(),
+            sandbox_hash: sandbox_hash(p),
+            grace: Duration::from_secs(p.termination_grace_period_secs),
+            containers,
+        },
+    )])
+}
+
+fn start(c: &str) -> Action {
+    Action::StartContainer {
+        pod: "default/web".into(),
+        container: c.into(),
+    }
+}
+
+fn done(t: Instant) -> Status {
+    Status::Terminated {
+        exit_code: 0,
+        started: t,
+        finished: t,
+    }
+}
+
+#[test]
+fn backoff_doubles_from_10s_to_a_5_minute_cap() {
+    let secs: Vec<u64> = (0..=7).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
+    assert_eq!(backoff(64), BACKOFF_MAX, "no overflow");
+}
+
+#[test]
+fn a_new_pod_gets_its_sandbox_first() {
+    let p = pod(WEB);
+    let plan = plan(&desired(&p), &Actual::new(), Instant::now());
+    assert_eq!(
+        plan.actions,
+        [Action::CreateSandbox {
+            pod: "default/web".into()
+        }]
+    );
+}
+
+#[test]
+fn init_containers_run_one_at_a_time_to_success_then_all_app_containers() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    let (ia, ib) = (&p.init_containers[0], &p.init_containers[1]);
+    assert_eq!(
+        plan(&desired(&p), &state(&p, vec![]), t).actions,
+        [start("init-a")]
+    );
+    assert_eq!(
+        plan(
+            &desired(&p),
+            &state(&p, vec![(ia, Status::Running { since: t })]),
+            t
+        )
+        .actions,
+        []
+    );
+    assert_eq!(
+        plan(&desired(&p), &state(&p, vec![(ia, done(t))]), t).actions,
+        [start("init-b")]
+    );
+    assert_eq!(
+        plan(
+            &desired(&p),
+            &state(&p, vec![(ia, done(t)), (ib, done(t))]),
+            t
+        )
+        .actions,
+        [start("app"), start("side")]
+    );
+}
+
+#[test]
+fn a_failed_init_container_follows_the_pods_policy() {
+    let mut p = pod(WEB);
+    let t0 = Instant::now();
+    let failed = Status::Terminated {
+        exit_code: 1,
+        started: t0,
+        finished: t0,
+    };
+    let s = |p: &PodPlan| state(p, vec![(&p.init_containers[0].clone(), failed.clone())]);
+    // Always: retried after the back-off; before that, a wake-up at its end.
+    let before = plan(&desired(&p), &s(&p), t0 + Duration::from_secs(9));
+    assert_eq!(before.actions, []);
+    assert_eq!(before.wake_at, Some(t0 + Duration::from_secs(10)));
+    assert_eq!(
+        plan(&desired(&p), &s(&p), t0 + Duration::from_secs(10)).actions,
+        [start("init-a")]
+    );
+    // Never: the pod has failed; nothing more starts, ever.
+    p.restart_policy = RestartPolicy::Never;
+    let never = plan(&desired(&p), &s(&p), t0 + Duration::from_secs(3600));
+    assert_eq!((never.actions, never.wake_at), (vec![], None));
+}
+
+fn running_app(p: &PodPlan, app: Status, t: Instant) -> Actual {
+    let (ia, ib, app_c, side) = (
+        &p.init_containers[0],
+        &p.init_containers[1],
+        &p.containers[0],
+        &p.containers[1],
+    );
+    state(
+        p,
+        vec![
+            (ia, done(t)),
+            (ib, done(t)),
+            (app_c, app),
+            (side, Status::Running { since: t }),
+        ],
+    )
+}
+
+#[test]
+fn exited_containers_restart_by_policy_with_back_off() {
+    let t0 = Instant::now();
+    let crashed = |code| Status::Terminated {
+        exit_code: code,
+        started: t0,
+        finished: t0 + Duration::from_secs(1),
+    };
+    for (policy, code, restarts) in [
+        (RestartPolicy::Always, 0, true),
+        (RestartPolicy::Always, 1, true),
+        (RestartPolicy::OnFailure, 0, false),
+        (RestartPolicy::OnFailure, 2, true),
+        (RestartPolicy::Never, 1, false),
+    ] {
+        let mut p = pod(WEB);
+        p.restart_policy = policy;
+        let mut actual = running_app(&p, crashed(code), t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let early = plan(&desired(&p), &actual, at(10));
+        assert_eq!(
+            early.actions,
+            [],
+            "{policy:?} exit {code}: not before the back-off"
+        );
+        let late = plan(&desired(&p), &actual, at(11));
+        assert_eq!(
+            late.actions == [start("app")],
+            restarts,
+            "{policy:?} exit {code}"
+        );
+        // The fourth crash in a row waits 80 s.
+        actual
+            .get_mut("default/web")
+            .unwrap()
+            .containers
+            .get_mut("app")
+            .unwrap()
+            .crashes = 4;
+        if restarts {
+            assert_eq!(
+                plan(&desired(&p), &actual, at(80)).actions,
+                [],
+                "{policy:?}"
+            );
+            assert_eq!(plan(&desired(&p), &actual, at(80)).wake_at, Some(at(81)));
+            assert_eq!(plan(&desired(&p), &actual, at(81)).actions, [start("app")]);
+        }
+    }
+}
+
+#[test]
+fn ten_minutes_of_running_resets_the_back_off() {
+    let p = pod(WEB);
+    let t0 = Instant::now();
+    let finished = t0 + BACKOFF_RESET;
+    let mut actual = running_app(
+        &p,
+        Status::Terminated {
+            exit_code: 1,
+            started: t0,
+            finished,
+        },
+        t0,
+    );
+    actual
+        .get_mut("default/web")
+        .unwrap()
+        .containers
+        .get_mut("app")
+        .unwrap()
+        .crashes = 6;
+    assert_eq!(
+        plan(&desired(&p), &actual, finished + Duration::from_secs(10)).actions,
+        [start("app")]
+    );
+}
+
+#[test]
+fn an_unchanged_running_pod_needs_nothing() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    let plan = plan(
+        &desired(&p),
+        &running_app(&p, Status::Running { since: t }, t),
+        t,
+    );
+    assert_eq!((plan.actions, plan.wake_at), (vec![], None));
+}
+
+#[test]
+fn a_pod_level_change_recreates_the_pod() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    let actual = running_app(&p, Status::Running { since: t }, t);
+    for changed in [
+        WEB.replace(
+            "metadata: {name: web}",
+            "metadata: {name: web, labels: {tier: front}}",
+        ),
+        WEB.replace("spec:\n", "spec:\n  hostname: other\n"),
+        WEB.replace("  - {name: side, image: busybox, command: [ship]}\n", ""),
+    ] {
+        let q = pod(&changed);
+        assert_eq!(
+            plan(&desired(&q), &actual, t).actions,
+            [Action::RecreatePod {
+                pod: "default/web".into()
+            }],
+            "{changed}"
+        );
+    }
+}
+
+#[test]
+fn one_containers_new_spec_restarts_it_alone_even_in_back_off() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    let backing_off = Status::Terminated {
+        exit_code: 1,
+        started: t,
+        finished: t,
+    };
+    let mut actual = running_app(&p, backing_off, t);
+    actual
+        .get_mut("default/web")
+        .unwrap()
+        .containers
+        .get_mut("app")
+        .unwrap()
+        .crashes = 5;
+    let q = pod(&WEB.replace("command: [serve]", "command: [serve, --fixed]"));
+    let got = plan(&desired(&q), &actual, t);
+    assert_eq!(
+        got.actions,
+        [Action::RestartContainer {
+            pod: "default/web".into(),
+            container: "app".into()
+        }]
+    );
+}
+
+#[test]
+fn a_resources_only_change_resizes_in_place() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    let actual = running_app(&p, Status::Running { since: t }, t);
+    let q = pod(&WEB.replace("limits: {cpu: 500m}", "limits: {cpu: '1'}"));
+    let got = plan(&desired(&q), &actual, t);
+    assert_eq!(got.actions.len(), 1, "{:?}", got.actions);
+    match &got.actions[0] {
+        Action::ResizeContainer {
+            container,
+            resources,
+            ..
+        } => {
+            assert_eq!(container, "app");
+            assert_eq!(resources.cfs_quota_us, Some(100_000));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_pod_no_longer_desired_is_deleted_within_its_grace_period() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    let got = plan(
+        &Desired::new(),
+        &running_app(&p, Status::Running { since: t }, t),
+        t,
+    );
+    assert_eq!(
+        got.actions,
+        [Action::DeletePod {
+            pod: "default/web".into(),
+            grace: Duration::from_secs(7)
+        }]
+    );
+}

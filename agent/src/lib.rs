@@ -10,3 +10,4 @@ pub mod reconcile;
 pub mod runtime;
 pub mod shim;
 pub mod sys;
+pub mod watch;

@@ -4,6 +4,7 @@
 
 pub mod cgroups;
 pub mod cli;
+pub mod daemon;
 pub mod image;
 pub mod node;
 pub mod reconcile;

@@ -41,6 +41,11 @@ impl Drop for Fixture {
     /// mounts, cgroups, directories.
     fn drop(&mut self) {
         let _ = self.rt.gc(&|_| false);
+        // The agent test's own cgroup root lives below the fixture's.
+        if let Ok(agent_root) = self.cg_root.join("agent") {
+            let _ = self.rt.cgroups.kill_all(&agent_root);
+            let _ = self.rt.cgroups.remove(&agent_root);
+        }
         let _ = self.rt.cgroups.remove(&self.cg_root);
     }
 }
@@ -599,5 +604,133 @@ fn a_pods_containers_share_one_eth0_reached_from_the_node_and_a_host_port() {
             "{:?}",
             mounts_under(fx.dir.path())
         );
+    });
+}
+
+/// Writes a manifest into the pods dir the way an editor or a GitOps sync
+/// should: a temp file renamed into place.
+fn put_manifest(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+const SERVED: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: httpd
+    image: busybox
+    command: [sh, -c, 'mkdir -p /www && echo CONTENT > /www/index.html && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080, hostPort: 18081}]
+";
+
+#[test]
+fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_deletes() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("daemon");
+        let pods = fx.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state = fx.dir.path().join("agent-state");
+        let cg = format!("{}/agent", fx.cg_root.as_path().display());
+        /// Stops the agent (and so its pods) even if the test fails.
+        struct Running(std::process::Child);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.0.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let _ = self.0.wait();
+            }
+        }
+        let agent = Command::new(env!("CARGO_BIN_EXE_podagent"))
+            .arg("run")
+            .arg("--pods-dir")
+            .arg(&pods)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--root-dir")
+            .arg(fx.dir.path())
+            .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+        let mut agent = Running(agent);
+        let state_s = state.display().to_string();
+        let status = || podctl(&["status", "--state-dir", &state_s]).1;
+        let url = std::net::SocketAddr::from(([10, 88, 0, 1], 18081));
+        let serves = |what: &str| http_get(url).unwrap_or_default().contains(what);
+
+        put_manifest(&pods, "web.yaml", &SERVED.replace("CONTENT", "first"));
+        assert!(
+            eventually(Duration::from_secs(15), || serves("first")),
+            "status:\n{}",
+            status()
+        );
+        let s = status();
+        assert!(
+            s.lines().any(|l| l.starts_with("web ")
+                && l.contains("1/1")
+                && l.contains("Running")
+                && l.contains("10.88.0.")),
+            "{s}"
+        );
+
+        // An edit of the container's command restarts it with the new spec.
+        put_manifest(&pods, "web.yaml", &SERVED.replace("CONTENT", "second"));
+        assert!(
+            eventually(Duration::from_secs(15), || serves("second")),
+            "status:\n{}",
+            status()
+        );
+        assert!(
+            status()
+                .lines()
+                .any(|l| l.starts_with("web ") && l.split_whitespace().nth(3) == Some("1")),
+            "one restart: {}",
+            status()
+        );
+
+        // A broken file keeps the last good pod running and says why.
+        put_manifest(
+            &pods,
+            "web.yaml",
+            &SERVED.replace("containerPort: 8080", "containerPort: 80800"),
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || status()
+                .contains("80800 is not a port")),
+            "{}",
+            status()
+        );
+        assert!(serves("second"), "the pod kept running");
+
+        // Removing the file removes the pod.
+        std::fs::remove_file(pods.join("web.yaml")).unwrap();
+        assert!(
+            eventually(Duration::from_secs(15), || !status().contains("web ")),
+            "{}",
+            status()
+        );
+        assert!(!serves("second"));
+
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert!(agent.0.wait().unwrap().success());
+        assert!(
+            mounts_under(fx.dir.path()).is_empty(),
+            "{:?}",
+            mounts_under(fx.dir.path())
+        );
+        let _ = fx
+            .rt
+            .cgroups
+            .remove(&agent::cgroups::CgroupPath::new(&cg).unwrap());
     });
 }

@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the pods of a directory (the agent).
+    Run(agent::daemon::Args),
     /// Run one container from an OCI bundle and stay its parent (started by
     /// the agent, not by hand).
     Shim(agent::shim::Args),
@@ -28,6 +30,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Run(args) => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| "podagent".into());
+            match agent::daemon::Agent::new(args, exe).and_then(|mut a| a.run()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("podagent: {e}");
+                    1
+                }
+            }
+        }
         Command::Shim(args) => agent::shim::run(&args),
         Command::Exec(args) => agent::shim::exec::run(&args),
     };

@@ -4,6 +4,7 @@ pub mod exec;
 pub mod image;
 pub mod locate;
 pub mod logs;
+pub mod status;
 pub mod validate;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ pub enum Command {
     Logs(logs::Args),
     /// Run a command in a running container.
     Exec(exec::Args),
+    /// The pods and their state (alias: get pods).
+    #[command(alias = "get")]
+    Status(status::Args),
 }
 
 /// What a subcommand ends with; `main` turns it into the exit code.
@@ -62,6 +66,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Image(args) => image::run(&args, out, err),
         Command::Logs(args) => logs::run(&args, out, err),
+        Command::Status(args) => status::run(&args, out, err),
         Command::Exec(args) => match exec::run(&args, err) {
             Ok(code) => Outcome::Passed(u8::try_from(code).unwrap_or(1)),
             Err(o) => o,

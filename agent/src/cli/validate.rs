@@ -80,6 +80,21 @@ pub fn is_manifest_name(p: &Path) -> bool {
             .any(|ext| name.ends_with(ext))
 }
 
+/// What the agent resolves plans against, read from this node with the
+/// agent's default policy.
+pub fn node_info_defaults() -> NodeInfo {
+    let defaults = NodeInfo::default();
+    NodeInfo {
+        memory_bytes: node::mem_total(Path::new("/proc/meminfo")).unwrap_or(defaults.memory_bytes),
+        cpus: node::online_cpus(Path::new("/sys/devices/system/cpu/online")).ok(),
+        seccomp_profiles: node::seccomp_profiles(Path::new("/var/lib/podagent/seccomp")),
+        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or(defaults.node_name.clone()),
+        ..defaults
+    }
+}
+
 fn node_info(args: &Args) -> NodeInfo {
     let defaults = NodeInfo::default();
     NodeInfo {

@@ -251,8 +251,8 @@ impl Runtime {
             cgroups_path: None,
             volume_dirs: sandbox.volumes.iter().cloned().collect(),
             shm_dir: sandbox.shm.clone(),
-            files: Vec::new(),
-            pod_ip: None,
+            files: sandbox.files.clone(),
+            pod_ip: sandbox.pod_ip.clone(),
             host_ip: None,
             localhost_seccomp: None,
         };

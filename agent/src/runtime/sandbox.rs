@@ -22,6 +22,11 @@ pub struct Sandbox {
     pub uts_ns: Option<PathBuf>,
     pub shm: Option<PathBuf>,
     pub volumes: Vec<(String, PathBuf)>,
+    /// Files bind-mounted into every container (`/etc/hosts`,
+    /// `/etc/resolv.conf` from netplug), set by the caller.
+    pub files: Vec<(String, PathBuf)>,
+    /// The pod's address (`status.podIP` in env), set by the caller.
+    pub pod_ip: Option<String>,
 }
 
 fn sys<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> RuntimeError + 'a {
@@ -160,6 +165,8 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
         uts_ns,
         shm,
         volumes,
+        files: Vec::new(),
+        pod_ip: None,
     })
 }
 

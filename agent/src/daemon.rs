@@ -1,0 +1,625 @@
+//! `podagent run`: the agent's loop, a first version. It watches the pods
+//! directory (inotify: close-write, moved-to/from, delete, overflow), plans
+//! with `reconcile::plan`, executes the actions through netplug and the
+//! runtime, notices container exits (inotify on each container's state
+//! directory), wakes for back-offs, resyncs everything every `resync`, and
+//! writes `status.json` (what `podctl status` shows) after each pass.
+//!
+//! Deliberately synchronous for now: one thread, blocking in `poll` on
+//! inotify descriptors and a signalfd, so an idle agent uses no CPU. The API
+//! socket, probes, events, metrics and re-adoption after a restart of the
+//! agent are not done (issue 5).
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use serde::Serialize;
+use specs::plan::PodPlan;
+use specs::NodeInfo;
+
+use crate::cgroups::Limits;
+use crate::reconcile::{self, Action, ContainerState, PodState, Status};
+use crate::runtime::{sandbox, Runtime, Sandbox};
+use crate::shim::Exited;
+use crate::watch::Sources;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "/etc/pods")]
+    pub pods_dir: PathBuf,
+    #[arg(long, default_value = "/run/podagent")]
+    pub state_dir: PathBuf,
+    /// Images and persistent data.
+    #[arg(long, default_value = "/var/lib/podagent")]
+    pub root_dir: PathBuf,
+    #[arg(long, default_value = "podagent")]
+    pub cgroup_root: String,
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    #[arg(long, default_value = "podbr0")]
+    pub bridge: String,
+    /// Run pods without networking (each gets a namespace with loopback only).
+    #[arg(long)]
+    pub no_network: bool,
+    /// Stop every pod when the agent exits (default: leave them running).
+    #[arg(long)]
+    pub stop_pods_on_exit: bool,
+    /// Seconds between full resyncs of the pods directory.
+    #[arg(long, default_value_t = 60)]
+    pub resync_secs: u64,
+}
+
+/// One pod as `podctl status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub file: String,
+    pub phase: String,
+    pub ip: Option<String>,
+    pub containers: Vec<ContainerStatus>,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub state: String,
+    pub restart_count: u32,
+    pub exit_code: Option<i32>,
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status_ {
+    pub pods: Vec<PodStatus>,
+    /// `file:line:col: path: message` of every manifest problem.
+    pub problems: Vec<String>,
+    pub conflicts: Vec<String>,
+}
+
+#[derive(Debug)]
+struct PodRun {
+    sandbox: Sandbox,
+    net_ns: Option<PathBuf>,
+    ip: Option<String>,
+    created: SystemTime,
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    args: Args,
+    node: NodeInfo,
+    rt: Runtime,
+    net: Option<netplug::Network>,
+    sources: Sources,
+    actual: reconcile::Actual,
+    runs: BTreeMap<String, PodRun>,
+    exits: Inotify,
+    watched: BTreeMap<WatchDescriptor, (String, String)>,
+}
+
+fn now_rfc3339() -> String {
+    crate::shim::logs::rfc3339_nano(SystemTime::now())
+}
+
+impl Agent {
+    pub fn new(args: Args, podagent: PathBuf) -> Result<Self, String> {
+        let node = crate::cli::validate::node_info_defaults();
+        let images = crate::image::ImageStore::open(&args.root_dir.join("store"))
+            .map_err(|e| e.to_string())?;
+        let cgroups = crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
+            .map_err(|e| e.to_string())?
+            .driver();
+        std::fs::create_dir_all(&args.state_dir)
+            .map_err(|e| format!("{}: {e}", args.state_dir.display()))?;
+        let rt = Runtime {
+            state_dir: args.state_dir.clone(),
+            images,
+            cgroups,
+            cgroup_root: args.cgroup_root.clone(),
+            podagent,
+        };
+        let net = if args.no_network {
+            None
+        } else {
+            let mut cfg = netplug::Config::new(args.state_dir.join("net"));
+            cfg.bridge = args.bridge.clone();
+            cfg.cidr = args
+                .pod_cidr
+                .parse()
+                .map_err(|e| format!("--pod-cidr {}: {e}", args.pod_cidr))?;
+            let n = netplug::Network::new(cfg).map_err(|e| e.to_string())?;
+            n.init().map_err(|e| format!("network: {e}"))?;
+            Some(n)
+        };
+        let exits = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| e.to_string())?;
+        // Nothing is re-adopted yet: what a previous agent left is removed.
+        rt.gc(&|_| false).map_err(|e| format!("cleaning up: {e}"))?;
+        if let Some(n) = &net {
+            n.gc(&|_| false)
+                .map_err(|e| format!("cleaning up the network: {e}"))?;
+        }
+        Ok(Agent {
+            args,
+            node,
+            rt,
+            net,
+            sources: Sources::default(),
+            actual: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            exits,
+            watched: BTreeMap::new(),
+        })
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> Result<(), String> {
+        let dir_watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.args.pods_dir)
+            .map_err(|e| format!("{}: {e}", self.args.pods_dir.display()))?;
+        dir_watch
+            .add_watch(
+                &self.args.pods_dir,
+                AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_DELETE,
+            )
+            .map_err(|e| format!("watch {}: {e}", self.args.pods_dir.display()))?;
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(|e| e.to_string())?;
+        let signals = SignalFd::new(&mask).map_err(|e| e.to_string())?;
+        self.sources.resync(&self.args.pods_dir, &self.node);
+        let mut last_resync = Instant::now();
+        loop {
+            // A pass's actions change the actual state: plan again until
+            // nothing is left to do (bounded: a failing action cannot spin).
+            let mut wake = None;
+            for _ in 0..16 {
+                let (acted, w) = self.pass();
+                wake = w;
+                if !acted {
+                    break;
+                }
+            }
+            let resync_at = last_resync + Duration::from_secs(self.args.resync_secs);
+            let until = wake.map_or(resync_at, |w| w.min(resync_at));
+            let ms = until
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(60_000) as u16;
+            let mut fds = [
+                PollFd::new(dir_watch.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.exits.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            let _ = poll(&mut fds, PollTimeout::from(ms.max(1)));
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            if ready[2] {
+                break;
+            }
+            if ready[0] {
+                for ev in dir_watch.read_events().unwrap_or_default() {
+                    if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                        self.sources.resync(&self.args.pods_dir, &self.node);
+                    } else if let Some(name) = ev.name {
+                        let path = self.args.pods_dir.join(name);
+                        self.sources.refresh(&path, &self.node);
+                    }
+                }
+            }
+            if ready[1] {
+                self.collect_exits();
+            }
+            if Instant::now() >= resync_at {
+                self.sources.resync(&self.args.pods_dir, &self.node);
+                last_resync = Instant::now();
+            }
+        }
+        if self.args.stop_pods_on_exit {
+            let keys: Vec<String> = self.actual.keys().cloned().collect();
+            for k in keys {
+                self.delete_pod(&k, Duration::from_secs(10));
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans and executes once; returns whether anything was done, and when
+    /// to wake for a back-off.
+    fn pass(&mut self) -> (bool, Option<Instant>) {
+        let desired = self.sources.desired();
+        let plans: reconcile::Desired = desired
+            .pods
+            .iter()
+            .map(|(k, (_, p))| (k.clone(), p.clone()))
+            .collect();
+        let plan = reconcile::plan(&plans, &self.actual, Instant::now());
+        let acted = !plan.actions.is_empty();
+        for action in plan.actions {
+            self.execute(&action, &plans);
+        }
+        self.write_status(&desired);
+        (acted, plan.wake_at)
+    }
+
+    fn execute(&mut self, action: &Action, plans: &reconcile::Desired) {
+        match action {
+            Action::CreateSandbox { pod } => {
+                if let Err(e) = self.create_sandbox(pod, &plans[pod]) {
+                    eprintln!("podagent: pod {pod}: {e}");
+                }
+            }
+            Action::StartContainer { pod, container } => {
+                self.start(pod, &plans[pod], container, false)
+            }
+            Action::RestartContainer { pod, container } => {
+                let p = &plans[pod];
+                if let Some(c) = p.all_containers().find(|c| c.name.as_str() == container) {
+                    let _ =
+                        self.rt
+                            .stop(p, c, Duration::from_secs(p.termination_grace_period_secs));
+                }
+                self.start(pod, p, container, true)
+            }
+            Action::ResizeContainer {
+                pod,
+                container,
+                resources,
+            } => {
+                let p = &plans[pod];
+                if let Ok(cg) = self
+                    .rt
+                    .pod_cgroup(p)
+                    .and_then(|cg| cg.join(container).map_err(Into::into))
+                {
+                    let limits = Limits {
+                        cpu_shares: Some(resources.cpu_shares),
+                        cpu_weight: Some(resources.cpu_weight),
+                        cfs_period_us: Some(resources.cfs_period_us),
+                        cfs_quota_us: resources.cfs_quota_us,
+                        cpuset_cpus: resources.cpuset.as_ref().map(|s| s.to_string()),
+                        memory_limit: resources.memory_limit_bytes,
+                        swap_limit: resources.swap_limit_bytes,
+                        ..Limits::default()
+                    };
+                    match self.rt.cgroups.apply(&cg, &limits) {
+                        Ok(()) => {
+                            if let Some(s) = self
+                                .actual
+                                .get_mut(pod)
+                                .and_then(|s| s.containers.get_mut(container))
+                            {
+                                s.resources = resources.clone();
+                            }
+                        }
+                        // The kernel refused (a limit below current usage):
+                        // restart it with the new limits instead.
+                        Err(_) => self.start(pod, p, container, true),
+                    }
+                }
+            }
+            Action::RecreatePod { pod } | Action::DeletePod { pod, .. } => {
+                let grace = match action {
+                    Action::DeletePod { grace, .. } => *grace,
+                    _ => Duration::from_secs(
+                        plans
+                            .get(pod)
+                            .map_or(30, |p| p.termination_grace_period_secs),
+                    ),
+                };
+                self.delete_pod(pod, grace);
+            }
+        }
+    }
+
+    fn create_sandbox(&mut self, key: &str, p: &PodPlan) -> Result<(), String> {
+        let mut sb = sandbox::create(&self.args.state_dir, p).map_err(|e| e.to_string())?;
+        let (mut net_ns, mut ip) = (None, None);
+        if let (Some(net), false) = (&self.net, p.host_network) {
+            let ports: Vec<netplug::HostPort> = p
+                .all_containers()
+                .flat_map(|c| c.ports.iter())
+                .filter_map(|port| {
+                    Some(netplug::HostPort {
+                        protocol: match port.protocol {
+                            specs::plan::Protocol::Tcp => netplug::Protocol::Tcp,
+                            specs::plan::Protocol::Udp => netplug::Protocol::Udp,
+                            specs::plan::Protocol::Sctp => netplug::Protocol::Sctp,
+                        },
+                        host_port: port.host_port?,
+                        container_port: port.container_port,
+                    })
+                })
+                .collect();
+            let a = net.setup(&p.uid, &ports).map_err(|e| e.to_string())?;
+            let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let dns = netplug::dns::DnsSettings {
+                replace: p.dns.policy == specs::plan::DnsPolicy::None,
+                nameservers: p.dns.nameservers.clone(),
+                searches: p.dns.searches.clone(),
+                options: p.dns.options.clone(),
+            };
+            let files = net
+                .write_dns_files(
+                    &p.uid,
+                    &p.hostname,
+                    Some(a.ip),
+                    &p.host_aliases,
+                    &node_resolv,
+                    &dns,
+                )
+                .map_err(|e| e.to_string())?;
+            sb.files = vec![
+                ("/etc/hosts".into(), files.hosts),
+                ("/etc/resolv.conf".into(), files.resolv_conf),
+            ];
+            sb.pod_ip = Some(a.ip.to_string());
+            ip = Some(a.ip.to_string());
+            net_ns = Some(a.netns);
+        }
+        self.rt.create_pod_cgroup(p).map_err(|e| e.to_string())?;
+        self.runs.insert(
+            key.to_string(),
+            PodRun {
+                sandbox: sb,
+                net_ns,
+                ip,
+                created: SystemTime::now(),
+            },
+        );
+        self.actual.insert(
+            key.to_string(),
+            PodState {
+                uid: p.uid.clone(),
+                sandbox_hash: reconcile::sandbox_hash(p),
+                grace: Duration::from_secs(p.termination_grace_period_secs),
+                containers: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn start(&mut self, key: &str, p: &PodPlan, name: &str, new_spec: bool) {
+        let Some(c) = p.all_containers().find(|c| c.name.as_str() == name) else {
+            return;
+        };
+        let Some(run) = self.runs.get(key) else {
+            return;
+        };
+        let prev = self
+            .actual
+            .get(key)
+            .and_then(|s| s.containers.get(name))
+            .cloned();
+        let (restarts, crashes) = match (&prev, new_spec) {
+            (None, _) => (0, 0),
+            (Some(s), true) => (s.restart_count + 1, 0),
+            (Some(s), false) => (s.restart_count + 1, s.crashes),
+        };
+        let now = Instant::now();
+        let status = match self.rt.start(p, &run.sandbox, run.net_ns.as_deref(), c) {
+            Ok(h) => {
+                if let Ok(wd) = self
+                    .exits
+                    .add_watch(&h.dir.join("state"), AddWatchFlags::IN_MOVED_TO)
+                {
+                    self.watched.insert(wd, (key.to_string(), name.to_string()));
+                }
+                Status::Running { since: now }
+            }
+            Err(e) => {
+                eprintln!("podagent: pod {key} container {name}: {e}");
+                Status::Terminated {
+                    exit_code: 128,
+                    started: now,
+                    finished: now,
+                }
+            }
+        };
+        let crashes = if matches!(status, Status::Terminated { .. }) {
+            crashes + 1
+        } else {
+            crashes
+        };
+        if let Some(s) = self.actual.get_mut(key) {
+            s.containers.insert(
+                name.to_string(),
+                ContainerState {
+                    hash: c.hash.clone(),
+                    resources: c.resources.clone(),
+                    status,
+                    restart_count: restarts,
+                    crashes,
+                },
+            );
+        }
+    }
+
+    /// Records the exits the shims wrote.
+    fn collect_exits(&mut self) {
+        for ev in self.exits.read_events().unwrap_or_default() {
+            if ev.name.as_deref().and_then(|n| n.to_str()) != Some("exit.json") {
+                continue;
+            }
+            let Some((key, name)) = self.watched.get(&ev.wd).cloned() else {
+                continue;
+            };
+            let _ = self.exits.rm_watch(ev.wd);
+            self.watched.remove(&ev.wd);
+            let Some(state) = self.actual.get_mut(&key) else {
+                continue;
+            };
+            let Some(c) = state.containers.get_mut(&name) else {
+                continue;
+            };
+            let dir = self
+                .args
+                .state_dir
+                .join("containers")
+                .join(&state.uid)
+                .join(&name)
+                .join("state/exit.json");
+            let exit_code = std::fs::read(&dir)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Exited>(&b).ok())
+                .map_or(255, |e| e.exit_code);
+            let started = match c.status {
+                Status::Running { since } => since,
+                _ => Instant::now(),
+            };
+            c.status = Status::Terminated {
+                exit_code,
+                started,
+                finished: Instant::now(),
+            };
+            c.crashes += 1;
+        }
+    }
+
+    fn delete_pod(&mut self, key: &str, grace: Duration) {
+        let Some(state) = self.actual.remove(key) else {
+            return;
+        };
+        let run = self.runs.remove(key);
+        // The runtime needs a plan for names and paths: the current one, or
+        // one rebuilt from what runs (only uid and names are used).
+        let plan = self.sources.desired().pods.get(key).map(|(_, p)| p.clone());
+        match plan {
+            Some(p) if p.uid == state.uid => {
+                for c in p.all_containers() {
+                    let _ = self.rt.stop(&p, c, grace);
+                    let _ = self.rt.remove(&p, c);
+                }
+                let _ = self.rt.remove_pod(&p);
+            }
+            _ => {
+                // Its file is gone: stop by signal through GC's cgroup kill
+                // after a SIGTERM to each container's init.
+                let base = self.args.state_dir.join("containers").join(&state.uid);
+                for name in state.containers.keys() {
+                    if let Ok(b) = std::fs::read(base.join(name).join("state/state.json")) {
+                        if let Ok(s) = serde_json::from_slice::<crate::shim::Started>(&b) {
+                            if crate::shim::start_ticks(s.pid) == Some(s.start_ticks) {
+                                let _ = nix::sys::signal::kill(
+                                    nix::unistd::Pid::from_raw(s.pid),
+                                    Signal::SIGTERM,
+                                );
+                            }
+                        }
+                    }
+                }
+                for name in state.containers.keys() {
+                    crate::runtime::wait_for_file(
+                        &base.join(name).join("state"),
+                        "exit.json",
+                        grace,
+                    );
+                }
+                let uid = state.uid.clone();
+                let _ = self.rt.gc(&|u| u != uid);
+            }
+        }
+        if let Some(net) = &self.net {
+            let _ = net.teardown(&state.uid);
+        }
+        drop(run);
+    }
+
+    fn write_status(&self, desired: &crate::watch::DesiredState) {
+        let mut pods = Vec::new();
+        for (key, (file, p)) in &desired.pods {
+            let state = self.actual.get(key);
+            let run = self.runs.get(key);
+            let containers: Vec<ContainerStatus> = p
+                .containers
+                .iter()
+                .map(|c| {
+                    let s = state.and_then(|s| s.containers.get(c.name.as_str()));
+                    let (st, code) = match s.map(|s| &s.status) {
+                        None | Some(Status::Waiting) => ("Waiting".to_string(), None),
+                        Some(Status::Running { .. }) => ("Running".to_string(), None),
+                        Some(Status::Terminated { exit_code, .. }) => {
+                            let crashing = s.is_some_and(|s| s.crashes > 1)
+                                && p.restart_policy != specs::plan::RestartPolicy::Never;
+                            (
+                                if crashing {
+                                    "CrashLoopBackOff".into()
+                                } else if *exit_code == 0 {
+                                    "Completed".into()
+                                } else {
+                                    "Error".into()
+                                },
+                                Some(*exit_code),
+                            )
+                        }
+                    };
+                    ContainerStatus {
+                        name: c.name.to_string(),
+                        ready: st == "Running",
+                        state: st,
+                        restart_count: s.map_or(0, |s| s.restart_count),
+                        exit_code: code,
+                    }
+                })
+                .collect();
+            let phase = if containers.iter().all(|c| c.state == "Running") {
+                "Running"
+            } else if containers.iter().all(|c| c.state == "Completed") {
+                "Succeeded"
+            } else if state.is_none() {
+                "Pending"
+            } else if containers.iter().any(|c| c.state == "Error")
+                && p.restart_policy == specs::plan::RestartPolicy::Never
+            {
+                "Failed"
+            } else {
+                "Pending"
+            };
+            pods.push(PodStatus {
+                namespace: p.namespace.clone(),
+                name: p.name.to_string(),
+                uid: p.uid.clone(),
+                file: file.display().to_string(),
+                phase: phase.into(),
+                ip: run.and_then(|r| r.ip.clone()),
+                containers,
+                created: run
+                    .map_or_else(now_rfc3339, |r| crate::shim::logs::rfc3339_nano(r.created)),
+            });
+        }
+        let problems = self
+            .sources
+            .files
+            .values()
+            .flat_map(|f| f.diagnostics.iter().map(|d| d.to_string()))
+            .collect();
+        let status = Status_ {
+            pods,
+            problems,
+            conflicts: desired.conflicts.clone(),
+        };
+        let path = self.args.state_dir.join("status.json");
+        let tmp = self.args.state_dir.join(".status.json.tmp");
+        if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+}

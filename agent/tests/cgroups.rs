@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use agent::cgroups::{detect, set_oom_score_adj, CgroupPath, Cgroups, Limits, V1, V2};
+use support::require;
 
 fn limits() -> Limits {
     Limits {
@@ -165,24 +168,6 @@ fn v1_copies_cpusets_down_and_writes_every_controller() {
 }
 
 // ---- The real hierarchy of this machine, as root. ----
-
-fn require() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if !Path::new("/bin/busybox").exists() {
-        Some("needs /bin/busybox (apt-get install busybox-static)")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(w) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {w}"),
-        Some(w) => {
-            eprintln!("skipping: {w}");
-            false
-        }
-    }
-}
 
 /// A cgroup tree of the test's own; its processes are killed and its
 /// directories removed on drop, even when the test panics.

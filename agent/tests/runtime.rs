@@ -8,27 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use agent::cgroups::{detect, CgroupPath};
 use agent::image::ImageStore;
 use agent::runtime::{sandbox, Runtime, RuntimeError};
-
-fn require() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if !Path::new("/bin/busybox").exists() {
-        Some("needs /bin/busybox")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(w) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {w}"),
-        Some(w) => {
-            eprintln!("skipping: {w}");
-            false
-        }
-    }
-}
+use support::{busybox_rootfs, eventually, mounts_under, require};
 
 struct Fixture {
     rt: Runtime,
@@ -54,17 +39,7 @@ fn fixture(name: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let images = ImageStore::open(&dir.path().join("store")).unwrap();
     let rootfs = dir.path().join("busybox-rootfs");
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter(|a| *a != "busybox")
-    {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
+    busybox_rootfs(&rootfs);
     std::fs::write(
         rootfs.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
@@ -89,28 +64,6 @@ fn plan(yaml: &str) -> specs::PodPlan {
     let r = specs::load("pod.yaml", yaml.as_bytes(), &specs::NodeInfo::default());
     assert!(!r.has_errors(), "{:#?}", r.diagnostics);
     r.pods.into_iter().next().unwrap()
-}
-
-/// Waits for `f` to hold, checking every 20 ms, at most `limit`.
-#[allow(clippy::disallowed_methods)]
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .collect()
 }
 
 const POD: &str = r#"apiVersion: v1

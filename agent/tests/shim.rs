@@ -9,40 +9,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+mod support;
+
 use agent::cgroups::{detect, CgroupPath};
 use agent::shim::{Exited, Started};
 use specs::oci::{container_spec, ImageConfig, OciInputs};
-
-fn require() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if !Path::new("/bin/busybox").exists() {
-        Some("needs /bin/busybox")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(w) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {w}"),
-        Some(w) => {
-            eprintln!("skipping: {w}");
-            false
-        }
-    }
-}
-
-fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "work"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-}
+use support::{busybox_rootfs, require};
 
 /// What a run left: the shim's exit status, its records, the log records.
 struct Run {

@@ -23,7 +23,6 @@ use serde::Serialize;
 use specs::plan::PodPlan;
 use specs::NodeInfo;
 
-use crate::cgroups::Limits;
 use crate::reconcile::{self, Action, ContainerState, PodState, Status};
 use crate::runtime::{sandbox, Runtime, Sandbox};
 use crate::shim::Exited;
@@ -288,16 +287,7 @@ impl Agent {
                     .pod_cgroup(p)
                     .and_then(|cg| cg.join(container).map_err(Into::into))
                 {
-                    let limits = Limits {
-                        cpu_shares: Some(resources.cpu_shares),
-                        cpu_weight: Some(resources.cpu_weight),
-                        cfs_period_us: Some(resources.cfs_period_us),
-                        cfs_quota_us: resources.cfs_quota_us,
-                        cpuset_cpus: resources.cpuset.as_ref().map(|s| s.to_string()),
-                        memory_limit: resources.memory_limit_bytes,
-                        swap_limit: resources.swap_limit_bytes,
-                        ..Limits::default()
-                    };
+                    let limits = crate::runtime::container_limits(resources);
                     match self.rt.cgroups.apply(&cg, &limits) {
                         Ok(()) => {
                             if let Some(s) = self

@@ -139,16 +139,38 @@ pub fn wait_for_file(dir: &Path, name: &str, timeout: Duration) -> bool {
         if left.is_zero() {
             return false;
         }
-        let ms = u16::try_from(left.as_millis().min(60_000))
-            .unwrap_or(60_000)
-            .max(1);
-        let mut fds = [nix::poll::PollFd::new(
-            ino.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+        wait_inotify(&ino, left);
         let _ = ino.read_events();
     }
+}
+
+/// The cgroup limits of a container's resources (without pids and devices,
+/// which come from the pod and the spec).
+pub fn container_limits(r: &specs::plan::ContainerResources) -> Limits {
+    Limits {
+        cpu_shares: Some(r.cpu_shares),
+        cpu_weight: Some(r.cpu_weight),
+        cfs_period_us: Some(r.cfs_period_us),
+        cfs_quota_us: r.cfs_quota_us,
+        cpuset_cpus: r.cpuset.as_ref().map(|s| s.to_string()),
+        memory_limit: r.memory_limit_bytes,
+        swap_limit: r.swap_limit_bytes,
+        oom_kill_disable: r.oom_kill_disable,
+        oom_group: true,
+        ..Limits::default()
+    }
+}
+
+/// Blocks until `ino` has an event or `timeout` passes.
+fn wait_inotify(ino: &Inotify, timeout: Duration) {
+    let ms = u16::try_from(timeout.as_millis().min(60_000))
+        .unwrap_or(60_000)
+        .max(1);
+    let mut fds = [nix::poll::PollFd::new(
+        ino.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
 }
 
 /// Waits until something in `dir` is written, created or moved, at most
@@ -161,14 +183,7 @@ pub fn wait_for_change(dir: &Path, timeout: Duration) {
     if ino.add_watch(dir, flags).is_err() {
         return;
     }
-    let ms = u16::try_from(timeout.as_millis().min(60_000))
-        .unwrap_or(60_000)
-        .max(1);
-    let mut fds = [nix::poll::PollFd::new(
-        ino.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+    wait_inotify(&ino, timeout);
 }
 
 impl Runtime {
@@ -292,17 +307,9 @@ impl Runtime {
         self.cgroups.apply(
             &cg,
             &Limits {
-                cpu_shares: Some(r.cpu_shares),
-                cpu_weight: Some(r.cpu_weight),
-                cfs_period_us: Some(r.cfs_period_us),
-                cfs_quota_us: r.cfs_quota_us,
-                cpuset_cpus: r.cpuset.as_ref().map(|s| s.to_string()),
-                memory_limit: r.memory_limit_bytes,
-                swap_limit: r.swap_limit_bytes,
-                oom_kill_disable: r.oom_kill_disable,
-                oom_group: true,
                 pids_limit: Some(pod.pod_resources.pids_limit),
                 devices,
+                ..container_limits(r)
             },
         )?;
 

@@ -6,9 +6,10 @@
 //! writes `status.json` (what `podctl status` shows) after each pass.
 //!
 //! Deliberately synchronous for now: one thread, blocking in `poll` on
-//! inotify descriptors and a signalfd, so an idle agent uses no CPU. The API
-//! socket, probes, events, metrics and re-adoption after a restart of the
-//! agent are not done (issue 5).
+//! inotify descriptors and a signalfd, so an idle agent uses no CPU. On start
+//! it re-adopts the pods a previous agent left running (same sandbox, address
+//! and container processes, checked by start time) and removes the rest. The
+//! API socket, probes, events and metrics are not done (issue 5).
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -105,6 +106,40 @@ pub struct Agent {
     watched: BTreeMap<WatchDescriptor, (String, String)>,
 }
 
+/// Writes a small JSON record atomically (temp file, rename).
+fn write_record(path: &Path, v: &serde_json::Value) {
+    let tmp = path.with_extension("json.tmp");
+    if std::fs::write(&tmp, v.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+fn read_record(path: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() > 1 << 20 {
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The pod's host ports, for netplug.
+fn host_ports(p: &PodPlan) -> Vec<netplug::HostPort> {
+    p.all_containers()
+        .flat_map(|c| c.ports.iter())
+        .filter_map(|port| {
+            Some(netplug::HostPort {
+                protocol: match port.protocol {
+                    specs::plan::Protocol::Tcp => netplug::Protocol::Tcp,
+                    specs::plan::Protocol::Udp => netplug::Protocol::Udp,
+                    specs::plan::Protocol::Sctp => netplug::Protocol::Sctp,
+                },
+                host_port: port.host_port?,
+                container_port: port.container_port,
+            })
+        })
+        .collect()
+}
+
 fn now_rfc3339() -> String {
     crate::shim::logs::rfc3339_nano(SystemTime::now())
 }
@@ -141,12 +176,6 @@ impl Agent {
         };
         let exits = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| e.to_string())?;
-        // Nothing is re-adopted yet: what a previous agent left is removed.
-        rt.gc(&|_| false).map_err(|e| format!("cleaning up: {e}"))?;
-        if let Some(n) = &net {
-            n.gc(&|_| false)
-                .map_err(|e| format!("cleaning up the network: {e}"))?;
-        }
         Ok(Agent {
             args,
             node,
@@ -181,6 +210,7 @@ impl Agent {
         mask.thread_block().map_err(|e| e.to_string())?;
         let signals = SignalFd::new(&mask).map_err(|e| e.to_string())?;
         self.sources.resync(&self.args.pods_dir, &self.node);
+        self.adopt()?;
         let mut last_resync = Instant::now();
         loop {
             // A pass's actions change the actual state: plan again until
@@ -322,21 +352,7 @@ impl Agent {
         let mut sb = sandbox::create(&self.args.state_dir, p).map_err(|e| e.to_string())?;
         let (mut net_ns, mut ip) = (None, None);
         if let (Some(net), false) = (&self.net, p.host_network) {
-            let ports: Vec<netplug::HostPort> = p
-                .all_containers()
-                .flat_map(|c| c.ports.iter())
-                .filter_map(|port| {
-                    Some(netplug::HostPort {
-                        protocol: match port.protocol {
-                            specs::plan::Protocol::Tcp => netplug::Protocol::Tcp,
-                            specs::plan::Protocol::Udp => netplug::Protocol::Udp,
-                            specs::plan::Protocol::Sctp => netplug::Protocol::Sctp,
-                        },
-                        host_port: port.host_port?,
-                        container_port: port.container_port,
-                    })
-                })
-                .collect();
+            let ports = host_ports(p);
             let a = net.setup(&p.uid, &ports).map_err(|e| e.to_string())?;
             let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             let dns = netplug::dns::DnsSettings {
@@ -373,6 +389,19 @@ impl Agent {
                 created: SystemTime::now(),
             },
         );
+        let record = serde_json::json!({
+            "sandbox_hash": reconcile::sandbox_hash(p),
+            "grace_secs": p.termination_grace_period_secs,
+        });
+        write_record(
+            &self
+                .args
+                .state_dir
+                .join("pods")
+                .join(&p.uid)
+                .join("agent.json"),
+            &record,
+        );
         self.actual.insert(
             key.to_string(),
             PodState {
@@ -382,6 +411,115 @@ impl Agent {
                 containers: BTreeMap::new(),
             },
         );
+        Ok(())
+    }
+
+    /// Re-adopts what a previous agent left running for the pods still
+    /// desired (DESIGN rule 4): the same sandbox, the same address, the same
+    /// container processes (checked by their start time); the rest is removed.
+    fn adopt(&mut self) -> Result<(), String> {
+        let desired = self.sources.desired();
+        let mut adopted: Vec<String> = Vec::new();
+        for (key, (_, p)) in &desired.pods {
+            let pod_dir = self.args.state_dir.join("pods").join(&p.uid);
+            let Some(rec) = read_record(&pod_dir.join("agent.json")) else {
+                continue;
+            };
+            if rec["sandbox_hash"].as_str() != Some(reconcile::sandbox_hash(p).as_str()) {
+                continue; // changed while the agent was away: recreated
+            }
+            let mut containers = BTreeMap::new();
+            let base = self.args.state_dir.join("containers").join(&p.uid);
+            for c in p.all_containers() {
+                let dir = base.join(c.name.as_str());
+                let Some(crec) = read_record(&dir.join("agent.json")) else {
+                    continue;
+                };
+                let state = dir.join("state");
+                let status = if let Some(exit) = read_record(&state.join("exit.json")) {
+                    let now = Instant::now();
+                    Status::Terminated {
+                        exit_code: exit["exit_code"].as_i64().unwrap_or(255) as i32,
+                        started: now,
+                        finished: now,
+                    }
+                } else if let Some(started) = read_record(&state.join("state.json")) {
+                    let pid = started["pid"].as_i64().unwrap_or(0) as i32;
+                    if crate::shim::start_ticks(pid) != started["start_ticks"].as_u64() {
+                        continue; // gone without an exit record (its shim died)
+                    }
+                    if let Ok(wd) = self.exits.add_watch(&state, AddWatchFlags::IN_MOVED_TO) {
+                        self.watched.insert(wd, (key.clone(), c.name.to_string()));
+                    }
+                    Status::Running {
+                        since: Instant::now(),
+                    }
+                } else {
+                    continue;
+                };
+                // Resources as they were applied; a difference is resized.
+                let same =
+                    crec["resources"] == serde_json::to_value(&c.resources).unwrap_or_default();
+                let mut resources = c.resources.clone();
+                if !same {
+                    resources.cpu_shares = 0;
+                }
+                containers.insert(
+                    c.name.to_string(),
+                    ContainerState {
+                        hash: crec["hash"].as_str().unwrap_or("").to_string(),
+                        resources,
+                        status,
+                        restart_count: crec["restart_count"].as_u64().unwrap_or(0) as u32,
+                        crashes: crec["crashes"].as_u64().unwrap_or(0) as u32,
+                    },
+                );
+            }
+            let mut sb = sandbox::create(&self.args.state_dir, p).map_err(|e| e.to_string())?;
+            let (mut net_ns, mut ip) = (None, None);
+            if let (Some(net), false) = (&self.net, p.host_network) {
+                // Idempotent: the pod keeps its address and interfaces.
+                let a = net
+                    .setup(&p.uid, &host_ports(p))
+                    .map_err(|e| e.to_string())?;
+                let hosts = net.config().state_dir.join("pods").join(&p.uid);
+                sb.files = vec![
+                    ("/etc/hosts".into(), hosts.join("hosts")),
+                    ("/etc/resolv.conf".into(), hosts.join("resolv.conf")),
+                ];
+                sb.pod_ip = Some(a.ip.to_string());
+                ip = Some(a.ip.to_string());
+                net_ns = Some(a.netns);
+            }
+            self.runs.insert(
+                key.clone(),
+                PodRun {
+                    sandbox: sb,
+                    net_ns,
+                    ip,
+                    created: SystemTime::now(),
+                },
+            );
+            self.actual.insert(
+                key.clone(),
+                PodState {
+                    uid: p.uid.clone(),
+                    sandbox_hash: reconcile::sandbox_hash(p),
+                    grace: Duration::from_secs(rec["grace_secs"].as_u64().unwrap_or(30)),
+                    containers,
+                },
+            );
+            adopted.push(p.uid.clone());
+        }
+        // What no desired pod owns: a crash's leftovers, pods deleted while
+        // the agent was away.
+        self.rt
+            .gc(&|uid| adopted.iter().any(|a| a == uid))
+            .map_err(|e| format!("cleaning up: {e}"))?;
+        if let Some(n) = &self.net {
+            n.gc(&|id| adopted.iter().any(|a| a == id))
+                .map_err(|e| format!("cleaning up the network: {e}"))?;
+        }
         Ok(())
     }
 
@@ -411,6 +549,13 @@ impl Agent {
                 {
                     self.watched.insert(wd, (key.to_string(), name.to_string()));
                 }
+                let record = serde_json::json!({
+                    "hash": c.hash,
+                    "resources": c.resources,
+                    "restart_count": restarts,
+                    "crashes": crashes,
+                });
+                write_record(&h.dir.join("agent.json"), &record);
                 Status::Running { since: now }
             }
             Err(e) => {

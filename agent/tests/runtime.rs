@@ -595,25 +595,31 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
         struct Running(std::process::Child);
         impl Drop for Running {
             fn drop(&mut self) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.0.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let _ = self.0.wait();
+                // Only a process not yet reaped: its pid cannot be reused.
+                if let Ok(None) = self.0.try_wait() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(self.0.id() as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                    let _ = self.0.wait();
+                }
             }
         }
-        let agent = Command::new(env!("CARGO_BIN_EXE_podagent"))
-            .arg("run")
-            .arg("--pods-dir")
-            .arg(&pods)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--root-dir")
-            .arg(fx.dir.path())
-            .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let spawn_agent = || {
+            Command::new(env!("CARGO_BIN_EXE_podagent"))
+                .arg("run")
+                .arg("--pods-dir")
+                .arg(&pods)
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--root-dir")
+                .arg(fx.dir.path())
+                .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let agent = spawn_agent();
         let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
         let mut agent = Running(agent);
         let state_s = state.display().to_string();
@@ -635,6 +641,53 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
                 && l.contains("10.88.0.")),
             "{s}"
         );
+
+        // SIGKILL the agent: the container keeps serving; a new agent
+        // re-adopts the same process, address and sandbox.
+        let container_pid = |s: &str| -> i64 {
+            let v: serde_json::Value =
+                serde_json::from_str(&podctl(&["status", "-o", "json", "--state-dir", s]).1)
+                    .unwrap();
+            let uid = v["pods"][0]["uid"].as_str().unwrap().to_string();
+            let st: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(
+                    Path::new(s)
+                        .join("containers")
+                        .join(uid)
+                        .join("httpd/state/state.json"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            st["pid"].as_i64().unwrap()
+        };
+        let before = container_pid(&state_s);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = agent.0.wait();
+        assert!(serves("first"), "the container outlives the agent");
+        let agent2 = spawn_agent();
+        let pid = nix::unistd::Pid::from_raw(agent2.id() as i32);
+        let mut agent = Running(agent2);
+        assert!(
+            eventually(Duration::from_secs(15), || status()
+                .lines()
+                .any(|l| l.starts_with("web ") && l.contains("Running"))),
+            "{}",
+            status()
+        );
+        assert_eq!(
+            container_pid(&state_s),
+            before,
+            "re-adopted, not started again"
+        );
+        assert!(
+            status()
+                .lines()
+                .any(|l| l.starts_with("web ") && l.split_whitespace().nth(3) == Some("0")),
+            "no restart: {}",
+            status()
+        );
+        assert!(serves("first"));
 
         // An edit of the container's command restarts it with the new spec.
         put_manifest(&pods, "web.yaml", &SERVED.replace("CONTENT", "second"));

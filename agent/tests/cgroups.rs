@@ -397,18 +397,8 @@ fn oom_score_adj_is_what_the_plan_said_or_the_kernel_reports_why_not() {
     );
     // Guaranteed: -997 needs CAP_SYS_RESOURCE; without it the kernel keeps the
     // lowest value the process had, and the caller learns it.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let cap_eff = u64::from_str_radix(
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .unwrap()
-            .trim(),
-        16,
-    )
-    .unwrap();
     let got = set_oom_score_adj(&proc_root, child.id(), -997).unwrap();
-    if cap_eff & (1 << 24) != 0 {
+    if support::has_cap_sys_resource() {
         assert_eq!(got, -997);
     } else {
         assert!(

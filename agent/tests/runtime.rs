@@ -35,6 +35,28 @@ impl Drop for Fixture {
     }
 }
 
+impl Fixture {
+    /// The pod's sandbox and pod cgroup.
+    fn sandbox(&self, pod: &specs::PodPlan) -> sandbox::Sandbox {
+        let sb = sandbox::create(&self.rt.state_dir, pod).unwrap();
+        self.rt.create_pod_cgroup(pod).unwrap();
+        sb
+    }
+
+    /// Removes the pod's containers and sandbox and checks no mount is left.
+    fn tear_down(&self, pod: &specs::PodPlan) {
+        for c in pod.all_containers() {
+            self.rt.remove(pod, c).unwrap();
+        }
+        self.rt.remove_pod(pod).unwrap();
+        assert!(
+            mounts_under(self.dir.path()).is_empty(),
+            "mounts left: {:?}",
+            mounts_under(self.dir.path())
+        );
+    }
+}
+
 fn fixture(name: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let images = ImageStore::open(&dir.path().join("store")).unwrap();
@@ -92,8 +114,7 @@ fn a_pod_runs_from_its_plan_and_stopping_it_leaves_nothing() {
     let fx = fixture("pod");
     let rt = &fx.rt;
     let pod = plan(POD);
-    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-    rt.create_pod_cgroup(&pod).unwrap();
+    let sb = fx.sandbox(&pod);
     let writer = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
     let reader = rt.start(&pod, &sb, None, &pod.containers[1]).unwrap();
     assert!(writer.started.pid > 1 && writer.started.start_ticks > 0);
@@ -178,8 +199,7 @@ fn start_errors_are_reported_and_cleaned_up() {
     let fx = fixture("errors");
     let rt = &fx.rt;
     let pod = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n  containers:\n  - {name: nope, image: busybox, command: [/bin/nope]}\n  - {name: noimage, image: 'missing:v1'}\n");
-    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-    rt.create_pod_cgroup(&pod).unwrap();
+    let sb = fx.sandbox(&pod);
     match rt.start(&pod, &sb, None, &pod.containers[0]) {
         Err(RuntimeError::StartError { container, message }) => {
             assert_eq!(container, "nope");
@@ -211,8 +231,7 @@ fn the_shim_leads_its_own_session_apart_from_its_spawner() {
     let fx = fixture("orphan");
     let rt = &fx.rt;
     let pod = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: orphan}\nspec:\n  containers: [{name: c, image: busybox, command: [sleep, '1000']}]\n");
-    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-    rt.create_pod_cgroup(&pod).unwrap();
+    let sb = fx.sandbox(&pod);
     let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
     // The shim is in a session of its own, so it is not in the test's process
     // group and survives the agent's; the container is its child.
@@ -228,9 +247,7 @@ fn the_shim_leads_its_own_session_apart_from_its_spawner() {
     assert_ne!(sid, nix::unistd::getsid(None).unwrap());
     rt.stop(&pod, &pod.containers[0], Duration::from_millis(200))
         .unwrap();
-    rt.remove(&pod, &pod.containers[0]).unwrap();
-    rt.remove_pod(&pod).unwrap();
-    assert!(mounts_under(fx.dir.path()).is_empty());
+    fx.tear_down(&pod);
 }
 
 #[test]
@@ -245,8 +262,7 @@ fn the_device_cgroup_denies_devices_outside_the_allowlist() {
     let pod = plan(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: devices}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'mknod /tmp/mem c 1 1 && echo mknod=ok; if head -c 1 /tmp/mem > /dev/null 2>&1; then echo mem=readable; else echo mem=denied; fi; echo zero=$(head -c 3 /dev/zero | wc -c)']\n",
     );
-    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-    rt.create_pod_cgroup(&pod).unwrap();
+    let sb = fx.sandbox(&pod);
     let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
     assert!(agent::runtime::wait_for_file(
         &h.dir.join("state"),
@@ -268,9 +284,7 @@ fn the_device_cgroup_denies_devices_outside_the_allowlist() {
             "the v1 device cgroup must refuse /dev/mem: {log}"
         ),
     }
-    rt.remove(&pod, &pod.containers[0]).unwrap();
-    rt.remove_pod(&pod).unwrap();
-    assert!(mounts_under(fx.dir.path()).is_empty());
+    fx.tear_down(&pod);
 }
 
 fn podctl(args: &[&str]) -> (i32, String, String) {
@@ -295,8 +309,7 @@ fn podctl_logs_shows_the_current_and_the_previous_run() {
     let pod = plan(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: chatty}\nspec:\n  containers:\n  - name: talk\n    image: busybox\n    command: [sh, -c, 'echo run $(cat /proc/sys/kernel/random/uuid); echo two; echo three >&2']\n",
     );
-    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-    rt.create_pod_cgroup(&pod).unwrap();
+    let sb = fx.sandbox(&pod);
     let state = rt.state_dir.display().to_string();
     let mut runs = Vec::new();
     for _ in 0..2 {
@@ -340,9 +353,7 @@ fn podctl_logs_shows_the_current_and_the_previous_run() {
         err.trim(),
         "podctl logs: container nope is not in pod chatty; it has talk"
     );
-    rt.remove(&pod, &pod.containers[0]).unwrap();
-    rt.remove_pod(&pod).unwrap();
-    assert!(mounts_under(fx.dir.path()).is_empty());
+    fx.tear_down(&pod);
 }
 
 #[test]
@@ -355,8 +366,7 @@ fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
     let pod = plan(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: target}\nspec:\n  hostname: target-host\n  containers:\n  - name: app\n    image: busybox\n    command: [sh, -c, 'echo marker > /tmp/inside; exec sleep 1000']\n    env: [{name: GREETING, value: hello}]\n",
     );
-    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-    rt.create_pod_cgroup(&pod).unwrap();
+    let sb = fx.sandbox(&pod);
     let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
     let state = rt.state_dir.display().to_string();
     let podagent = env!("CARGO_BIN_EXE_podagent");
@@ -412,9 +422,7 @@ fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
     assert_eq!(code, 1);
     assert!(err.contains("has exited"), "{err}");
     drop(h);
-    rt.remove(&pod, &pod.containers[0]).unwrap();
-    rt.remove_pod(&pod).unwrap();
-    assert!(mounts_under(fx.dir.path()).is_empty());
+    fx.tear_down(&pod);
 }
 
 #[test]
@@ -425,8 +433,7 @@ fn gc_removes_a_running_pod_that_is_no_longer_known() {
     let fx = fixture("gc");
     let rt = &fx.rt;
     let pod = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: forgotten}\nspec:\n  volumes: [{name: m, emptyDir: {medium: Memory}}]\n  containers: [{name: c, image: busybox, command: [sleep, '1000'], volumeMounts: [{name: m, mountPath: /m}]}]\n");
-    let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-    rt.create_pod_cgroup(&pod).unwrap();
+    let sb = fx.sandbox(&pod);
     let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
     assert_eq!(
         rt.gc(&|uid| uid == pod.uid).unwrap(),
@@ -515,8 +522,7 @@ fn a_pods_containers_share_one_eth0_reached_from_the_node_and_a_host_port() {
             container_port: 8080,
         };
         let attach = net.setup(&pod.uid, &[port]).unwrap();
-        let sb = sandbox::create(&rt.state_dir, &pod).unwrap();
-        rt.create_pod_cgroup(&pod).unwrap();
+        let sb = fx.sandbox(&pod);
         let web = rt
             .start(&pod, &sb, Some(&attach.netns), &pod.containers[0])
             .unwrap();

@@ -63,3 +63,15 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|m| Path::new(m).starts_with(dir))
         .collect()
 }
+
+/// Whether this process holds CAP_SYS_RESOURCE (root on some hosts does not:
+/// oom_score_adj cannot go below 0 there).
+pub fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0
+}

@@ -104,6 +104,15 @@ pub struct Agent {
     runs: BTreeMap<String, PodRun>,
     exits: Inotify,
     watched: BTreeMap<WatchDescriptor, (String, String)>,
+    /// A pidfd on each running container's shim, by (pod, container): a
+    /// shim that dies without writing `exit.json` is noticed at once.
+    shims: BTreeMap<(String, String), Shim>,
+}
+
+#[derive(Debug)]
+struct Shim {
+    pidfd: std::os::fd::OwnedFd,
+    pid: i32,
 }
 
 /// Writes a small JSON record atomically (temp file, rename).
@@ -138,6 +147,18 @@ fn host_ports(p: &PodPlan) -> Vec<netplug::HostPort> {
             })
         })
         .collect()
+}
+
+/// Reaps every child that has exited: shims the agent spawned (a shim
+/// adopted from a previous agent is not its child). Only this thread spawns
+/// or waits for processes, so no other waiter loses its child.
+fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if s == WaitStatus::StillAlive {
+            break;
+        }
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -186,6 +207,7 @@ impl Agent {
             runs: BTreeMap::new(),
             exits,
             watched: BTreeMap::new(),
+            shims: BTreeMap::new(),
         })
     }
 
@@ -229,16 +251,29 @@ impl Agent {
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .min(60_000) as u16;
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(dir_watch.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.exits.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
+            let shim_keys: Vec<(String, String)> = self.shims.keys().cloned().collect();
+            fds.extend(
+                self.shims
+                    .values()
+                    .map(|s| PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN)),
+            );
             let _ = poll(&mut fds, PollTimeout::from(ms.max(1)));
             let ready: Vec<bool> = fds
                 .iter()
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
+            drop(fds);
+            reap_children();
+            for (i, key) in shim_keys.into_iter().enumerate() {
+                if ready[3 + i] {
+                    self.shim_gone(&key);
+                }
+            }
             if ready[2] {
                 break;
             }
@@ -420,6 +455,7 @@ impl Agent {
     fn adopt(&mut self) -> Result<(), String> {
         let desired = self.sources.desired();
         let mut adopted: Vec<String> = Vec::new();
+        let mut shims = Vec::new();
         for (key, (_, p)) in &desired.pods {
             let pod_dir = self.args.state_dir.join("pods").join(&p.uid);
             let Some(rec) = read_record(&pod_dir.join("agent.json")) else {
@@ -450,6 +486,9 @@ impl Agent {
                     }
                     if let Ok(wd) = self.exits.add_watch(&state, AddWatchFlags::IN_MOVED_TO) {
                         self.watched.insert(wd, (key.clone(), c.name.to_string()));
+                    }
+                    if let Ok(st) = serde_json::from_value::<crate::shim::Started>(started) {
+                        shims.push((key.clone(), c.name.to_string(), st));
                     }
                     Status::Running {
                         since: Instant::now(),
@@ -511,6 +550,11 @@ impl Agent {
             );
             adopted.push(p.uid.clone());
         }
+        // Their shims are watched once the pods are in `actual`: one that
+        // died while the agent was away is handled like one that dies now.
+        for (key, name, st) in shims {
+            self.watch_shim(&key, &name, &st);
+        }
         // What no desired pod owns: a crash's leftovers, pods deleted while
         // the agent was away.
         self.rt
@@ -540,6 +584,17 @@ impl Agent {
             (Some(s), true) => (s.restart_count + 1, 0),
             (Some(s), false) => (s.restart_count + 1, s.crashes),
         };
+        // The previous run's exit (perhaps still queued) is not this run's.
+        let stale: Vec<WatchDescriptor> = self
+            .watched
+            .iter()
+            .filter(|(_, (k, n))| k == key && n == name)
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in stale {
+            let _ = self.exits.rm_watch(wd);
+            self.watched.remove(&wd);
+        }
         let now = Instant::now();
         let status = match self.rt.start(p, &run.sandbox, run.net_ns.as_deref(), c) {
             Ok(h) => {
@@ -556,6 +611,7 @@ impl Agent {
                     "crashes": crashes,
                 });
                 write_record(&h.dir.join("agent.json"), &record);
+                self.watch_shim(key, name, &h.started);
                 Status::Running { since: now }
             }
             Err(e) => {
@@ -584,6 +640,80 @@ impl Agent {
                 },
             );
         }
+    }
+
+    /// Watches a container's shim through a pidfd. A shim already gone is
+    /// handled at once.
+    fn watch_shim(&mut self, key: &str, name: &str, started: &crate::shim::Started) {
+        let id = (key.to_string(), name.to_string());
+        if started.shim_pid <= 0 {
+            return; // a record from before shims recorded themselves
+        }
+        match crate::sys::pidfd_open(started.shim_pid) {
+            // The pidfd pins the process: checking its start time after
+            // opening proves it is the shim and not a reused pid.
+            Ok(pidfd)
+                if crate::shim::start_ticks(started.shim_pid) == Some(started.shim_start_ticks) =>
+            {
+                self.shims.insert(
+                    id,
+                    Shim {
+                        pidfd,
+                        pid: started.shim_pid,
+                    },
+                );
+            }
+            _ => {
+                self.shims.remove(&id);
+                self.shim_died(&id, started.shim_pid);
+            }
+        }
+    }
+
+    /// A shim's pidfd became readable: it exited. Normally it wrote
+    /// `exit.json` first and the exit is collected from there.
+    fn shim_gone(&mut self, id: &(String, String)) {
+        let Some(shim) = self.shims.remove(id) else {
+            return;
+        };
+        self.shim_died(id, shim.pid);
+    }
+
+    /// If the container's shim is gone without an exit record, kills what
+    /// is left of the container (its whole cgroup, so nothing escapes) and
+    /// writes the record itself; the exit watch then restarts it by policy.
+    fn shim_died(&mut self, (key, name): &(String, String), pid: i32) {
+        let Some(state) = self.actual.get(key) else {
+            return;
+        };
+        let uid = state.uid.clone();
+        let dir = self
+            .args
+            .state_dir
+            .join("containers")
+            .join(&uid)
+            .join(name)
+            .join("state");
+        if !dir.is_dir() || dir.join("exit.json").exists() {
+            return;
+        }
+        let started = read_record(&dir.join("state.json"));
+        let _ = self.rt.kill_container(&uid, name);
+        let message = format!("its shim (pid {pid}) died; its processes were killed");
+        eprintln!("podagent: pod {key} container {name}: {message}");
+        let exited = Exited {
+            exit_code: 137,
+            signal: Some(9),
+            started_at: started.and_then(|s| s["started_at"].as_str().map(str::to_string)),
+            finished_at: now_rfc3339(),
+            reason: "Error".into(),
+            message,
+            warnings: Vec::new(),
+        };
+        write_record(
+            &dir.join("exit.json"),
+            &serde_json::to_value(&exited).unwrap_or_default(),
+        );
     }
 
     /// Records the exits the shims wrote.
@@ -632,6 +762,7 @@ impl Agent {
             return;
         };
         let run = self.runs.remove(key);
+        self.shims.retain(|(pod, _), _| pod != key);
         // The runtime needs a plan for names and paths: the current one, or
         // one rebuilt from what runs (only uid and names are used).
         let plan = self.sources.desired().pods.get(key).map(|(_, p)| p.clone());

@@ -1,4 +1,4 @@
-//! The only `unsafe` of the agent: the two calls `nix` cannot make safe.
+//! The only `unsafe` of the agent: the calls `nix` cannot make safe.
 
 /// Forks the calling process.
 ///
@@ -66,4 +66,15 @@ pub fn load_seccomp_filter(program: &[u8]) -> nix::Result<()> {
         )
     };
     nix::errno::Errno::result(r).map(drop)
+}
+
+/// A pidfd for `pid` (`pidfd_open`, Linux 5.3): readable once the process
+/// has exited, and never confused with a later process given the same pid.
+pub fn pidfd_open(pid: i32) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and reads no memory of ours.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    let fd = nix::errno::Errno::result(r)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }

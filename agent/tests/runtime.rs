@@ -650,23 +650,22 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
 
         // SIGKILL the agent: the container keeps serving; a new agent
         // re-adopts the same process, address and sandbox.
-        let container_pid = |s: &str| -> i64 {
+        let started = |s: &str| -> serde_json::Value {
             let v: serde_json::Value =
                 serde_json::from_str(&podctl(&["status", "-o", "json", "--state-dir", s]).1)
                     .unwrap();
             let uid = v["pods"][0]["uid"].as_str().unwrap().to_string();
-            let st: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(
-                    Path::new(s)
-                        .join("containers")
-                        .join(uid)
-                        .join("httpd/state/state.json"),
-                )
-                .unwrap(),
+            std::fs::read(
+                Path::new(s)
+                    .join("containers")
+                    .join(uid)
+                    .join("httpd/state/state.json"),
             )
-            .unwrap();
-            st["pid"].as_i64().unwrap()
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
         };
+        let container_pid = |s: &str| -> i64 { started(s)["pid"].as_i64().unwrap_or(0) };
         let before = container_pid(&state_s);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         let _ = agent.0.wait();
@@ -707,6 +706,54 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
                 .lines()
                 .any(|l| l.starts_with("web ") && l.split_whitespace().nth(3) == Some("1")),
             "one restart: {}",
+            status()
+        );
+
+        // SIGKILL the container's shim: the agent notices at once (a pidfd),
+        // kills the container's processes (its whole cgroup) and restarts it
+        // after the crash back-off (10 s).
+        let st = started(&state_s);
+        let (old_pid, old_ticks) = (
+            st["pid"].as_i64().unwrap() as i32,
+            st["start_ticks"].as_u64(),
+        );
+        let shim = st["shim_pid"].as_i64().unwrap() as i32;
+        assert!(shim > 0, "{st}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let killed_at = std::time::Instant::now();
+        assert!(
+            eventually(Duration::from_secs(3), || agent::shim::start_ticks(old_pid)
+                != old_ticks),
+            "the container's init outlived its shim"
+        );
+        assert!(
+            eventually(Duration::from_secs(3), || status()
+                .lines()
+                .any(|l| l.starts_with("web ") && l.contains("Error"))),
+            "{}",
+            status()
+        );
+        assert!(!serves("second"), "nothing of the container is left");
+        assert!(
+            eventually(Duration::from_secs(25), || serves("second")),
+            "restarted: {}",
+            status()
+        );
+        let waited = killed_at.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9),
+            "restarted after {waited:?}, before the 10 s back-off"
+        );
+        assert_ne!(container_pid(&state_s), i64::from(old_pid));
+        assert!(
+            status()
+                .lines()
+                .any(|l| l.starts_with("web ") && l.split_whitespace().nth(3) == Some("2")),
+            "two restarts: {}",
             status()
         );
 

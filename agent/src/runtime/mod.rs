@@ -206,6 +206,15 @@ impl Runtime {
         Ok(self.pod_cgroup(pod)?.join(c.name.as_str())?)
     }
 
+    /// Kills every process in one container's cgroup, by pod uid and
+    /// container name (for a container whose shim is gone).
+    pub fn kill_container(&self, uid: &str, name: &str) -> Result<(), RuntimeError> {
+        let cg = CgroupPath::new(&self.cgroup_root)?
+            .join(&format!("pod{uid}"))?
+            .join(name)?;
+        Ok(self.cgroups.kill_all(&cg)?)
+    }
+
     /// The pod's cgroup with the pod-level limits (the kubelet's pod cgroup).
     pub fn create_pod_cgroup(&self, pod: &PodPlan) -> Result<(), RuntimeError> {
         let path = self.pod_cgroup(pod)?;

@@ -72,6 +72,12 @@ pub struct Started {
     pub start_ticks: u64,
     pub started_at: String,
     pub warnings: Vec<String>,
+    /// The shim itself (pid and start ticks), so the agent can tell a shim
+    /// that died without recording an exit.
+    #[serde(default)]
+    pub shim_pid: i32,
+    #[serde(default)]
+    pub shim_start_ticks: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +311,8 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
         start_ticks: start_ticks(child.as_raw()).unwrap_or(0),
         started_at: started_at.clone(),
         warnings: warnings.clone(),
+        shim_pid: nix::unistd::getpid().as_raw(),
+        shim_start_ticks: start_ticks(nix::unistd::getpid().as_raw()).unwrap_or(0),
     };
     write_json(&args.state, "state.json", &started)?;
     tell_spawner("started");

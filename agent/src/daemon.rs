@@ -24,6 +24,7 @@ use serde::Serialize;
 use specs::plan::PodPlan;
 use specs::NodeInfo;
 
+use crate::events::Kind;
 use crate::reconcile::{self, Action, ContainerState, PodState, Status};
 use crate::runtime::{sandbox, Runtime, Sandbox};
 use crate::shim::Exited;
@@ -53,6 +54,21 @@ pub struct Args {
     /// Seconds between full resyncs of the pods directory.
     #[arg(long, default_value_t = 60)]
     pub resync_secs: u64,
+    /// The API's Unix socket (default: `podagent.sock` in the state dir).
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+    /// A group (name or gid) whose members may use the API (socket mode
+    /// 0660); by default it is root's alone (0600).
+    #[arg(long)]
+    pub api_group: Option<String>,
+}
+
+impl Args {
+    pub fn api_socket(&self) -> PathBuf {
+        self.api_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("podagent.sock"))
+    }
 }
 
 /// One pod as `podctl status` shows it.
@@ -63,9 +79,20 @@ pub struct PodStatus {
     pub uid: String,
     pub file: String,
     pub phase: String,
+    /// What kubectl would show instead of the phase (`Init:0/1`).
+    pub reason: Option<String>,
+    pub conditions: Vec<Condition>,
     pub ip: Option<String>,
     pub containers: Vec<ContainerStatus>,
     pub created: String,
+}
+
+/// A pod condition (PodScheduled, Initialized, ContainersReady, Ready).
+#[derive(Debug, Clone, Serialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +102,11 @@ pub struct ContainerStatus {
     pub restart_count: u32,
     pub exit_code: Option<i32>,
     pub ready: bool,
+    /// Why it last terminated (Completed, Error, OOMKilled, StartError).
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    /// When a container in back-off is tried again.
+    pub next_start: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,6 +139,15 @@ pub struct Agent {
     /// A pidfd on each running container's shim, by (pod, container): a
     /// shim that dies without writing `exit.json` is noticed at once.
     shims: BTreeMap<(String, String), Shim>,
+    /// Each container's last exit record (reason, message), by (pod,
+    /// container).
+    last_exit: BTreeMap<(String, String), Exited>,
+    /// The OOM-kill count of each container's cgroup when it started.
+    oom_base: BTreeMap<(String, String), u64>,
+    /// What the API serves.
+    view: crate::api::Shared,
+    /// Manifest problems last reported as events.
+    reported: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -208,6 +249,10 @@ impl Agent {
             exits,
             watched: BTreeMap::new(),
             shims: BTreeMap::new(),
+            last_exit: BTreeMap::new(),
+            oom_base: BTreeMap::new(),
+            view: Default::default(),
+            reported: Vec::new(),
         })
     }
 
@@ -231,6 +276,31 @@ impl Agent {
         mask.add(Signal::SIGINT);
         mask.thread_block().map_err(|e| e.to_string())?;
         let signals = SignalFd::new(&mask).map_err(|e| e.to_string())?;
+        let group = match &self.args.api_group {
+            None => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => nix::unistd::Group::from_name(g)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| format!("--api-group {g}: no such group"))?
+                    .gid
+                    .as_raw(),
+            }),
+        };
+        let socket = self.args.api_socket();
+        crate::api::serve(
+            &socket,
+            group,
+            crate::api::Server {
+                view: self.view.clone(),
+                cgroups: crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
+                    .map_err(|e| e.to_string())?
+                    .driver(),
+                cgroup_root: self.args.cgroup_root.clone(),
+            },
+        )
+        .map_err(|e| format!("the API: {e}"))?;
         self.sources.resync(&self.args.pods_dir, &self.node);
         self.adopt()?;
         let mut last_resync = Instant::now();
@@ -301,6 +371,7 @@ impl Agent {
                 self.delete_pod(&k, Duration::from_secs(10));
             }
         }
+        let _ = std::fs::remove_file(&socket);
         Ok(())
     }
 
@@ -313,27 +384,51 @@ impl Agent {
             .iter()
             .map(|(k, (_, p))| (k.clone(), p.clone()))
             .collect();
-        let plan = reconcile::plan(&plans, &self.actual, Instant::now());
+        let t0 = Instant::now();
+        let plan = reconcile::plan(&plans, &self.actual, t0);
         let acted = !plan.actions.is_empty();
         for action in plan.actions {
             self.execute(&action, &plans);
         }
         self.write_status(&desired);
+        if let Ok(mut v) = self.view.lock() {
+            v.reconcile.observe(t0.elapsed().as_secs_f64());
+            v.ready = true;
+        }
         (acted, plan.wake_at)
     }
 
     fn execute(&mut self, action: &Action, plans: &reconcile::Desired) {
         match action {
-            Action::CreateSandbox { pod } => {
-                if let Err(e) = self.create_sandbox(pod, &plans[pod]) {
-                    eprintln!("podagent: pod {pod}: {e}");
+            Action::CreateSandbox { pod } => match self.create_sandbox(pod, &plans[pod]) {
+                Ok(()) => {
+                    let ip = self.runs.get(pod).and_then(|r| r.ip.clone());
+                    let message = match ip {
+                        Some(ip) => format!("sandbox ready, IP {ip}"),
+                        None => "sandbox ready".to_string(),
+                    };
+                    self.event(Kind::Normal, "Scheduled", pod, None, message);
                 }
-            }
+                Err(e) => self.event(
+                    Kind::Warning,
+                    "FailedCreatePodSandBox",
+                    pod,
+                    None,
+                    e.to_string(),
+                ),
+            },
             Action::StartContainer { pod, container } => {
                 self.start(pod, &plans[pod], container, false)
             }
             Action::RestartContainer { pod, container } => {
                 let p = &plans[pod];
+                self.event(
+                    Kind::Normal,
+                    "Killing",
+                    pod,
+                    Some(container),
+                    "container definition changed, will be restarted".into(),
+                );
                 if let Some(c) = p.all_containers().find(|c| c.name.as_str() == container) {
                     let _ =
                         self.rt
@@ -355,6 +450,13 @@ impl Agent {
                     let limits = crate::runtime::container_limits(resources);
                     match self.rt.cgroups.apply(&cg, &limits) {
                         Ok(()) => {
+                            self.event(
+                                Kind::Normal,
+                                "Resized",
+                                pod,
+                                Some(container),
+                                "resources applied to its cgroup in place".into(),
+                            );
                             if let Some(s) = self
                                 .actual
                                 .get_mut(pod)
@@ -365,11 +467,34 @@ impl Agent {
                         }
                         // The kernel refused (a limit below current usage):
                         // restart it with the new limits instead.
-                        Err(_) => self.start(pod, p, container, true),
+                        Err(e) => {
+                            self.event(
+                                Kind::Warning,
+                                "ResizeFailed",
+                                pod,
+                                Some(container),
+                                format!("{e}; restarting it with the new resources"),
+                            );
+                            if let Some(c) =
+                                p.all_containers().find(|c| c.name.as_str() == container)
+                            {
+                                let grace = Duration::from_secs(p.termination_grace_period_secs);
+                                let _ = self.rt.stop(p, c, grace);
+                            }
+                            self.start(pod, p, container, true)
+                        }
                     }
                 }
             }
             Action::RecreatePod { pod } | Action::DeletePod { pod, .. } => {
+                let (reason, message) = match action {
+                    Action::RecreatePod { .. } => (
+                        "SandboxChanged",
+                        "pod-level fields changed: it will be killed and re-created",
+                    ),
+                    _ => ("Killing", "its manifest is gone: stopping the pod"),
+                };
+                self.event(Kind::Normal, reason, pod, None, message.into());
                 let grace = match action {
                     Action::DeletePod { grace, .. } => *grace,
                     _ => Duration::from_secs(
@@ -596,8 +721,27 @@ impl Agent {
             self.watched.remove(&wd);
         }
         let now = Instant::now();
-        let status = match self.rt.start(p, &run.sandbox, run.net_ns.as_deref(), c) {
+        let id = (key.to_string(), name.to_string());
+        let result = self.rt.start(p, &run.sandbox, run.net_ns.as_deref(), c);
+        let status = match result {
             Ok(h) => {
+                self.event(
+                    Kind::Normal,
+                    "Started",
+                    key,
+                    Some(name),
+                    format!("started {} (pid {})", c.image, h.started.pid),
+                );
+                for w in &h.started.warnings {
+                    self.event(Kind::Warning, "Degraded", key, Some(name), w.clone());
+                }
+                if let Ok(u) = crate::api::container_cgroup(&self.rt.cgroup_root, &p.uid, name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|cg| self.rt.cgroups.usage(&cg).map_err(|e| e.to_string()))
+                {
+                    self.oom_base.insert(id.clone(), u.oom_kills);
+                }
+                self.last_exit.remove(&id);
                 if let Ok(wd) = self
                     .exits
                     .add_watch(&h.dir.join("state"), AddWatchFlags::IN_MOVED_TO)
@@ -615,7 +759,19 @@ impl Agent {
                 Status::Running { since: now }
             }
             Err(e) => {
-                eprintln!("podagent: pod {key} container {name}: {e}");
+                self.event(Kind::Warning, "Failed", key, Some(name), e.to_string());
+                self.last_exit.insert(
+                    id,
+                    Exited {
+                        exit_code: 128,
+                        signal: None,
+                        started_at: None,
+                        finished_at: now_rfc3339(),
+                        reason: "StartError".into(),
+                        message: e.to_string(),
+                        warnings: Vec::new(),
+                    },
+                );
                 Status::Terminated {
                     exit_code: 128,
                     started: now,
@@ -700,7 +856,7 @@ impl Agent {
         let started = read_record(&dir.join("state.json"));
         let _ = self.rt.kill_container(&uid, name);
         let message = format!("its shim (pid {pid}) died; its processes were killed");
-        eprintln!("podagent: pod {key} container {name}: {message}");
+        self.event(Kind::Warning, "ShimDied", key, Some(name), message.clone());
         let exited = Exited {
             exit_code: 137,
             signal: Some(9),
@@ -714,6 +870,20 @@ impl Agent {
             &dir.join("exit.json"),
             &serde_json::to_value(&exited).unwrap_or_default(),
         );
+    }
+
+    fn event(
+        &self,
+        kind: Kind,
+        reason: &str,
+        object: &str,
+        container: Option<&str>,
+        message: String,
+    ) {
+        if let Ok(mut v) = self.view.lock() {
+            v.events
+                .record(kind, reason, object, container, message, now_rfc3339());
+        }
     }
 
     /// Records the exits the shims wrote.
@@ -740,20 +910,83 @@ impl Agent {
                 .join(&state.uid)
                 .join(&name)
                 .join("state/exit.json");
-            let exit_code = std::fs::read(&dir)
+            let mut exited = std::fs::read(&dir)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Exited>(&b).ok())
-                .map_or(255, |e| e.exit_code);
+                .unwrap_or_else(|| Exited {
+                    exit_code: 255,
+                    signal: None,
+                    started_at: None,
+                    finished_at: now_rfc3339(),
+                    reason: "Error".into(),
+                    message: "no readable exit record".into(),
+                    warnings: Vec::new(),
+                });
             let started = match c.status {
                 Status::Running { since } => since,
                 _ => Instant::now(),
             };
             c.status = Status::Terminated {
-                exit_code,
+                exit_code: exited.exit_code,
                 started,
                 finished: Instant::now(),
             };
             c.crashes += 1;
+            let uid = state.uid.clone();
+            let id = (key.clone(), name.clone());
+            // A SIGKILL while the cgroup's OOM-kill count went up: the
+            // kernel's OOM killer (the count is the cgroup's, kept across
+            // restarts, so it is compared with its value at start).
+            let ooms = crate::api::container_cgroup(&self.rt.cgroup_root, &uid, &name)
+                .ok()
+                .and_then(|cg| self.rt.cgroups.usage(&cg).ok())
+                .map_or(0, |u| u.oom_kills);
+            if exited.signal == Some(9) && ooms > self.oom_base.get(&id).copied().unwrap_or(0) {
+                exited.reason = "OOMKilled".into();
+                self.event(
+                    Kind::Warning,
+                    "OOMKilled",
+                    &key,
+                    Some(&name),
+                    "the kernel's OOM killer killed it (memory limit reached)".into(),
+                );
+            } else {
+                let how = match exited.signal {
+                    Some(sig) => format!("killed by signal {sig}"),
+                    None => format!("exited with code {}", exited.exit_code),
+                };
+                let kind = if exited.exit_code == 0 {
+                    Kind::Normal
+                } else {
+                    Kind::Warning
+                };
+                self.event(kind, "Exited", &key, Some(&name), how);
+            }
+            self.last_exit.insert(id, exited);
+            let policy = self
+                .sources
+                .desired()
+                .pods
+                .get(&key)
+                .map(|(_, p)| p.restart_policy);
+            let next = self
+                .actual
+                .get(&key)
+                .and_then(|s| s.containers.get(&name))
+                .zip(policy)
+                .and_then(|(c, policy)| reconcile::restart_at(policy, c));
+            if let Some(at) = next {
+                let wait = at.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    self.event(
+                        Kind::Warning,
+                        "BackOff",
+                        &key,
+                        Some(&name),
+                        format!("back-off {}s restarting the container", wait.as_secs()),
+                    );
+                }
+            }
         }
     }
 
@@ -807,7 +1040,7 @@ impl Agent {
         drop(run);
     }
 
-    fn write_status(&self, desired: &crate::watch::DesiredState) {
+    fn write_status(&mut self, desired: &crate::watch::DesiredState) {
         let mut pods = Vec::new();
         for (key, (file, p)) in &desired.pods {
             let state = self.actual.get(key);
@@ -817,15 +1050,23 @@ impl Agent {
                 .iter()
                 .map(|c| {
                     let s = state.and_then(|s| s.containers.get(c.name.as_str()));
+                    let last = self.last_exit.get(&(key.clone(), c.name.to_string()));
+                    let mut next_start = None;
                     let (st, code) = match s.map(|s| &s.status) {
                         None | Some(Status::Waiting) => ("Waiting".to_string(), None),
                         Some(Status::Running { .. }) => ("Running".to_string(), None),
                         Some(Status::Terminated { exit_code, .. }) => {
-                            let crashing = s.is_some_and(|s| s.crashes > 1)
-                                && p.restart_policy != specs::plan::RestartPolicy::Never;
+                            let at = s.and_then(|s| reconcile::restart_at(p.restart_policy, s));
+                            next_start = at.map(|at| {
+                                let wait = at.saturating_duration_since(Instant::now());
+                                crate::shim::logs::rfc3339_nano(SystemTime::now() + wait)
+                            });
+                            let crashing = s.is_some_and(|s| s.crashes > 1) && at.is_some();
                             (
                                 if crashing {
                                     "CrashLoopBackOff".into()
+                                } else if let Some(e) = last {
+                                    e.reason.clone()
                                 } else if *exit_code == 0 {
                                     "Completed".into()
                                 } else {
@@ -841,51 +1082,72 @@ impl Agent {
                         state: st,
                         restart_count: s.map_or(0, |s| s.restart_count),
                         exit_code: code,
+                        reason: last.map(|e| e.reason.clone()),
+                        message: last.map(|e| e.message.clone()).filter(|m| !m.is_empty()),
+                        next_start,
                     }
                 })
                 .collect();
-            let phase = if containers.iter().all(|c| c.state == "Running") {
-                "Running"
-            } else if containers.iter().all(|c| c.state == "Completed") {
-                "Succeeded"
-            } else if state.is_none() {
-                "Pending"
-            } else if containers.iter().any(|c| c.state == "Error")
-                && p.restart_policy == specs::plan::RestartPolicy::Never
-            {
-                "Failed"
-            } else {
-                "Pending"
+            let (phase, reason) = reconcile::phase(p, state);
+            let ready = phase == reconcile::Phase::Running && containers.iter().all(|c| c.ready);
+            let initialized = reason.is_none() && state.is_some();
+            let cond = |t: &str, ok: bool| Condition {
+                kind: t.to_string(),
+                status: if ok { "True" } else { "False" }.to_string(),
             };
+            let conditions = vec![
+                cond("PodScheduled", state.is_some()),
+                cond("Initialized", initialized),
+                cond("ContainersReady", ready),
+                cond("Ready", ready),
+            ];
             pods.push(PodStatus {
                 namespace: p.namespace.clone(),
                 name: p.name.to_string(),
                 uid: p.uid.clone(),
                 file: file.display().to_string(),
-                phase: phase.into(),
+                phase: format!("{phase:?}"),
+                reason,
+                conditions,
                 ip: run.and_then(|r| r.ip.clone()),
                 containers,
                 created: run
                     .map_or_else(now_rfc3339, |r| crate::shim::logs::rfc3339_nano(r.created)),
             });
         }
-        let problems = self
+        let problems: Vec<String> = self
             .sources
             .files
             .values()
             .flat_map(|f| f.diagnostics.iter().map(|d| d.to_string()))
             .collect();
+        // A problem newly seen is an event (once, not on every pass).
+        let new: Vec<String> = problems
+            .iter()
+            .filter(|p| !self.reported.contains(p))
+            .cloned()
+            .collect();
+        for line in new {
+            let object = line.split(':').next().unwrap_or("").to_string();
+            self.event(Kind::Warning, "FailedValidation", &object, None, line);
+        }
+        for c in desired
+            .conflicts
+            .iter()
+            .filter(|c| !self.reported.contains(c))
+        {
+            let object = c.split(':').next().unwrap_or("").to_string();
+            self.event(Kind::Warning, "Conflict", &object, None, c.clone());
+        }
+        self.reported = problems.clone();
+        self.reported.extend(desired.conflicts.iter().cloned());
         let status = Status_ {
             pods,
             problems,
             conflicts: desired.conflicts.clone(),
         };
-        let path = self.args.state_dir.join("status.json");
-        let tmp = self.args.state_dir.join(".status.json.tmp");
-        if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
-            if std::fs::write(&tmp, bytes).is_ok() {
-                let _ = std::fs::rename(&tmp, &path);
-            }
+        if let Ok(mut v) = self.view.lock() {
+            v.status = Some(status);
         }
     }
 }

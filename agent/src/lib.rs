@@ -2,9 +2,11 @@
 //! CLI that shows and manages them. The binaries in `src/bin` only parse,
 //! dispatch and map errors to exit codes; behaviour lives here.
 
+pub mod api;
 pub mod cgroups;
 pub mod cli;
 pub mod daemon;
+pub mod events;
 pub mod image;
 pub mod node;
 pub mod reconcile;

@@ -648,6 +648,40 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
             "{s}"
         );
 
+        // The API: root's alone, healthy, and its metrics read the cgroups.
+        let socket = state.join("podagent.sock");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let api = |path: &str| {
+            let (code, body) = agent::api::get(&socket, path).unwrap();
+            (code, String::from_utf8(body).unwrap())
+        };
+        assert_eq!(api("/healthz"), (200, "ok\n".to_string()));
+        assert_eq!(api("/nothing").0, 404);
+        let (_, metrics) = api("/metrics");
+        assert!(
+            metrics.contains("podagent_pods{phase=\"Running\"} 1\n"),
+            "{metrics}"
+        );
+        let memory = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "podagent_container_memory_usage_bytes{namespace=\"default\",pod=\"web\",container=\"httpd\"} ",
+                )
+            })
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(memory.is_some_and(|m| m > 0), "{metrics}");
+        let events = || podctl(&["events", "web", "--state-dir", &state_s]).1;
+        assert!(
+            events()
+                .lines()
+                .any(|l| l.contains("Started") && l.contains("default/web:httpd")),
+            "{}",
+            events()
+        );
+
         // SIGKILL the agent: the container keeps serving; a new agent
         // re-adopts the same process, address and sandbox.
         let started = |s: &str| -> serde_json::Value {
@@ -738,6 +772,8 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
             status()
         );
         assert!(!serves("second"), "nothing of the container is left");
+        let ev = events();
+        assert!(ev.contains("ShimDied") && ev.contains("BackOff"), "{ev}");
         assert!(
             eventually(Duration::from_secs(25), || serves("second")),
             "restarted: {}",
@@ -770,6 +806,12 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
             status()
         );
         assert!(serves("second"), "the pod kept running");
+        let ev = podctl(&["events", "--state-dir", &state_s]).1;
+        assert!(
+            ev.lines()
+                .any(|l| l.contains("FailedValidation") && l.contains("80800 is not a port")),
+            "{ev}"
+        );
 
         // Removing the file removes the pod.
         std::fs::remove_file(pods.join("web.yaml")).unwrap();
@@ -782,6 +824,10 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
 
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         assert!(agent.0.wait().unwrap().success());
+        let (code, _, err) = podctl(&["status", "--state-dir", &state_s]);
+        assert_eq!(code, 1);
+        assert!(err.contains("the agent is not running"), "{err}");
+        assert!(!socket.exists(), "the socket is removed on exit");
         assert!(
             mounts_under(fx.dir.path()).is_empty(),
             "{:?}",

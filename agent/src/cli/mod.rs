@@ -1,5 +1,6 @@
 //! `podctl`: one module per subcommand.
 
+pub mod events;
 pub mod exec;
 pub mod image;
 pub mod locate;
@@ -34,6 +35,42 @@ pub enum Command {
     /// The pods and their state (alias: get pods).
     #[command(alias = "get")]
     Status(status::Args),
+    /// What happened to the pods: starts, exits, back-offs, OOM kills,
+    /// manifest problems.
+    Events(events::Args),
+}
+
+/// Where the agent's API is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Api {
+    /// The agent's API socket (default: `podagent.sock` in --state-dir).
+    #[arg(long)]
+    pub api_socket: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "/run/podagent")]
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Api {
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.api_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("podagent.sock"))
+    }
+
+    /// GETs a JSON document; an error is worded for a person.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        let socket = self.socket();
+        let (code, body) = crate::api::get(&socket, path).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("{}: {path}: not JSON ({e})", socket.display()))?;
+        if code != 200 {
+            return Err(format!(
+                "the agent answered {code}: {}",
+                v["error"].as_str().unwrap_or("")
+            ));
+        }
+        Ok(v)
+    }
 }
 
 /// What a subcommand ends with; `main` turns it into the exit code.
@@ -67,6 +104,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
         Command::Image(args) => image::run(&args, out, err),
         Command::Logs(args) => logs::run(&args, out, err),
         Command::Status(args) => status::run(&args, out, err),
+        Command::Events(args) => events::run(&args, out, err),
         Command::Exec(args) => match exec::run(&args, err) {
             Ok(code) => Outcome::Passed(u8::try_from(code).unwrap_or(1)),
             Err(o) => o,

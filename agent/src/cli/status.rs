@@ -1,10 +1,9 @@
 //! `podctl status` (alias `podctl get pods`): one row a pod, as `kubectl get
-//! pods -o wide`, from the agent's status file.
+//! pods -o wide`, from the agent's API.
 
 use std::io::Write;
-use std::path::PathBuf;
 
-use super::Outcome;
+use super::{Api, Outcome};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,27 +12,15 @@ pub struct Args {
     pub resource: Option<String>,
     #[arg(short, long, value_enum, default_value_t = super::validate::Format::Text)]
     pub output: super::validate::Format,
-    #[arg(long, default_value = "/run/podagent")]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub api: Api,
 }
 
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    let path = args.state_dir.join("status.json");
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = writeln!(
-                err,
-                "podctl status: the agent is not running or has not written {} ({e})",
-                path.display()
-            );
-            return Outcome::Invalid;
-        }
-    };
-    let v: serde_json::Value = match serde_json::from_slice(&bytes) {
+    let v = match args.api.get_json("/v1/status") {
         Ok(v) => v,
         Err(e) => {
-            let _ = writeln!(err, "podctl status: {}: {e}", path.display());
+            let _ = writeln!(err, "podctl status: {e}");
             return Outcome::Invalid;
         }
     };
@@ -57,14 +44,17 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
             .iter()
             .map(|c| c["restart_count"].as_u64().unwrap_or(0))
             .sum();
-        let status = cs
-            .iter()
-            .map(|c| c["state"].as_str().unwrap_or("?"))
-            .find(|s| *s != "Running")
-            .map_or_else(
-                || p["phase"].as_str().unwrap_or("?").to_string(),
-                str::to_string,
-            );
+        // kubectl's rule: an init status, else the first container that is
+        // not running, else the phase.
+        let status = p["reason"]
+            .as_str()
+            .or_else(|| {
+                cs.iter()
+                    .map(|c| c["state"].as_str().unwrap_or("?"))
+                    .find(|s| *s != "Running")
+            })
+            .unwrap_or_else(|| p["phase"].as_str().unwrap_or("?"))
+            .to_string();
         let _ = writeln!(
             out,
             "{:<24} {:<6} {:<18} {:<9} {:<16} {}",

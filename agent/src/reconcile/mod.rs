@@ -142,7 +142,7 @@ fn should_restart(policy: RestartPolicy, exit_code: i32) -> bool {
 }
 
 /// When a terminated container may start again, if it may.
-fn restart_at(policy: RestartPolicy, s: &ContainerState) -> Option<Instant> {
+pub fn restart_at(policy: RestartPolicy, s: &ContainerState) -> Option<Instant> {
     let Status::Terminated {
         exit_code,
         started,
@@ -160,6 +160,74 @@ fn restart_at(policy: RestartPolicy, s: &ContainerState) -> Option<Instant> {
         s.crashes.max(1)
     };
     Some(finished + backoff(crashes))
+}
+
+/// A pod's phase, by Kubernetes' rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Phase {
+    /// Accepted, but a container (init included) has not yet run.
+    Pending,
+    /// Every app container created; one runs or will restart.
+    Running,
+    /// Every container ended with 0 and none will restart.
+    Succeeded,
+    /// Every container ended, one failed, and none will restart (or an init
+    /// container failed under `restartPolicy: Never`).
+    Failed,
+}
+
+/// The pod's phase and, while its init containers run or after one failed,
+/// the `Init:` status kubectl shows (`Init:1/2`, `Init:Error`,
+/// `Init:CrashLoopBackOff`).
+pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>) {
+    let Some(state) = state else {
+        return (Phase::Pending, None);
+    };
+    let get = |c: &ContainerPlan| state.containers.get(c.name.as_str());
+    let inits = &pod.init_containers;
+    let done = inits
+        .iter()
+        .take_while(|c| {
+            get(c).is_some_and(|s| matches!(s.status, Status::Terminated { exit_code: 0, .. }))
+        })
+        .count();
+    if done < inits.len() {
+        let failed = get(&inits[done])
+            .filter(|s| matches!(s.status, Status::Terminated { exit_code, .. } if exit_code != 0));
+        return match failed {
+            Some(_) if pod.restart_policy == RestartPolicy::Never => {
+                (Phase::Failed, Some("Init:Error".into()))
+            }
+            Some(s) if s.crashes > 1 => (Phase::Pending, Some("Init:CrashLoopBackOff".into())),
+            Some(_) => (Phase::Pending, Some("Init:Error".into())),
+            None => (Phase::Pending, Some(format!("Init:{done}/{}", inits.len()))),
+        };
+    }
+    let apps: Vec<Option<&ContainerState>> = pod.containers.iter().map(get).collect();
+    if apps
+        .iter()
+        .any(|s| s.is_none_or(|s| s.status == Status::Waiting))
+    {
+        return (Phase::Pending, None);
+    }
+    let ended = apps.iter().flatten().all(|s| {
+        matches!(s.status, Status::Terminated { .. }) && restart_at(pod.restart_policy, s).is_none()
+    });
+    if !ended {
+        return (Phase::Running, None);
+    }
+    let all_ok = apps
+        .iter()
+        .flatten()
+        .all(|s| matches!(s.status, Status::Terminated { exit_code: 0, .. }));
+    (
+        if all_ok {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        },
+        None,
+    )
 }
 
 /// Plans one pass.

@@ -345,3 +345,80 @@ fn a_pod_no_longer_desired_is_deleted_within_its_grace_period() {
         }]
     );
 }
+
+#[test]
+fn phase_follows_kubernetes_rules() {
+    let p = pod(WEB);
+    let (ia, ib) = (&p.init_containers[0], &p.init_containers[1]);
+    let (app, side) = (&p.containers[0], &p.containers[1]);
+    let t = Instant::now();
+    let run = Status::Running { since: t };
+    let exit = |code| Status::Terminated {
+        exit_code: code,
+        started: t,
+        finished: t,
+    };
+    let key = "default/web";
+    let ph = |a: &Actual| phase(&p, a.get(key));
+    assert_eq!(phase(&p, None), (Phase::Pending, None));
+    assert_eq!(
+        ph(&state(&p, vec![(ia, run.clone())])),
+        (Phase::Pending, Some("Init:0/2".into()))
+    );
+    assert_eq!(
+        ph(&state(&p, vec![(ia, exit(0)), (ib, run.clone())])),
+        (Phase::Pending, Some("Init:1/2".into()))
+    );
+    assert_eq!(
+        ph(&state(&p, vec![(ia, exit(0)), (ib, exit(1))])),
+        (Phase::Pending, Some("Init:Error".into())),
+        "Always: the init container is retried"
+    );
+    let inits_ok = || vec![(ia, exit(0)), (ib, exit(0))];
+    let mut v = inits_ok();
+    v.push((app, run.clone()));
+    assert_eq!(
+        ph(&state(&p, v.clone())),
+        (Phase::Pending, None),
+        "side not yet"
+    );
+    v.push((side, exit(1)));
+    assert_eq!(
+        ph(&state(&p, v)),
+        (Phase::Running, None),
+        "one runs, one restarts"
+    );
+    let mut v = inits_ok();
+    v.push((app, exit(0)));
+    v.push((side, exit(0)));
+    assert_eq!(
+        ph(&state(&p, v)),
+        (Phase::Running, None),
+        "Always restarts even a success"
+    );
+
+    let never = pod(&WEB.replace("spec:\n", "spec:\n  restartPolicy: Never\n"));
+    let (ia, ib) = (&never.init_containers[0], &never.init_containers[1]);
+    let (app, side) = (&never.containers[0], &never.containers[1]);
+    let ph = |a: &Actual| phase(&never, a.get(key));
+    assert_eq!(
+        ph(&state(&never, vec![(ia, exit(2))])),
+        (Phase::Failed, Some("Init:Error".into()))
+    );
+    let ok = vec![
+        (ia, exit(0)),
+        (ib, exit(0)),
+        (app, exit(0)),
+        (side, exit(0)),
+    ];
+    assert_eq!(ph(&state(&never, ok)), (Phase::Succeeded, None));
+    let bad = vec![
+        (ia, exit(0)),
+        (ib, exit(0)),
+        (app, exit(0)),
+        (side, exit(137)),
+    ];
+    assert_eq!(ph(&state(&never, bad)), (Phase::Failed, None));
+    let still = vec![(ia, exit(0)), (ib, exit(0)), (app, run), (side, exit(1))];
+    assert_eq!(ph(&state(&never, still)), (Phase::Running, None));
+}

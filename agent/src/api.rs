@@ -1,0 +1,342 @@
+//! The agent's API: HTTP/1.1 and JSON on a path-based Unix socket (hyper on
+//! a one-thread tokio runtime of its own), and the client `podctl` uses.
+//!
+//! The socket is created mode 0600 (0660 with `--api-group`) in a private
+//! directory and renamed into place, so there is no moment at which another
+//! user could connect. The reconcile loop publishes a `View` after each pass;
+//! requests read it and never wait on the loop.
+//!
+//! Routes (GET only):
+//! - `/healthz`: `ok` once the agent has done its first pass;
+//! - `/v1/status`: pods, manifest problems and conflicts (`daemon::Status_`);
+//! - `/v1/events`: the event ring, oldest first;
+//! - `/metrics`: Prometheus text: pods by phase, restarts, reconcile
+//!   duration, container cpu and memory read from the cgroups.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::cgroups::{CgroupPath, Cgroups};
+use crate::daemon::Status_;
+use crate::events::Events;
+
+/// Bucket bounds (seconds) of the reconcile duration histogram.
+pub const BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// A Prometheus histogram.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    pub counts: [u64; BUCKETS.len()],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+/// What the loop publishes for the API.
+#[derive(Debug, Default)]
+pub struct View {
+    pub ready: bool,
+    pub status: Option<Status_>,
+    pub events: Events,
+    pub reconcile: Histogram,
+}
+
+pub type Shared = Arc<Mutex<View>>;
+
+/// What the API needs beyond the view: the cgroups to read usage from.
+#[derive(Debug)]
+pub struct Server {
+    pub view: Shared,
+    pub cgroups: Box<dyn Cgroups>,
+    pub cgroup_root: String,
+}
+
+/// Creates the socket at `path` (replacing a stale one) and serves it on a
+/// thread of its own until the process exits. Errors (a bad path, a socket
+/// another agent is serving) are returned before anything is served.
+pub fn serve(path: &Path, group: Option<u32>, server: Server) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("{}: not a socket path", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "{}: another agent is serving this socket",
+            path.display()
+        ));
+    }
+    // Bound inside a private directory, then given its mode and renamed into
+    // place: never reachable with the umask's mode.
+    let private = tempfile::Builder::new()
+        .prefix(".api")
+        .tempdir_in(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", private.path().display()))?;
+    let tmp = private.path().join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mode = if let Some(gid) = group {
+        nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("the API's runtime: {e}"))?;
+    let server = Arc::new(server);
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || rt.block_on(accept(listener, server)))
+        .map_err(|e| format!("the API's thread: {e}"))?;
+    Ok(())
+}
+
+async fn accept(listener: std::os::unix::net::UnixListener, server: Arc<Server>) {
+    let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(handle(&server, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    if let Ok(v) = kind.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(v) {
+        Ok(b) => reply(StatusCode::OK, "application/json", b),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn error(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    reply(code, "application/json", body)
+}
+
+fn handle(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{} is not served: the API is read-only", req.method()),
+        );
+    }
+    let Ok(view) = server.view.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the agent's state is poisoned",
+        );
+    };
+    match req.uri().path() {
+        "/healthz" if view.ready => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/healthz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n"),
+        "/v1/status" => match &view.status {
+            Some(s) => json(s),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting"),
+        },
+        "/v1/events" => json(&view.events.all()),
+        "/metrics" => {
+            let text = metrics(&view, server.cgroups.as_ref(), &server.cgroup_root);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
+        other => error(StatusCode::NOT_FOUND, &format!("no route {other}")),
+    }
+}
+
+/// A label value as Prometheus' text format quotes it.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics in Prometheus' text format.
+pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String {
+    let mut out = String::new();
+    let pods = view.status.as_ref().map_or(&[][..], |s| &s.pods[..]);
+    let _ = writeln!(out, "# HELP podagent_pods Pods by phase.");
+    let _ = writeln!(out, "# TYPE podagent_pods gauge");
+    for phase in ["Pending", "Running", "Succeeded", "Failed"] {
+        let n = pods.iter().filter(|p| p.phase == phase).count();
+        let _ = writeln!(out, "podagent_pods{{phase=\"{phase}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP podagent_container_restarts_total Restarts of each container."
+    );
+    let _ = writeln!(out, "# TYPE podagent_container_restarts_total counter");
+    for p in pods {
+        for c in &p.containers {
+            let _ = writeln!(
+                out,
+                "podagent_container_restarts_total{{namespace=\"{}\",pod=\"{}\",container=\"{}\"}} {}",
+                label(&p.namespace),
+                label(&p.name),
+                label(&c.name),
+                c.restart_count
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP podagent_container_cpu_usage_seconds_total CPU time used (cgroup)."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE podagent_container_cpu_usage_seconds_total counter"
+    );
+    let mut memory = String::new();
+    for p in pods {
+        for c in p.containers.iter().filter(|c| c.state == "Running") {
+            let Some(usage) = container_cgroup(cgroup_root, &p.uid, &c.name)
+                .ok()
+                .and_then(|cg| cgroups.usage(&cg).ok())
+            else {
+                continue;
+            };
+            let labels = format!(
+                "namespace=\"{}\",pod=\"{}\",container=\"{}\"",
+                label(&p.namespace),
+                label(&p.name),
+                label(&c.name)
+            );
+            let _ = writeln!(
+                out,
+                "podagent_container_cpu_usage_seconds_total{{{labels}}} {}",
+                usage.cpu_usec as f64 / 1e6
+            );
+            let _ = writeln!(
+                memory,
+                "podagent_container_memory_usage_bytes{{{labels}}} {}",
+                usage.memory_bytes
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP podagent_container_memory_usage_bytes Memory in use (cgroup)."
+    );
+    let _ = writeln!(out, "# TYPE podagent_container_memory_usage_bytes gauge");
+    out.push_str(&memory);
+    let h = &view.reconcile;
+    let _ = writeln!(
+        out,
+        "# HELP podagent_reconcile_duration_seconds One reconcile pass, actions included."
+    );
+    let _ = writeln!(out, "# TYPE podagent_reconcile_duration_seconds histogram");
+    for (b, n) in BUCKETS.iter().zip(h.counts) {
+        let _ = writeln!(
+            out,
+            "podagent_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "podagent_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(out, "podagent_reconcile_duration_seconds_sum {}", h.sum);
+    let _ = writeln!(out, "podagent_reconcile_duration_seconds_count {}", h.count);
+    out
+}
+
+/// The cgroup of container `name` of the pod with `uid`.
+pub fn container_cgroup(root: &str, uid: &str, name: &str) -> crate::cgroups::Result<CgroupPath> {
+    CgroupPath::new(root)?
+        .join(&format!("pod{uid}"))?
+        .join(name)
+}
+
+/// Why a request could not be made, worded for a person.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the agent is not running (nothing serves {0})")]
+    NotRunning(PathBuf),
+    #[error("permission denied on {0}: the API is root's (or --api-group's)")]
+    Denied(PathBuf),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Http(PathBuf, String),
+}
+
+/// GETs `path` from the agent at `socket`: the status code and body.
+pub fn get(socket: &Path, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| ClientError::Io(socket.to_path_buf(), e))?;
+    rt.block_on(async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning(socket.to_path_buf())
+                }
+                std::io::ErrorKind::PermissionDenied => ClientError::Denied(socket.to_path_buf()),
+                _ => ClientError::Io(socket.to_path_buf(), e),
+            })?;
+        let http = |e: hyper::Error| ClientError::Http(socket.to_path_buf(), e.to_string());
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(hyper::header::HOST, "podagent")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| ClientError::Http(socket.to_path_buf(), e.to_string()))?;
+        let resp = send.send_request(req).await.map_err(http)?;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
+        Ok((code, body.to_vec()))
+    })
+}

@@ -1,0 +1,72 @@
+//! `podctl events`: the agent's event ring, oldest first, as `kubectl get
+//! events` shows it.
+
+use std::io::Write;
+
+use super::{Api, Outcome};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this pod's events (`name` or `namespace/name`).
+    pub pod: Option<String>,
+    #[arg(short, long, value_enum, default_value_t = super::validate::Format::Text)]
+    pub output: super::validate::Format,
+    #[command(flatten)]
+    pub api: Api,
+}
+
+pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
+    let v = match args.api.get_json("/v1/events") {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(err, "podctl events: {e}");
+            return Outcome::Invalid;
+        }
+    };
+    let wanted = args.pod.as_ref().map(|p| {
+        if p.contains('/') {
+            p.clone()
+        } else {
+            format!("default/{p}")
+        }
+    });
+    let events: Vec<&serde_json::Value> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| wanted.as_ref().is_none_or(|w| e["object"] == w.as_str()))
+        .collect();
+    if args.output == super::validate::Format::Json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&events).unwrap_or_default()
+        );
+        return Outcome::Ok;
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<22} {:<28} {:>5}  MESSAGE",
+        "LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT"
+    );
+    for e in events {
+        let object = match e["container"].as_str() {
+            Some(c) => format!("{}:{c}", e["object"].as_str().unwrap_or("")),
+            None => e["object"].as_str().unwrap_or("").to_string(),
+        };
+        // Seconds precision is enough for a person.
+        let time = e["time"].as_str().unwrap_or("");
+        let time = time.split('.').next().unwrap_or(time);
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:<22} {:<28} {:>5}  {}",
+            time,
+            e["kind"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or(""),
+            object,
+            e["count"],
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    Outcome::Ok
+}

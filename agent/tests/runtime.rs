@@ -586,6 +586,41 @@ spec:
     ports: [{containerPort: 8080, hostPort: 18081}]
 ";
 
+/// Stops the agent (and so its pods) even if the test fails.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only a process not yet reaped: its pid cannot be reused.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `podagent run` on `pods` with its state in `state`, its images in the
+/// fixture's store and its cgroups below the fixture's root.
+fn spawn_agent(fx: &Fixture, pods: &Path, state: &Path, extra: &[&str]) -> std::process::Child {
+    let cg = format!("{}/agent", fx.cg_root.as_path().display());
+    Command::new(env!("CARGO_BIN_EXE_podagent"))
+        .arg("run")
+        .arg("--pods-dir")
+        .arg(pods)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--root-dir")
+        .arg(fx.dir.path())
+        .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_deletes() {
     if !require() {
@@ -597,34 +632,7 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
         std::fs::create_dir_all(&pods).unwrap();
         let state = fx.dir.path().join("agent-state");
         let cg = format!("{}/agent", fx.cg_root.as_path().display());
-        /// Stops the agent (and so its pods) even if the test fails.
-        struct Running(std::process::Child);
-        impl Drop for Running {
-            fn drop(&mut self) {
-                // Only a process not yet reaped: its pid cannot be reused.
-                if let Ok(None) = self.0.try_wait() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(self.0.id() as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                    let _ = self.0.wait();
-                }
-            }
-        }
-        let spawn_agent = || {
-            Command::new(env!("CARGO_BIN_EXE_podagent"))
-                .arg("run")
-                .arg("--pods-dir")
-                .arg(&pods)
-                .arg("--state-dir")
-                .arg(&state)
-                .arg("--root-dir")
-                .arg(fx.dir.path())
-                .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
+        let spawn_agent = || spawn_agent(&fx, &pods, &state, &[]);
         let agent = spawn_agent();
         let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
         let mut agent = Running(agent);
@@ -837,5 +845,163 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
             .rt
             .cgroups
             .remove(&agent::cgroups::CgroupPath::new(&cg).unwrap());
+    });
+}
+
+const FAILING: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: dd
+    image: busybox
+    command: [sh, -c, 'exec dd if=/dev/zero of=/dev/null bs=64M count=1']
+    resources: {limits: {memory: 32Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: setup-fails}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: migrate, image: busybox, command: [sh, -c, 'exit 3']}
+  containers:
+  - {name: app, image: busybox, command: [sleep, '1000']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - {name: c, image: busybox, command: [sh, -c, 'exit 1']}
+";
+
+/// Seconds since midnight of an RFC 3339 UTC time (the test's spans are
+/// short; a span across midnight is taken modulo a day).
+fn day_secs(t: &str) -> f64 {
+    let clock = t.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("failing");
+        let pods = fx.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state = fx.dir.path().join("agent-state");
+        let state_s = state.display().to_string();
+        let agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
+        put_manifest(&pods, "failing.yaml", FAILING);
+        let status = || {
+            let out = podctl(&["status", "-o", "json", "--state-dir", &state_s]).1;
+            serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
+        };
+        let pod = |name: &str| -> serde_json::Value {
+            status()["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let events = || -> Vec<serde_json::Value> {
+            let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+            serde_json::from_str(&out).unwrap_or_default()
+        };
+
+        // 64 MiB touched under a 32 MiB limit: OOMKilled, and with Never the
+        // pod has failed.
+        assert!(
+            eventually(Duration::from_secs(15), || pod("hog")["phase"] == "Failed"),
+            "{:#}",
+            pod("hog")
+        );
+        let hog = pod("hog");
+        assert_eq!(hog["containers"][0]["state"], "OOMKilled", "{hog:#}");
+        assert_eq!(hog["containers"][0]["exit_code"], 137, "{hog:#}");
+        assert!(
+            events()
+                .iter()
+                .any(|e| e["reason"] == "OOMKilled" && e["object"] == "default/hog"),
+            "{:#?}",
+            events()
+        );
+
+        // An init container that fails under Never fails the pod; its app
+        // container never starts.
+        assert!(
+            eventually(Duration::from_secs(15), || pod("setup-fails")["phase"]
+                == "Failed"),
+            "{:#}",
+            pod("setup-fails")
+        );
+        let sf = pod("setup-fails");
+        assert_eq!(sf["reason"], "Init:Error", "{sf:#}");
+        assert_eq!(sf["containers"][0]["state"], "Waiting", "{sf:#}");
+        let text = podctl(&["status", "--state-dir", &state_s]).1;
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("setup-fails ") && l.contains("Init:Error")),
+            "{text}"
+        );
+        assert!(!events()
+            .iter()
+            .any(|e| e["object"] == "default/setup-fails" && e["container"] == "app"));
+
+        // A container that keeps exiting is restarted 10 s after its first
+        // exit, then shown in CrashLoopBackOff with the time of its next try.
+        assert!(
+            eventually(Duration::from_secs(25), || pod("crasher")["containers"][0]
+                ["restart_count"]
+                == 1
+                && pod("crasher")["containers"][0]["state"] == "CrashLoopBackOff"),
+            "{:#}",
+            pod("crasher")
+        );
+        let c = pod("crasher");
+        assert_eq!(c["phase"], "Running", "restarting counts as running: {c:#}");
+        let next = c["containers"][0]["next_start"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let evs = events();
+        let started: Vec<f64> = evs
+            .iter()
+            .filter(|e| e["object"] == "default/crasher" && e["reason"] == "Started")
+            .map(|e| day_secs(e["time"].as_str().unwrap()))
+            .collect();
+        let exited: Vec<f64> = evs
+            .iter()
+            .filter(|e| e["object"] == "default/crasher" && e["reason"] == "Exited")
+            .map(|e| day_secs(e["time"].as_str().unwrap()))
+            .collect();
+        assert_eq!((started.len(), exited.len()), (2, 2), "{evs:#?}");
+        let gap = (started[1] - exited[0] + 86400.0) % 86400.0;
+        assert!(
+            (9.9..11.5).contains(&gap),
+            "restarted {gap} s after the exit"
+        );
+        // The second exit waits 20 s.
+        let wait = (day_secs(&next) - exited[1] + 86400.0) % 86400.0;
+        assert!(
+            (19.9..20.5).contains(&wait),
+            "next try {wait} s after the exit"
+        );
+        drop(agent);
+        assert!(
+            mounts_under(fx.dir.path()).is_empty(),
+            "{:?}",
+            mounts_under(fx.dir.path())
+        );
     });
 }

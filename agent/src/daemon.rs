@@ -148,6 +148,29 @@ pub struct Agent {
     view: crate::api::Shared,
     /// Manifest problems last reported as events.
     reported: Vec<String>,
+    /// Each running container's probes, by (pod, container).
+    probes: BTreeMap<(String, String), crate::probe::ContainerProbes>,
+    /// Probe attempts run on threads; they send their result here and
+    /// write a byte to `probe_wake` so the loop wakes.
+    probe_tx: std::sync::mpsc::Sender<ProbeResult>,
+    probe_rx: std::sync::mpsc::Receiver<ProbeResult>,
+    probe_wake: (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ),
+    /// When a container stopped for a failed probe is SIGKILLed (its grace
+    /// period), by (pod, container).
+    kills: BTreeMap<(String, String), Instant>,
+    /// The shims this agent spawned (its children), to reap.
+    children: Vec<i32>,
+}
+
+#[derive(Debug)]
+struct ProbeResult {
+    id: (String, String),
+    pid: i32,
+    kind: crate::probe::Kind,
+    result: Result<(), String>,
 }
 
 #[derive(Debug)]
@@ -190,18 +213,6 @@ fn host_ports(p: &PodPlan) -> Vec<netplug::HostPort> {
         .collect()
 }
 
-/// Reaps every child that has exited: shims the agent spawned (a shim
-/// adopted from a previous agent is not its child). Only this thread spawns
-/// or waits for processes, so no other waiter loses its child.
-fn reap_children() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if s == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
 fn now_rfc3339() -> String {
     crate::shim::logs::rfc3339_nano(SystemTime::now())
 }
@@ -238,6 +249,13 @@ impl Agent {
         };
         let exits = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| e.to_string())?;
+        let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+        let probe_wake =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        probe_wake
+            .0
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
         Ok(Agent {
             args,
             node,
@@ -253,6 +271,12 @@ impl Agent {
             oom_base: BTreeMap::new(),
             view: Default::default(),
             reported: Vec::new(),
+            probes: BTreeMap::new(),
+            probe_tx,
+            probe_rx,
+            probe_wake,
+            kills: BTreeMap::new(),
+            children: Vec::new(),
         })
     }
 
@@ -315,8 +339,17 @@ impl Agent {
                     break;
                 }
             }
+            self.run_probes();
+            self.enforce_kills();
             let resync_at = last_resync + Duration::from_secs(self.args.resync_secs);
-            let until = wake.map_or(resync_at, |w| w.min(resync_at));
+            let timers = self
+                .probes
+                .values()
+                .filter_map(|p| p.next_at())
+                .chain(self.kills.values().copied())
+                .chain(wake)
+                .min();
+            let until = timers.map_or(resync_at, |w| w.min(resync_at));
             let ms = until
                 .saturating_duration_since(Instant::now())
                 .as_millis()
@@ -325,6 +358,7 @@ impl Agent {
                 PollFd::new(dir_watch.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.exits.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.probe_wake.0.as_fd(), PollFlags::POLLIN),
             ];
             let shim_keys: Vec<(String, String)> = self.shims.keys().cloned().collect();
             fds.extend(
@@ -338,9 +372,12 @@ impl Agent {
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
             drop(fds);
-            reap_children();
+            self.reap_children();
+            if ready[3] {
+                self.probe_results();
+            }
             for (i, key) in shim_keys.into_iter().enumerate() {
-                if ready[3 + i] {
+                if ready[4 + i] {
                     self.shim_gone(&key);
                 }
             }
@@ -366,9 +403,13 @@ impl Agent {
             }
         }
         if self.args.stop_pods_on_exit {
-            let keys: Vec<String> = self.actual.keys().cloned().collect();
-            for k in keys {
-                self.delete_pod(&k, Duration::from_secs(10));
+            let keys: Vec<(String, Duration)> = self
+                .actual
+                .iter()
+                .map(|(k, s)| (k.clone(), s.grace))
+                .collect();
+            for (k, grace) in keys {
+                self.delete_pod(&k, grace);
             }
         }
         let _ = std::fs::remove_file(&socket);
@@ -613,6 +654,10 @@ impl Agent {
                         self.watched.insert(wd, (key.clone(), c.name.to_string()));
                     }
                     if let Ok(st) = serde_json::from_value::<crate::shim::Started>(started) {
+                        let mut probes = crate::probe::ContainerProbes::new(c, Instant::now());
+                        probes.pid = st.pid;
+                        self.probes
+                            .insert((key.clone(), c.name.to_string()), probes);
                         shims.push((key.clone(), c.name.to_string(), st));
                     }
                     Status::Running {
@@ -722,6 +767,7 @@ impl Agent {
         }
         let now = Instant::now();
         let id = (key.to_string(), name.to_string());
+        let mut shim = None;
         let result = self.rt.start(p, &run.sandbox, run.net_ns.as_deref(), c);
         let status = match result {
             Ok(h) => {
@@ -742,6 +788,10 @@ impl Agent {
                     self.oom_base.insert(id.clone(), u.oom_kills);
                 }
                 self.last_exit.remove(&id);
+                self.children.push(h.started.shim_pid);
+                let mut probes = crate::probe::ContainerProbes::new(c, now);
+                probes.pid = h.started.pid;
+                self.probes.insert(id.clone(), probes);
                 if let Ok(wd) = self
                     .exits
                     .add_watch(&h.dir.join("state"), AddWatchFlags::IN_MOVED_TO)
@@ -755,7 +805,7 @@ impl Agent {
                     "crashes": crashes,
                 });
                 write_record(&h.dir.join("agent.json"), &record);
-                self.watch_shim(key, name, &h.started);
+                shim = Some(h.started);
                 Status::Running { since: now }
             }
             Err(e) => {
@@ -795,6 +845,198 @@ impl Agent {
                     crashes,
                 },
             );
+        }
+        // Once it is recorded as running: a container that already exited
+        // is found through its shim's pidfd.
+        if let Some(started) = shim {
+            self.watch_shim(key, name, &started);
+        }
+    }
+
+    /// Reaps the shims this agent spawned that have exited (a shim adopted
+    /// from a previous agent is not its child). Only they are waited for, so
+    /// a probe's `exec` child is never taken from its thread.
+    fn reap_children(&mut self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        self.children.retain(|pid| {
+            matches!(
+                waitpid(nix::unistd::Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+    }
+
+    /// Starts the probe attempts that are due, each on a thread.
+    fn run_probes(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<(String, String)> = self.probes.keys().cloned().collect();
+        for id in ids {
+            let Some(cp) = self.probes.get_mut(&id) else {
+                continue;
+            };
+            let pid = cp.pid;
+            let due: Vec<(crate::probe::Kind, specs::plan::ProbePlan)> = cp
+                .active()
+                .filter(|p| p.due(now))
+                .map(|p| {
+                    p.begin();
+                    (p.kind, p.plan.clone())
+                })
+                .collect();
+            for (kind, plan) in due {
+                let target = self.probe_target(&id);
+                let tx = self.probe_tx.clone();
+                let wake = self.probe_wake.1.try_clone();
+                let for_thread = id.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("probe".into())
+                    .spawn(move || {
+                        let timeout = Duration::from_secs(u64::from(plan.timeout_secs));
+                        let result =
+                            target.and_then(|t| crate::probe::attempt(&plan.action, t, timeout));
+                        let _ = tx.send(ProbeResult {
+                            id: for_thread,
+                            pid,
+                            kind,
+                            result,
+                        });
+                        if let Ok(mut w) = wake {
+                            use std::io::Write;
+                            let _ = w.write_all(b"p");
+                        }
+                    });
+                if spawned.is_err() {
+                    // No thread now: the attempt is made next period.
+                    if let Some(p) = self
+                        .probes
+                        .get_mut(&id)
+                        .and_then(|cp| cp.probers.iter_mut().find(|p| p.kind == kind))
+                    {
+                        p.in_flight = false;
+                        p.next_at = now + Duration::from_secs(1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a container's probe is made: its network namespace (opened
+    /// through its pid, checked by start time), the pod's IP, and `podagent
+    /// exec` for it.
+    fn probe_target(&self, (key, name): &(String, String)) -> Result<crate::probe::Target, String> {
+        let uid = &self.actual.get(key).ok_or("the pod is gone")?.uid;
+        let dir = self.args.state_dir.join("containers").join(uid).join(name);
+        let st: crate::shim::Started = read_record(&dir.join("state/state.json"))
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or("the container is not running")?;
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", st.pid))
+            .map_err(|e| format!("the container's network namespace: {e}"))?;
+        if crate::shim::start_ticks(st.pid) != Some(st.start_ticks) {
+            return Err("the container is not running".into());
+        }
+        let pod_ip = self
+            .runs
+            .get(key)
+            .and_then(|r| r.ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        Ok(crate::probe::Target {
+            net_ns: ns.into(),
+            pod_ip,
+            exec: crate::probe::exec_command(
+                &self.rt.podagent,
+                &dir,
+                st.pid,
+                st.start_ticks,
+                &self.args.state_dir.join("seccomp-cache"),
+            ),
+        })
+    }
+
+    /// Applies the results the probe threads sent.
+    fn probe_results(&mut self) {
+        use crate::probe::{Change, Kind as P};
+        let mut buf = [0u8; 256];
+        while matches!(std::io::Read::read(&mut &self.probe_wake.0, &mut buf), Ok(n) if n > 0) {}
+        let now = Instant::now();
+        while let Ok(r) = self.probe_rx.try_recv() {
+            let Some(cp) = self.probes.get_mut(&r.id) else {
+                continue;
+            };
+            if cp.pid != r.pid {
+                continue; // for an earlier run
+            }
+            let Some(p) = cp.probers.iter_mut().find(|p| p.kind == r.kind) else {
+                continue;
+            };
+            let change = p.record(r.result.is_ok(), now);
+            if r.kind == P::Startup && change == Change::Succeeded {
+                cp.started = true;
+            }
+            let (key, name) = &r.id;
+            if let Err(e) = &r.result {
+                self.event(
+                    Kind::Warning,
+                    "Unhealthy",
+                    key,
+                    Some(name),
+                    format!("{} probe failed: {e}", r.kind.name()),
+                );
+            }
+            if change == Change::Failed && r.kind != P::Readiness {
+                self.event(
+                    Kind::Normal,
+                    "Killing",
+                    key,
+                    Some(name),
+                    format!(
+                        "container {name} failed its {} probe, will be restarted",
+                        r.kind.name().to_lowercase()
+                    ),
+                );
+                self.stop_for_probe(&r.id);
+            }
+        }
+    }
+
+    /// SIGTERM to the container's init now, SIGKILL to its cgroup when the
+    /// grace period is over; its exit then restarts it by policy. The loop
+    /// does not wait.
+    fn stop_for_probe(&mut self, id: &(String, String)) {
+        self.probes.remove(id);
+        let Some(state) = self.actual.get(&id.0) else {
+            return;
+        };
+        let dir = self
+            .args
+            .state_dir
+            .join("containers")
+            .join(&state.uid)
+            .join(&id.1)
+            .join("state");
+        if let Some(st) = read_record(&dir.join("state.json"))
+            .and_then(|v| serde_json::from_value::<crate::shim::Started>(v).ok())
+        {
+            if crate::shim::start_ticks(st.pid) == Some(st.start_ticks) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.pid), Signal::SIGTERM);
+            }
+        }
+        self.kills.insert(id.clone(), Instant::now() + state.grace);
+    }
+
+    /// SIGKILLs what is left of containers whose grace period is over.
+    fn enforce_kills(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, String)> = self
+            .kills
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.kills.remove(&id);
+            if let Some(state) = self.actual.get(&id.0) {
+                let _ = self.rt.kill_container(&state.uid, &id.1);
+            }
         }
     }
 
@@ -850,7 +1092,12 @@ impl Agent {
             .join(&uid)
             .join(name)
             .join("state");
-        if !dir.is_dir() || dir.join("exit.json").exists() {
+        if !dir.is_dir() {
+            return;
+        }
+        if dir.join("exit.json").exists() {
+            // A normal exit; perhaps before the exit watch was added.
+            self.record_exit(key, name);
             return;
         }
         let started = read_record(&dir.join("state.json"));
@@ -895,14 +1142,31 @@ impl Agent {
             let Some((key, name)) = self.watched.get(&ev.wd).cloned() else {
                 continue;
             };
-            let _ = self.exits.rm_watch(ev.wd);
-            self.watched.remove(&ev.wd);
+            self.record_exit(&key, &name);
+        }
+    }
+
+    /// Records a running container's exit from its `exit.json` (reached by
+    /// the exit watch or by its shim's pidfd, whichever comes first; the
+    /// second finds it no longer running).
+    fn record_exit(&mut self, key: &str, name: &str) {
+        let (key, name) = (key.to_string(), name.to_string());
+        let stale: Vec<WatchDescriptor> = self
+            .watched
+            .iter()
+            .filter(|(_, (k, n))| *k == key && *n == name)
+            .map(|(wd, _)| *wd)
+            .collect();
+        {
             let Some(state) = self.actual.get_mut(&key) else {
-                continue;
+                return;
             };
             let Some(c) = state.containers.get_mut(&name) else {
-                continue;
+                return;
             };
+            if !matches!(c.status, Status::Running { .. }) {
+                return;
+            }
             let dir = self
                 .args
                 .state_dir
@@ -934,6 +1198,8 @@ impl Agent {
             c.crashes += 1;
             let uid = state.uid.clone();
             let id = (key.clone(), name.clone());
+            self.probes.remove(&id);
+            self.kills.remove(&id);
             // A SIGKILL while the cgroup's OOM-kill count went up: the
             // kernel's OOM killer (the count is the cgroup's, kept across
             // restarts, so it is compared with its value at start).
@@ -988,6 +1254,10 @@ impl Agent {
                 }
             }
         }
+        for wd in stale {
+            let _ = self.exits.rm_watch(wd);
+            self.watched.remove(&wd);
+        }
     }
 
     fn delete_pod(&mut self, key: &str, grace: Duration) {
@@ -996,13 +1266,15 @@ impl Agent {
         };
         let run = self.runs.remove(key);
         self.shims.retain(|(pod, _), _| pod != key);
+        self.probes.retain(|(pod, _), _| pod != key);
+        self.kills.retain(|(pod, _), _| pod != key);
         // The runtime needs a plan for names and paths: the current one, or
         // one rebuilt from what runs (only uid and names are used).
         let plan = self.sources.desired().pods.get(key).map(|(_, p)| p.clone());
         match plan {
             Some(p) if p.uid == state.uid => {
+                self.rt.stop_all(&p, grace);
                 for c in p.all_containers() {
-                    let _ = self.rt.stop(&p, c, grace);
                     let _ = self.rt.remove(&p, c);
                 }
                 let _ = self.rt.remove_pod(&p);
@@ -1076,9 +1348,10 @@ impl Agent {
                             )
                         }
                     };
+                    let probed = self.probes.get(&(key.clone(), c.name.to_string()));
                     ContainerStatus {
                         name: c.name.to_string(),
-                        ready: st == "Running",
+                        ready: st == "Running" && probed.is_none_or(|p| p.ready()),
                         state: st,
                         restart_count: s.map_or(0, |s| s.restart_count),
                         exit_code: code,

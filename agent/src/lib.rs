@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod events;
 pub mod image;
 pub mod node;
+pub mod probe;
 pub mod reconcile;
 pub mod runtime;
 pub mod shim;

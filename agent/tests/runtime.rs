@@ -1005,3 +1005,112 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         );
     });
 }
+
+const PROBED: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: busybox
+    command: [sh, -c, 'mkdir -p /www; (sleep 2; echo ok > /www/ready) & exec httpd -f -p 8080 -h /www']
+    readinessProbe: {httpGet: {path: /ready, port: 8080}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: stuck
+    image: busybox
+    command: [sh, -c, 'touch /tmp/alive; (sleep 2; rm /tmp/alive) & exec sleep 1000']
+    livenessProbe: {exec: {command: [test, -f, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
+";
+
+#[test]
+fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("probes");
+        let pods = fx.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state = fx.dir.path().join("agent-state");
+        let state_s = state.display().to_string();
+        let agent = Running(spawn_agent(&fx, &pods, &state, &[]));
+        put_manifest(&pods, "probed.yaml", PROBED);
+        let container = |name: &str| -> serde_json::Value {
+            let out = podctl(&["status", "-o", "json", "--state-dir", &state_s]).1;
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            v["pods"][0]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == name)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let events = || -> Vec<serde_json::Value> {
+            let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+            serde_json::from_str(&out).unwrap_or_default()
+        };
+        let has = |container: &str, reason: &str, text: &str| {
+            events().iter().any(|e| {
+                e["container"] == container
+                    && e["reason"] == reason
+                    && e["message"].as_str().unwrap_or("").contains(text)
+            })
+        };
+
+        // Readiness: the agent's own HTTP GET from the pod's network
+        // namespace gets 404 until /ready exists, then 200.
+        assert!(
+            eventually(Duration::from_secs(10), || container("web")["ready"]
+                == true),
+            "{:#}\n{:#?}",
+            container("web"),
+            events()
+        );
+        assert!(
+            has(
+                "web",
+                "Unhealthy",
+                "Readiness probe failed: HTTP probe failed with statuscode: 404"
+            ),
+            "{:#?}",
+            events()
+        );
+        assert!(!has("web", "Unhealthy", "Liveness"), "{:#?}", events());
+
+        // Liveness (exec in the container): /tmp/alive goes away, two
+        // failures kill it (sleep as PID 1 ignores SIGTERM: the cgroup is
+        // killed after the 1 s grace) and it restarts after the back-off.
+        assert!(
+            eventually(Duration::from_secs(10), || has(
+                "stuck",
+                "Killing",
+                "failed its liveness probe"
+            )),
+            "{:#?}",
+            events()
+        );
+        assert!(has(
+            "stuck",
+            "Unhealthy",
+            "Liveness probe failed: command exited with 1"
+        ));
+        assert!(
+            eventually(Duration::from_secs(20), || container("stuck")
+                ["restart_count"]
+                == 1
+                && container("stuck")["state"] == "Running"),
+            "{:#}\n{:#?}",
+            container("stuck"),
+            events()
+        );
+        assert_eq!(container("web")["restart_count"], 0);
+        drop(agent);
+        assert!(
+            mounts_under(fx.dir.path()).is_empty(),
+            "{:?}",
+            mounts_under(fx.dir.path())
+        );
+    });
+}

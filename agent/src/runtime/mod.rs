@@ -389,6 +389,34 @@ impl Runtime {
         read_json(&state.join("exit.json"))
     }
 
+    /// Stops all of a pod's containers together: SIGTERM to each init at
+    /// once, then one grace period for all of them, then SIGKILL to what is
+    /// left in each cgroup.
+    pub fn stop_all(&self, pod: &PodPlan, grace: Duration) {
+        for c in pod.all_containers() {
+            let state = self.container_dir(pod, c).join("state");
+            if let Ok(started) = read_json::<Started>(&state.join("state.json")) {
+                if start_ticks(started.pid) == Some(started.start_ticks) {
+                    let _ = kill(Pid::from_raw(started.pid), Signal::SIGTERM);
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + grace;
+        for c in pod.all_containers() {
+            let state = self.container_dir(pod, c).join("state");
+            if !state.join("state.json").exists() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !wait_for_file(&state, "exit.json", left) {
+                if let Ok(cg) = self.container_cgroup(pod, c) {
+                    let _ = self.cgroups.kill_all(&cg);
+                }
+                wait_for_file(&state, "exit.json", Duration::from_secs(10));
+            }
+        }
+    }
+
     /// Removes a stopped container: its processes (if any are left), rootfs,
     /// directories and cgroup.
     pub fn remove(&self, pod: &PodPlan, c: &ContainerPlan) -> Result<(), RuntimeError> {

@@ -668,7 +668,13 @@ fn probe(
         }
         let https = match h.scheme.as_deref() {
             None | Some("HTTP") => false,
-            Some("HTTPS") => true,
+            Some("HTTPS") => {
+                issues.error(
+                    push_key(&hp, "scheme"),
+                    "HTTPS probes are not supported by podagent (no TLS client); use HTTP or tcpSocket",
+                );
+                true
+            }
             Some(s) => {
                 issues.error(
                     push_key(&hp, "scheme"),
@@ -706,6 +712,10 @@ fn probe(
         }
     } else {
         let g = p.grpc.as_ref()?;
+        issues.error(
+            k("grpc"),
+            "gRPC probes are not supported by podagent; use exec, httpGet or tcpSocket",
+        );
         let port = port(
             push_key(&k("grpc"), "port"),
             &g.port.map(IntOrString::Int),

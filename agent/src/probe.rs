@@ -1,0 +1,449 @@
+//! Probes: startup, liveness and readiness, by the kubelet's rules.
+//!
+//! `Prober` is the state machine of one probe (pure, time as an argument):
+//! the first attempt `initialDelaySeconds` after the start, then one each
+//! `periodSeconds`; `failureThreshold` failures in a row make it fail,
+//! `successThreshold` successes in a row make it succeed. Readiness starts
+//! failed, liveness and startup start successful. A startup probe holds the
+//! others back until it has succeeded once, and is then done.
+//!
+//! `attempt` makes one attempt, blocking for at most the timeout; the agent
+//! runs it on a thread of its own. `tcpSocket` and `httpGet` are made by the
+//! agent from a thread that entered the container's network namespace (no
+//! curl or nc needed in the image); `exec` runs the command in the container
+//! through `podagent exec`, as `podctl exec` does.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use specs::plan::{ProbeAction, ProbePlan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Startup => "Startup",
+            Kind::Liveness => "Liveness",
+            Kind::Readiness => "Readiness",
+        }
+    }
+}
+
+/// What an attempt's result changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// It crossed its success threshold.
+    Succeeded,
+    /// It crossed its failure threshold.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Prober {
+    pub kind: Kind,
+    pub plan: ProbePlan,
+    pub next_at: Instant,
+    pub in_flight: bool,
+    /// The probe's current verdict.
+    pub healthy: bool,
+    successes: u32,
+    failures: u32,
+}
+
+impl Prober {
+    pub fn new(kind: Kind, plan: ProbePlan, started: Instant) -> Self {
+        Prober {
+            kind,
+            next_at: started + Duration::from_secs(u64::from(plan.initial_delay_secs)),
+            plan,
+            in_flight: false,
+            healthy: kind != Kind::Readiness,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    pub fn due(&self, now: Instant) -> bool {
+        !self.in_flight && now >= self.next_at
+    }
+
+    /// Starts an attempt.
+    pub fn begin(&mut self) {
+        self.in_flight = true;
+    }
+
+    /// Records an attempt's result at `now`; the next is a period later.
+    pub fn record(&mut self, ok: bool, now: Instant) -> Change {
+        self.in_flight = false;
+        self.next_at = now + Duration::from_secs(u64::from(self.plan.period_secs.max(1)));
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if !self.healthy && self.successes >= self.plan.success_threshold.max(1) {
+                self.healthy = true;
+                return Change::Succeeded;
+            }
+            // Startup succeeds on its first success (threshold 1).
+            if self.kind == Kind::Startup && self.successes == 1 {
+                return Change::Succeeded;
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if self.failures >= self.plan.failure_threshold.max(1) {
+                let was = self.healthy;
+                self.healthy = false;
+                // Liveness and startup act on every crossing; readiness
+                // only on a change.
+                if was || self.kind != Kind::Readiness {
+                    self.failures = 0;
+                    return Change::Failed;
+                }
+            }
+        }
+        Change::None
+    }
+}
+
+/// A container's probes.
+#[derive(Debug, Clone)]
+pub struct ContainerProbes {
+    pub probers: Vec<Prober>,
+    /// The startup probe has succeeded (or there is none).
+    pub started: bool,
+    /// The container's pid these probes are for: a result for an earlier
+    /// run is dropped.
+    pub pid: i32,
+}
+
+impl ContainerProbes {
+    pub fn new(c: &specs::plan::ContainerPlan, started: Instant) -> Self {
+        let mut probers = Vec::new();
+        for (kind, p) in [
+            (Kind::Startup, &c.startup),
+            (Kind::Liveness, &c.liveness),
+            (Kind::Readiness, &c.readiness),
+        ] {
+            if let Some(p) = p {
+                probers.push(Prober::new(kind, p.clone(), started));
+            }
+        }
+        ContainerProbes {
+            started: c.startup.is_none(),
+            probers,
+            pid: 0,
+        }
+    }
+
+    /// The probers that may run now: the startup probe until it succeeds,
+    /// then the others.
+    pub fn active(&mut self) -> impl Iterator<Item = &mut Prober> {
+        let started = self.started;
+        self.probers
+            .iter_mut()
+            .filter(move |p| (p.kind == Kind::Startup) != started)
+    }
+
+    /// Ready: started, and the readiness probe (if any) succeeds.
+    pub fn ready(&self) -> bool {
+        self.started
+            && self
+                .probers
+                .iter()
+                .filter(|p| p.kind == Kind::Readiness)
+                .all(|p| p.healthy)
+    }
+
+    pub fn next_at(&self) -> Option<Instant> {
+        self.probers
+            .iter()
+            .filter(|p| !p.in_flight && (p.kind == Kind::Startup) != self.started)
+            .map(|p| p.next_at)
+            .min()
+    }
+}
+
+/// Where one attempt is made.
+#[derive(Debug)]
+pub struct Target {
+    /// The container's network namespace (`/proc/<pid>/ns/net`, opened once
+    /// the pid was checked by its start time).
+    pub net_ns: OwnedFd,
+    /// The pod's IP (what the kubelet connects to); loopback when it has
+    /// none.
+    pub pod_ip: Option<IpAddr>,
+    /// For `exec`: `podagent exec` and its arguments up to the command.
+    pub exec: Command,
+}
+
+/// Makes one attempt; `Err` says why it failed (the event's message).
+pub fn attempt(action: &ProbeAction, target: Target, timeout: Duration) -> Result<(), String> {
+    let timeout = timeout.max(Duration::from_secs(1));
+    let addr = |host: &Option<String>, port: u16| -> Result<SocketAddr, String> {
+        let ip = match host {
+            Some(h) => h
+                .parse::<IpAddr>()
+                .map_err(|_| format!("host {h:?} is not an IP address"))?,
+            None => target.pod_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        };
+        Ok(SocketAddr::new(ip, port))
+    };
+    match action {
+        ProbeAction::TcpSocket { port, host } => {
+            let to = addr(host, *port)?;
+            connect_in(&target.net_ns, to, timeout).map(drop)
+        }
+        ProbeAction::HttpGet {
+            path,
+            port,
+            host,
+            headers,
+            ..
+        } => {
+            let to = addr(host, *port)?;
+            let stream = connect_in(&target.net_ns, to, timeout)?;
+            http_get(stream, to, path, headers, timeout)
+        }
+        ProbeAction::Exec { command } => exec(target.exec, command, timeout),
+        ProbeAction::Grpc { .. } => Err("gRPC probes are not supported".into()),
+    }
+}
+
+/// Connects from inside the namespace: a thread enters it, connects and
+/// exits; the socket keeps its namespace.
+fn connect_in(
+    net_ns: &OwnedFd,
+    to: SocketAddr,
+    timeout: Duration,
+) -> Result<std::net::TcpStream, String> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(net_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("entering the pod's network namespace: {e}"))?;
+            std::net::TcpStream::connect_timeout(&to, timeout)
+                .map_err(|e| format!("dial tcp {to}: {e}"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the probe's thread panicked".into()))
+    })
+}
+
+fn http_get(
+    stream: std::net::TcpStream,
+    to: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("http://{to}{path}");
+    let code = rt.block_on(async {
+        let go = async {
+            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let mut req = hyper::Request::get(path)
+                .header(hyper::header::HOST, to.to_string())
+                .header(hyper::header::USER_AGENT, "kube-probe/podagent")
+                .header(hyper::header::ACCEPT, "*/*");
+            for (k, v) in headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            let req = req
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            let code = resp.status().as_u16();
+            // The body is read (bounded by the timeout) and dropped.
+            let _ = resp.into_body().collect().await;
+            Ok::<u16, String>(code)
+        };
+        tokio::time::timeout(timeout, go)
+            .await
+            .map_err(|_| format!("Get {url}: timed out after {timeout:?}"))?
+    })?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// Runs the command in the container; success is exit code 0. Killed at the
+/// timeout.
+fn exec(mut cmd: Command, command: &[String], timeout: Duration) -> Result<(), String> {
+    let mut child = cmd
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running the exec probe: {e}"))?;
+    let pidfd = crate::sys::pidfd_open(child.id() as i32).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("command timed out after {timeout:?}"));
+        }
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms.max(1))) {
+            Ok(n) if n > 0 => break,
+            _ => continue,
+        }
+    }
+    let mut out = String::new();
+    if let Some(o) = child.stdout.take() {
+        let _ = o.take(512).read_to_string(&mut out);
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("command exited with {code}: {}", out.trim())),
+        None => Err("command was killed by a signal".into()),
+    }
+}
+
+/// `podagent exec` for a container, up to its command.
+pub fn exec_command(
+    podagent: &PathBuf,
+    container_dir: &std::path::Path,
+    pid: i32,
+    ticks: u64,
+    seccomp_cache: &std::path::Path,
+) -> Command {
+    let mut cmd = Command::new(podagent);
+    cmd.arg("exec")
+        .arg("--bundle")
+        .arg(container_dir.join("bundle"))
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg("--start-ticks")
+        .arg(ticks.to_string())
+        .arg("--seccomp-cache")
+        .arg(seccomp_cache);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(delay: u32, period: u32, success: u32, failure: u32) -> ProbePlan {
+        ProbePlan {
+            action: ProbeAction::TcpSocket {
+                port: 80,
+                host: None,
+            },
+            initial_delay_secs: delay,
+            period_secs: period,
+            timeout_secs: 1,
+            success_threshold: success,
+            failure_threshold: failure,
+        }
+    }
+
+    #[test]
+    fn timing_follows_initial_delay_and_period() {
+        let t = Instant::now();
+        let mut p = Prober::new(Kind::Liveness, plan(5, 3, 1, 3), t);
+        assert!(!p.due(t + Duration::from_secs(4)));
+        assert!(p.due(t + Duration::from_secs(5)));
+        p.begin();
+        assert!(!p.due(t + Duration::from_secs(6)), "one attempt at a time");
+        p.record(true, t + Duration::from_secs(5));
+        assert_eq!(p.next_at, t + Duration::from_secs(8));
+    }
+
+    #[test]
+    fn liveness_fails_after_failure_threshold_in_a_row() {
+        let t = Instant::now();
+        let mut p = Prober::new(Kind::Liveness, plan(0, 1, 1, 3), t);
+        assert!(p.healthy, "liveness starts successful");
+        assert_eq!(p.record(false, t), Change::None);
+        assert_eq!(p.record(false, t), Change::None);
+        assert_eq!(
+            p.record(true, t),
+            Change::None,
+            "a success resets the count"
+        );
+        assert_eq!(p.record(false, t), Change::None);
+        assert_eq!(p.record(false, t), Change::None);
+        assert_eq!(p.record(false, t), Change::Failed);
+    }
+
+    #[test]
+    fn readiness_starts_unready_and_needs_success_threshold() {
+        let t = Instant::now();
+        let mut p = Prober::new(Kind::Readiness, plan(0, 1, 2, 2), t);
+        assert!(!p.healthy);
+        assert_eq!(p.record(true, t), Change::None);
+        assert_eq!(p.record(true, t), Change::Succeeded);
+        assert!(p.healthy);
+        assert_eq!(p.record(false, t), Change::None);
+        assert_eq!(p.record(false, t), Change::Failed);
+        assert!(!p.healthy);
+        assert_eq!(p.record(false, t), Change::None, "reported once");
+    }
+
+    #[test]
+    fn startup_holds_the_others_back_until_it_succeeds() {
+        let mut c = specs::load(
+            "p.yaml",
+            b"apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    startupProbe: {tcpSocket: {port: 80}, failureThreshold: 30, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 80}}
+    readinessProbe: {tcpSocket: {port: 80}}
+",
+            &specs::NodeInfo::default(),
+        )
+        .pods
+        .remove(0)
+        .containers
+        .remove(0);
+        let t = Instant::now();
+        let mut probes = ContainerProbes::new(&c, t);
+        let kinds = |p: &mut ContainerProbes| p.active().map(|p| p.kind).collect::<Vec<_>>();
+        assert_eq!(kinds(&mut probes), [Kind::Startup]);
+        assert!(!probes.ready());
+        let change = probes.active().next().unwrap().record(true, t);
+        assert_eq!(change, Change::Succeeded);
+        probes.started = true;
+        assert_eq!(kinds(&mut probes), [Kind::Liveness, Kind::Readiness]);
+        assert!(!probes.ready(), "readiness has not succeeded yet");
+        c.startup = None;
+        c.readiness = None;
+        assert!(ContainerProbes::new(&c, t).ready());
+    }
+}

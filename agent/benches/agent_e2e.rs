@@ -328,6 +328,9 @@ fn podman(runs: usize, bursts: &[usize], dir: &Path, out: &Path) {
         println!("podman not installed: no comparison");
         return;
     };
+    // podman's cgroupfs manager makes libpod_parent; removed after if it
+    // was not there before.
+    let had_libpod = !cgroup_dirs("libpod_parent").is_empty();
     let proot = dir.join("podman");
     std::fs::create_dir_all(&proot).unwrap();
     // What podman needs here (cgroup v1, root without CAP_SYS_RESOURCE):
@@ -468,4 +471,32 @@ fn podman(runs: usize, bursts: &[usize], dir: &Path, out: &Path) {
     }
     let _ = p(&["pod", "rm", "-af", "-t", "0"]).status();
     let _ = p(&["system", "reset", "-f"]).status();
+    if !had_libpod {
+        for d in cgroup_dirs("libpod_parent") {
+            remove_tree(&d);
+        }
+    }
+}
+
+/// `name` under every mounted cgroup hierarchy.
+fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let mut out = vec![Path::new("/sys/fs/cgroup").join(name)];
+    for e in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        out.push(e.path().join(name));
+    }
+    out.into_iter().filter(|p| p.is_dir()).collect()
+}
+
+/// Removes an empty cgroup tree, innermost first.
+fn remove_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }

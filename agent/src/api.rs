@@ -10,6 +10,7 @@
 //! - `/healthz`: `ok` once the agent has done its first pass;
 //! - `/v1/status`: pods, manifest problems and conflicts (`daemon::Status_`);
 //! - `/v1/events`: the event ring, oldest first;
+//! - `/v1/top`: cpu time, memory and pids of each running container;
 //! - `/metrics`: Prometheus text: pods by phase, restarts, reconcile
 //!   duration, container cpu and memory read from the cgroups.
 
@@ -184,12 +185,38 @@ fn handle(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             None => error(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting"),
         },
         "/v1/events" => json(&view.events.all()),
+        "/v1/top" => json(&top(&view, server.cgroups.as_ref(), &server.cgroup_root)),
         "/metrics" => {
             let text = metrics(&view, server.cgroups.as_ref(), &server.cgroup_root);
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         other => error(StatusCode::NOT_FOUND, &format!("no route {other}")),
     }
+}
+
+/// CPU time, memory and pids of every running container, from its cgroup.
+pub fn top(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> Vec<serde_json::Value> {
+    let pods = view.status.as_ref().map_or(&[][..], |s| &s.pods[..]);
+    let mut out = Vec::new();
+    for p in pods {
+        for c in p.containers.iter().filter(|c| c.state == "Running") {
+            let Some(u) = container_cgroup(cgroup_root, &p.uid, &c.name)
+                .ok()
+                .and_then(|cg| cgroups.usage(&cg).ok())
+            else {
+                continue;
+            };
+            out.push(serde_json::json!({
+                "namespace": p.namespace,
+                "pod": p.name,
+                "container": c.name,
+                "cpu_usec": u.cpu_usec,
+                "memory_bytes": u.memory_bytes,
+                "pids": u.pids,
+            }));
+        }
+    }
+    out
 }
 
 /// A label value as Prometheus' text format quotes it.

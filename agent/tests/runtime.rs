@@ -1078,6 +1078,24 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
             events()
         );
         assert!(!has("web", "Unhealthy", "Liveness"), "{:#?}", events());
+        let d = podctl(&["describe", "probed", "--state-dir", &state_s]).1;
+        for want in [
+            "Phase:        Running",
+            "QoS Class:    BestEffort",
+            "Limits:     cpu quota none, shares 2",
+            "Readiness probe failed",
+        ] {
+            assert!(d.contains(want), "{want:?} in:\n{d}");
+        }
+        let (code, _, err) = podctl(&["describe", "probd", "--state-dir", &state_s]);
+        assert_eq!(code, 1);
+        assert!(err.contains("did you mean probed?"), "{err}");
+        let top = podctl(&["top", "--state-dir", &state_s]).1;
+        assert!(
+            top.lines()
+                .any(|l| l.starts_with("probed ") && l.contains(" web ")),
+            "{top}"
+        );
 
         // Liveness (exec in the container): /tmp/alive goes away, two
         // failures kill it (sleep as PID 1 ignores SIGTERM: the cgroup is

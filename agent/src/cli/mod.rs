@@ -1,11 +1,14 @@
 //! `podctl`: one module per subcommand.
 
+pub mod apply;
+pub mod describe;
 pub mod events;
 pub mod exec;
 pub mod image;
 pub mod locate;
 pub mod logs;
 pub mod status;
+pub mod top;
 pub mod validate;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +41,19 @@ pub enum Command {
     /// What happened to the pods: starts, exits, back-offs, OOM kills,
     /// manifest problems.
     Events(events::Args),
+    /// One pod in detail: state, conditions, containers with their limits,
+    /// events.
+    Describe(describe::Args),
+    /// CPU and memory of each running container, from its cgroup.
+    Top(top::Args),
+    /// Validate a manifest and install it in the pods dir atomically.
+    Apply(apply::ApplyArgs),
+    /// What applying a manifest would change (created, recreated,
+    /// restarted, resized in place, deleted), before anything is written.
+    Diff(apply::DiffArgs),
+    /// Remove a pod's manifest from the pods dir (refused when its file
+    /// defines other pods too).
+    Delete(apply::DeleteArgs),
 }
 
 /// Where the agent's API is.
@@ -105,6 +121,11 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
         Command::Logs(args) => logs::run(&args, out, err),
         Command::Status(args) => status::run(&args, out, err),
         Command::Events(args) => events::run(&args, out, err),
+        Command::Describe(args) => describe::run(&args, out, err),
+        Command::Top(args) => top::run(&args, out, err),
+        Command::Apply(args) => apply::apply(&args, out, err),
+        Command::Diff(args) => apply::diff(&args, out, err),
+        Command::Delete(args) => apply::delete(&args, out, err),
         Command::Exec(args) => match exec::run(&args, err) {
             Ok(code) => Outcome::Passed(u8::try_from(code).unwrap_or(1)),
             Err(o) => o,

@@ -109,11 +109,9 @@ thread_local! {
 }
 
 fn shim(bundle: &Path, state: &Path) -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let podagent = exe.parent().unwrap().parent().unwrap().join("podagent");
-    let mut c = Command::new(podagent);
-    c.arg("shim")
-        .arg("--bundle")
+    // The binary the agent runs for each container.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_podagent-shim"));
+    c.arg("--bundle")
         .arg(bundle)
         .arg("--state")
         .arg(state)

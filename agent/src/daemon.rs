@@ -403,13 +403,23 @@ impl Agent {
             }
         }
         if self.args.stop_pods_on_exit {
+            // Every pod gets its SIGTERM at once, so the grace periods run
+            // together rather than one after another.
+            let t0 = Instant::now();
+            let desired = self.sources.desired();
             let keys: Vec<(String, Duration)> = self
                 .actual
                 .iter()
                 .map(|(k, s)| (k.clone(), s.grace))
                 .collect();
+            for (k, _) in &keys {
+                if let Some((_, p)) = desired.pods.get(k) {
+                    self.rt.terminate(p);
+                }
+            }
             for (k, grace) in keys {
-                self.delete_pod(&k, grace);
+                let left = (t0 + grace).saturating_duration_since(Instant::now());
+                self.delete_pod(&k, left);
             }
         }
         let _ = std::fs::remove_file(&socket);

@@ -78,3 +78,13 @@ pub fn pidfd_open(pid: i32) -> nix::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// Returns the heap's free memory to the kernel (glibc's `malloc_trim`):
+/// a long-lived shim keeps only what it still uses.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes a size and only walks the allocator's own
+    // free lists (under its lock); it touches no memory the program owns.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}

@@ -206,6 +206,20 @@ impl Runtime {
         Ok(self.pod_cgroup(pod)?.join(c.name.as_str())?)
     }
 
+    /// The shim: `podagent-shim` when it sits next to `podagent` (it links
+    /// only the shim, so each container's parent is smaller), else
+    /// `podagent shim`.
+    fn shim_command(&self) -> Command {
+        let small = self.podagent.with_file_name("podagent-shim");
+        if small.is_file() {
+            Command::new(small)
+        } else {
+            let mut cmd = Command::new(&self.podagent);
+            cmd.arg("shim");
+            cmd
+        }
+    }
+
     /// Kills every process in one container's cgroup, by pod uid and
     /// container name (for a container whose shim is gone).
     pub fn kill_container(&self, uid: &str, name: &str) -> Result<(), RuntimeError> {
@@ -331,9 +345,8 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).map_err(io("create", &state))?;
         let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(io("create", &dir))?;
-        let mut cmd = Command::new(&self.podagent);
-        cmd.arg("shim")
-            .arg("--bundle")
+        let mut cmd = self.shim_command();
+        cmd.arg("--bundle")
             .arg(dir.join("bundle"))
             .arg("--state")
             .arg(&state);
@@ -393,14 +406,7 @@ impl Runtime {
     /// once, then one grace period for all of them, then SIGKILL to what is
     /// left in each cgroup.
     pub fn stop_all(&self, pod: &PodPlan, grace: Duration) {
-        for c in pod.all_containers() {
-            let state = self.container_dir(pod, c).join("state");
-            if let Ok(started) = read_json::<Started>(&state.join("state.json")) {
-                if start_ticks(started.pid) == Some(started.start_ticks) {
-                    let _ = kill(Pid::from_raw(started.pid), Signal::SIGTERM);
-                }
-            }
-        }
+        self.terminate(pod);
         let deadline = std::time::Instant::now() + grace;
         for c in pod.all_containers() {
             let state = self.container_dir(pod, c).join("state");
@@ -413,6 +419,19 @@ impl Runtime {
                     let _ = self.cgroups.kill_all(&cg);
                 }
                 wait_for_file(&state, "exit.json", Duration::from_secs(10));
+            }
+        }
+    }
+
+    /// Sends SIGTERM to the init of each of the pod's running containers
+    /// (checked by start time) and returns.
+    pub fn terminate(&self, pod: &PodPlan) {
+        for c in pod.all_containers() {
+            let state = self.container_dir(pod, c).join("state");
+            if let Ok(started) = read_json::<Started>(&state.join("state.json")) {
+                if start_ticks(started.pid) == Some(started.start_ticks) {
+                    let _ = kill(Pid::from_raw(started.pid), Signal::SIGTERM);
+                }
             }
         }
     }

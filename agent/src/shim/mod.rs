@@ -316,6 +316,10 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     };
     write_json(&args.state, "state.json", &started)?;
     tell_spawner("started");
+    // The shim now only waits and copies output for as long as the container
+    // lives: what setup allocated goes back to the kernel.
+    drop((spec, seccomp, started, report));
+    sys::trim_heap();
 
     let status = pump(child, &sigfd, [out_r, err_r], &mut log)?;
     let _ = log.flush();
@@ -363,7 +367,7 @@ fn pump(
 ) -> Result<WaitStatus, ShimError> {
     let mut open = [true, true];
     let mut status = None;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         if status.is_some() && !open.iter().any(|o| *o) {
             break;

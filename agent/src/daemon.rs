@@ -158,11 +158,27 @@ pub struct Agent {
         std::os::unix::net::UnixStream,
         std::os::unix::net::UnixStream,
     ),
-    /// When a container stopped for a failed probe is SIGKILLed (its grace
-    /// period), by (pod, container).
-    kills: BTreeMap<(String, String), Instant>,
+    /// When a container being stopped is SIGKILLed (its grace period over),
+    /// with its pod's uid, by (pod, container).
+    kills: BTreeMap<(String, String), (String, Instant)>,
+    /// Containers being stopped to start again with a new spec or new
+    /// resources: started at once when their exit is recorded.
+    stopping: std::collections::BTreeSet<(String, String)>,
+    restart_after_exit: Vec<(String, String)>,
+    /// Pods being stopped: their containers got SIGTERM; once all have
+    /// exited (or been killed at the deadline) the pod is removed. The loop
+    /// goes on meanwhile, so a slow pod holds up no other.
+    terminating: BTreeMap<String, Terminating>,
     /// The shims this agent spawned (its children), to reap.
     children: Vec<i32>,
+}
+
+#[derive(Debug)]
+struct Terminating {
+    uid: String,
+    containers: Vec<String>,
+    deadline: Instant,
+    killed: bool,
 }
 
 #[derive(Debug)]
@@ -211,6 +227,21 @@ fn host_ports(p: &PodPlan) -> Vec<netplug::HostPort> {
             })
         })
         .collect()
+}
+
+/// Signals a container's init by its state dir's `state.json` (checked by
+/// start time: never a reused pid), if it has not exited.
+fn signal_init(state: &Path, sig: Signal) {
+    if state.join("exit.json").exists() {
+        return;
+    }
+    if let Some(st) = read_record(&state.join("state.json"))
+        .and_then(|v| serde_json::from_value::<crate::shim::Started>(v).ok())
+    {
+        if crate::shim::start_ticks(st.pid) == Some(st.start_ticks) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.pid), sig);
+        }
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -276,6 +307,9 @@ impl Agent {
             probe_rx,
             probe_wake,
             kills: BTreeMap::new(),
+            stopping: Default::default(),
+            restart_after_exit: Vec::new(),
+            terminating: BTreeMap::new(),
             children: Vec::new(),
         })
     }
@@ -341,12 +375,22 @@ impl Agent {
             }
             self.run_probes();
             self.enforce_kills();
+            if self.progress_terminations() {
+                continue; // a pod is gone: plan again (it may be recreated)
+            }
             let resync_at = last_resync + Duration::from_secs(self.args.resync_secs);
             let timers = self
                 .probes
                 .values()
                 .filter_map(|p| p.next_at())
-                .chain(self.kills.values().copied())
+                .chain(self.kills.values().map(|(_, at)| *at))
+                .chain(self.terminating.values().map(|t| {
+                    if t.killed {
+                        t.deadline + Duration::from_secs(10)
+                    } else {
+                        t.deadline
+                    }
+                }))
                 .chain(wake)
                 .min();
             let until = timers.map_or(resync_at, |w| w.min(resync_at));
@@ -421,6 +465,17 @@ impl Agent {
                 let left = (t0 + grace).saturating_duration_since(Instant::now());
                 self.delete_pod(&k, left);
             }
+            // Pods already terminating: what is left is killed now.
+            for t in std::mem::take(&mut self.terminating).into_values() {
+                for n in &t.containers {
+                    let _ = self.rt.kill_container(&t.uid, n);
+                }
+                let uid = t.uid.clone();
+                let _ = self.rt.gc(&|u| u != uid);
+                if let Some(net) = &self.net {
+                    let _ = net.teardown(&t.uid);
+                }
+            }
         }
         let _ = std::fs::remove_file(&socket);
         Ok(())
@@ -430,13 +485,27 @@ impl Agent {
     /// to wake for a back-off.
     fn pass(&mut self) -> (bool, Option<Instant>) {
         let desired = self.sources.desired();
+        // A pod still terminating is left alone until it is gone.
         let plans: reconcile::Desired = desired
             .pods
             .iter()
+            .filter(|(k, _)| !self.terminating.contains_key(*k))
             .map(|(k, (_, p))| (k.clone(), p.clone()))
             .collect();
+        for (key, name) in std::mem::take(&mut self.restart_after_exit) {
+            if let Some(p) = plans.get(&key) {
+                self.start(&key, p, &name, true);
+            }
+        }
         let t0 = Instant::now();
-        let plan = reconcile::plan(&plans, &self.actual, t0);
+        let mut plan = reconcile::plan(&plans, &self.actual, t0);
+        // A container already being stopped for a restart needs nothing more.
+        plan.actions.retain(|a| match a {
+            Action::RestartContainer { pod, container } => {
+                !self.stopping.contains(&(pod.clone(), container.clone()))
+            }
+            _ => true,
+        });
         let acted = !plan.actions.is_empty();
         for action in plan.actions {
             self.execute(&action, &plans);
@@ -472,20 +541,7 @@ impl Agent {
                 self.start(pod, &plans[pod], container, false)
             }
             Action::RestartContainer { pod, container } => {
-                let p = &plans[pod];
-                self.event(
-                    Kind::Normal,
-                    "Killing",
-                    pod,
-                    Some(container),
-                    "container definition changed, will be restarted".into(),
-                );
-                if let Some(c) = p.all_containers().find(|c| c.name.as_str() == container) {
-                    let _ =
-                        self.rt
-                            .stop(p, c, Duration::from_secs(p.termination_grace_period_secs));
-                }
-                self.start(pod, p, container, true)
+                self.restart(pod, &plans[pod], container, "its definition changed");
             }
             Action::ResizeContainer {
                 pod,
@@ -526,13 +582,7 @@ impl Agent {
                                 Some(container),
                                 format!("{e}; restarting it with the new resources"),
                             );
-                            if let Some(c) =
-                                p.all_containers().find(|c| c.name.as_str() == container)
-                            {
-                                let grace = Duration::from_secs(p.termination_grace_period_secs);
-                                let _ = self.rt.stop(p, c, grace);
-                            }
-                            self.start(pod, p, container, true)
+                            self.restart(pod, p, container, "the kernel refused the new limits");
                         }
                     }
                 }
@@ -548,13 +598,12 @@ impl Agent {
                 self.event(Kind::Normal, reason, pod, None, message.into());
                 let grace = match action {
                     Action::DeletePod { grace, .. } => *grace,
-                    _ => Duration::from_secs(
-                        plans
-                            .get(pod)
-                            .map_or(30, |p| p.termination_grace_period_secs),
-                    ),
+                    _ => self
+                        .actual
+                        .get(pod)
+                        .map_or(Duration::from_secs(30), |s| s.grace),
                 };
-                self.delete_pod(pod, grace);
+                self.begin_delete(pod, grace);
             }
         }
     }
@@ -1008,6 +1057,99 @@ impl Agent {
         }
     }
 
+    /// Restarts a container with its current spec: a running one gets
+    /// SIGTERM (SIGKILL to its cgroup after the grace period) and starts
+    /// again once its exit is recorded, without the loop waiting; one not
+    /// running starts now.
+    fn restart(&mut self, key: &str, p: &PodPlan, name: &str, why: &str) {
+        let id = (key.to_string(), name.to_string());
+        if self.stopping.contains(&id) {
+            return;
+        }
+        let running = self
+            .actual
+            .get(key)
+            .and_then(|s| s.containers.get(name))
+            .is_some_and(|c| matches!(c.status, Status::Running { .. }));
+        if running {
+            self.event(
+                Kind::Normal,
+                "Killing",
+                key,
+                Some(name),
+                format!("{why}: it will be restarted"),
+            );
+            self.stop_for_probe(&id);
+            self.stopping.insert(id);
+        } else {
+            self.start(key, p, name, true);
+        }
+    }
+
+    /// Starts deleting a pod: SIGTERM to every container now; the loop goes
+    /// on and `progress_terminations` removes the pod once they are gone.
+    fn begin_delete(&mut self, key: &str, grace: Duration) {
+        let Some(state) = self.actual.remove(key) else {
+            return;
+        };
+        self.runs.remove(key);
+        self.shims.retain(|(pod, _), _| pod != key);
+        self.probes.retain(|(pod, _), _| pod != key);
+        self.kills.retain(|(pod, _), _| pod != key);
+        self.stopping.retain(|(pod, _)| pod != key);
+        let base = self.args.state_dir.join("containers").join(&state.uid);
+        for name in state.containers.keys() {
+            signal_init(&base.join(name).join("state"), Signal::SIGTERM);
+        }
+        self.terminating.insert(
+            key.to_string(),
+            Terminating {
+                uid: state.uid.clone(),
+                containers: state.containers.keys().cloned().collect(),
+                deadline: Instant::now() + grace,
+                killed: false,
+            },
+        );
+    }
+
+    /// Kills what outlived its grace period and removes the pods whose
+    /// containers have all exited. Returns whether a pod was removed.
+    fn progress_terminations(&mut self) -> bool {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (key, t) in self.terminating.iter_mut() {
+            let base = self.args.state_dir.join("containers").join(&t.uid);
+            let exited = t.containers.iter().all(|n| {
+                let st = base.join(n).join("state");
+                !st.join("state.json").exists() || st.join("exit.json").exists()
+            });
+            if exited || (t.killed && now >= t.deadline + Duration::from_secs(10)) {
+                done.push(key.clone());
+            } else if now >= t.deadline && !t.killed {
+                for n in &t.containers {
+                    let _ = self.rt.kill_container(&t.uid, n);
+                }
+                t.killed = true;
+            }
+        }
+        for key in &done {
+            let Some(t) = self.terminating.remove(key) else {
+                continue;
+            };
+            // Everything of that uid: processes left, mounts, cgroups,
+            // directories, sandbox; then its network.
+            let uid = t.uid.clone();
+            if let Err(e) = self.rt.gc(&|u| u != uid) {
+                self.event(Kind::Warning, "FailedKillPod", key, None, e.to_string());
+            }
+            if let Some(net) = &self.net {
+                let _ = net.teardown(&t.uid);
+            }
+            self.watched.retain(|_, (k, _)| k != key);
+        }
+        !done.is_empty()
+    }
+
     /// SIGTERM to the container's init now, SIGKILL to its cgroup when the
     /// grace period is over; its exit then restarts it by policy. The loop
     /// does not wait.
@@ -1030,7 +1172,10 @@ impl Agent {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.pid), Signal::SIGTERM);
             }
         }
-        self.kills.insert(id.clone(), Instant::now() + state.grace);
+        self.kills.insert(
+            id.clone(),
+            (state.uid.clone(), Instant::now() + state.grace),
+        );
     }
 
     /// SIGKILLs what is left of containers whose grace period is over.
@@ -1039,13 +1184,12 @@ impl Agent {
         let due: Vec<(String, String)> = self
             .kills
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(_, (_, at))| *at <= now)
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.kills.remove(&id);
-            if let Some(state) = self.actual.get(&id.0) {
-                let _ = self.rt.kill_container(&state.uid, &id.1);
+            if let Some((uid, _)) = self.kills.remove(&id) {
+                let _ = self.rt.kill_container(&uid, &id.1);
             }
         }
     }
@@ -1210,6 +1354,11 @@ impl Agent {
             let id = (key.clone(), name.clone());
             self.probes.remove(&id);
             self.kills.remove(&id);
+            if self.stopping.remove(&id) {
+                // Stopped on purpose: it starts again at once.
+                self.restart_after_exit.push(id);
+                return;
+            }
             // A SIGKILL while the cgroup's OOM-kill count went up: the
             // kernel's OOM killer (the count is the cgroup's, kept across
             // restarts, so it is compared with its value at start).
@@ -1371,7 +1520,10 @@ impl Agent {
                     }
                 })
                 .collect();
-            let (phase, reason) = reconcile::phase(p, state);
+            let (phase, mut reason) = reconcile::phase(p, state);
+            if self.terminating.contains_key(key) {
+                reason = Some("Terminating".into());
+            }
             let ready = phase == reconcile::Phase::Running && containers.iter().all(|c| c.ready);
             let initialized = reason.is_none() && state.is_some();
             let cond = |t: &str, ok: bool| Condition {
@@ -1396,6 +1548,25 @@ impl Agent {
                 containers,
                 created: run
                     .map_or_else(now_rfc3339, |r| crate::shim::logs::rfc3339_nano(r.created)),
+            });
+        }
+        // Pods whose file is gone are shown until they are.
+        for (key, t) in &self.terminating {
+            if desired.pods.contains_key(key) {
+                continue;
+            }
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+            pods.push(PodStatus {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: t.uid.clone(),
+                file: String::new(),
+                phase: "Running".into(),
+                reason: Some("Terminating".into()),
+                conditions: Vec::new(),
+                ip: None,
+                containers: Vec::new(),
+                created: String::new(),
             });
         }
         let problems: Vec<String> = self

@@ -997,6 +997,45 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
             (19.9..20.5).contains(&wait),
             "next try {wait} s after the exit"
         );
+
+        // A pod that ignores SIGTERM (sleep as PID 1) is killed at the end of
+        // its grace period; meanwhile the agent goes on: a new pod starts.
+        put_manifest(
+            &pods,
+            "stubborn.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: stubborn}\nspec:\n  terminationGracePeriodSeconds: 4\n  containers:\n  - {name: s, image: busybox, command: [sleep, '1000']}\n",
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || pod("stubborn")["phase"]
+                == "Running"),
+            "{:#}",
+            pod("stubborn")
+        );
+        let removed = Instant::now();
+        std::fs::remove_file(pods.join("stubborn.yaml")).unwrap();
+        put_manifest(
+            &pods,
+            "quick.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: quick}\nspec:\n  containers:\n  - {name: q, image: busybox, command: [sleep, '1000']}\n",
+        );
+        assert!(
+            eventually(Duration::from_secs(3), || pod("quick")["phase"]
+                == "Running"),
+            "{:#}",
+            pod("quick")
+        );
+        assert_eq!(pod("stubborn")["reason"], "Terminating");
+        assert!(removed.elapsed() < Duration::from_secs(3));
+        assert!(
+            eventually(Duration::from_secs(15), || pod("stubborn").is_null()),
+            "{:#}",
+            pod("stubborn")
+        );
+        let took = removed.elapsed();
+        assert!(
+            took >= Duration::from_millis(3900),
+            "removed after {took:?}, before its 4 s grace period"
+        );
         drop(agent);
         assert!(
             mounts_under(fx.dir.path()).is_empty(),

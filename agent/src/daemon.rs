@@ -107,6 +107,13 @@ pub struct ContainerStatus {
     pub message: Option<String>,
     /// When a container in back-off is tried again.
     pub next_start: Option<String>,
+    pub image: String,
+    /// When the current run started (RFC 3339).
+    pub started_at: Option<String>,
+    /// The last exit's times (RFC 3339).
+    pub last_started_at: Option<String>,
+    pub last_finished_at: Option<String>,
+    pub last_exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +151,8 @@ pub struct Agent {
     last_exit: BTreeMap<(String, String), Exited>,
     /// The OOM-kill count of each container's cgroup when it started.
     oom_base: BTreeMap<(String, String), u64>,
+    /// When each running container started (RFC 3339).
+    started_at: BTreeMap<(String, String), String>,
     /// What the API serves.
     view: crate::api::Shared,
     /// Manifest problems last reported as events.
@@ -300,6 +309,7 @@ impl Agent {
             shims: BTreeMap::new(),
             last_exit: BTreeMap::new(),
             oom_base: BTreeMap::new(),
+            started_at: BTreeMap::new(),
             view: Default::default(),
             reported: Vec::new(),
             probes: BTreeMap::new(),
@@ -715,6 +725,8 @@ impl Agent {
                     if let Ok(st) = serde_json::from_value::<crate::shim::Started>(started) {
                         let mut probes = crate::probe::ContainerProbes::new(c, Instant::now());
                         probes.pid = st.pid;
+                        self.started_at
+                            .insert((key.clone(), c.name.to_string()), st.started_at.clone());
                         self.probes
                             .insert((key.clone(), c.name.to_string()), probes);
                         shims.push((key.clone(), c.name.to_string(), st));
@@ -846,7 +858,8 @@ impl Agent {
                 {
                     self.oom_base.insert(id.clone(), u.oom_kills);
                 }
-                self.last_exit.remove(&id);
+                self.started_at
+                    .insert(id.clone(), h.started.started_at.clone());
                 self.children.push(h.started.shim_pid);
                 let mut probes = crate::probe::ContainerProbes::new(c, now);
                 probes.pid = h.started.pid;
@@ -1097,6 +1110,9 @@ impl Agent {
         self.probes.retain(|(pod, _), _| pod != key);
         self.kills.retain(|(pod, _), _| pod != key);
         self.stopping.retain(|(pod, _)| pod != key);
+        self.started_at.retain(|(pod, _), _| pod != key);
+        self.last_exit.retain(|(pod, _), _| pod != key);
+        self.oom_base.retain(|(pod, _), _| pod != key);
         let base = self.args.state_dir.join("containers").join(&state.uid);
         for name in state.containers.keys() {
             signal_init(&base.join(name).join("state"), Signal::SIGTERM);
@@ -1517,6 +1533,14 @@ impl Agent {
                         reason: last.map(|e| e.reason.clone()),
                         message: last.map(|e| e.message.clone()).filter(|m| !m.is_empty()),
                         next_start,
+                        image: c.image.clone(),
+                        started_at: self
+                            .started_at
+                            .get(&(key.clone(), c.name.to_string()))
+                            .cloned(),
+                        last_started_at: last.and_then(|e| e.started_at.clone()),
+                        last_finished_at: last.map(|e| e.finished_at.clone()),
+                        last_exit_code: last.map(|e| e.exit_code),
                     }
                 })
                 .collect();

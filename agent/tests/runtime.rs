@@ -694,7 +694,7 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
         // re-adopts the same process, address and sandbox.
         let started = |s: &str| -> serde_json::Value {
             let v: serde_json::Value =
-                serde_json::from_str(&podctl(&["status", "-o", "json", "--state-dir", s]).1)
+                serde_json::from_str(&podctl(&["status", "-o", "raw", "--state-dir", s]).1)
                     .unwrap();
             let uid = v["pods"][0]["uid"].as_str().unwrap().to_string();
             std::fs::read(
@@ -902,7 +902,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         let agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
         put_manifest(&pods, "failing.yaml", FAILING);
         let status = || {
-            let out = podctl(&["status", "-o", "json", "--state-dir", &state_s]).1;
+            let out = podctl(&["status", "-o", "raw", "--state-dir", &state_s]).1;
             serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
         };
         let pod = |name: &str| -> serde_json::Value {
@@ -1000,6 +1000,12 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
 
         // A pod that ignores SIGTERM (sleep as PID 1) is killed at the end of
         // its grace period; meanwhile the agent goes on: a new pod starts.
+        // `podctl status -w` follows it.
+        let mut watch = Command::new(env!("CARGO_BIN_EXE_podctl"))
+            .args(["status", "-w", "--state-dir", &state_s])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         put_manifest(
             &pods,
             "stubborn.yaml",
@@ -1011,6 +1017,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
             "{:#}",
             pod("stubborn")
         );
+        eventually(Duration::from_millis(1200), || false); // the watcher's next look
         let removed = Instant::now();
         std::fs::remove_file(pods.join("stubborn.yaml")).unwrap();
         put_manifest(
@@ -1036,6 +1043,17 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
             took >= Duration::from_millis(3900),
             "removed after {took:?}, before its 4 s grace period"
         );
+        // Let the watcher see the last change, then read what it printed.
+        eventually(Duration::from_millis(1500), || false);
+        let _ = watch.kill();
+        let printed = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+        let rows: Vec<&str> = printed
+            .lines()
+            .filter(|l| l.starts_with("stubborn "))
+            .collect();
+        assert!(rows.iter().any(|l| l.contains("Running")), "{printed}");
+        assert!(rows.iter().any(|l| l.contains("Terminating")), "{printed}");
+        assert!(rows.iter().any(|l| l.contains("(deleted)")), "{printed}");
         drop(agent);
         assert!(
             mounts_under(fx.dir.path()).is_empty(),
@@ -1076,7 +1094,7 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
         let agent = Running(spawn_agent(&fx, &pods, &state, &[]));
         put_manifest(&pods, "probed.yaml", PROBED);
         let container = |name: &str| -> serde_json::Value {
-            let out = podctl(&["status", "-o", "json", "--state-dir", &state_s]).1;
+            let out = podctl(&["status", "-o", "raw", "--state-dir", &state_s]).1;
             let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
             v["pods"][0]["containers"]
                 .as_array()
@@ -1163,6 +1181,36 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
             events()
         );
         assert_eq!(container("web")["restart_count"], 0);
+
+        // The Pod shape, as kubectl prints it.
+        let list: serde_json::Value =
+            serde_json::from_str(&podctl(&["status", "-o", "json", "--state-dir", &state_s]).1)
+                .unwrap();
+        let pod = &list["items"][0];
+        assert_eq!(
+            (&pod["kind"], &pod["metadata"]["name"]),
+            (&"Pod".into(), &"probed".into())
+        );
+        assert_eq!(pod["spec"]["containers"][0]["name"], "web", "{pod:#}");
+        assert_eq!(pod["status"]["phase"], "Running");
+        let stuck = pod["status"]["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "stuck")
+            .unwrap();
+        assert_eq!(stuck["restartCount"], 1, "{stuck:#}");
+        assert!(
+            stuck["state"]["running"]["startedAt"].is_string(),
+            "{stuck:#}"
+        );
+        assert_eq!(
+            stuck["lastState"]["terminated"]["exitCode"], 137,
+            "{stuck:#}"
+        );
+        let yaml = podctl(&["status", "-o", "yaml", "--state-dir", &state_s]).1;
+        assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
+        assert!(yaml.contains("kind: Pod"), "{yaml}");
         drop(agent);
         assert!(
             mounts_under(fx.dir.path()).is_empty(),

@@ -1404,12 +1404,16 @@ impl Agent {
                 self.event(kind, "Exited", &key, Some(&name), how);
             }
             self.last_exit.insert(id, exited);
-            let policy = self
-                .sources
-                .desired()
-                .pods
-                .get(&key)
-                .map(|(_, p)| p.restart_policy);
+            // An init container restarts only on failure (never with Never).
+            let policy = self.sources.desired().pods.get(&key).map(|(_, p)| {
+                let init = p.init_containers.iter().any(|c| c.name.as_str() == name);
+                match (init, p.restart_policy) {
+                    (true, specs::plan::RestartPolicy::Always) => {
+                        specs::plan::RestartPolicy::OnFailure
+                    }
+                    (_, policy) => policy,
+                }
+            });
             let next = self
                 .actual
                 .get(&key)

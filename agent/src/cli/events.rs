@@ -46,7 +46,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<8} {:<22} {:<28} {:>5}  MESSAGE",
+        "{:<20} {:<8} {:<22} {:<36} {:>5}  MESSAGE",
         "LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT"
     );
     for e in events {
@@ -59,7 +59,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
         let time = time.split('.').next().unwrap_or(time);
         let _ = writeln!(
             out,
-            "{:<24} {:<8} {:<22} {:<28} {:>5}  {}",
+            "{:<20} {:<8} {:<22} {:<36} {:>5}  {}",
             time,
             e["kind"].as_str().unwrap_or(""),
             e["reason"].as_str().unwrap_or(""),

@@ -117,6 +117,13 @@ fn shim(bundle: &Path, state: &Path) -> Command {
         .arg(state)
         .arg("--log")
         .arg(state.join("log"));
+    // As the runtime runs it: the container joins its cgroup (one
+    // `cgroup.procs` per v1 hierarchy) before exec.
+    PROCS.with(|p| {
+        for f in p.borrow().iter() {
+            c.arg("--cgroup-procs").arg(f);
+        }
+    });
     // As the agent runs it: compiled seccomp programs cached by profile.
     c.arg("--seccomp-cache")
         .arg(state.parent().unwrap().join("seccomp-cache"));

@@ -1219,3 +1219,250 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
         );
     });
 }
+
+/// A node reboot, as far as a test can make one: the agent is SIGKILLed,
+/// then every container process and shim dies, every mount under the state
+/// dir goes, the cgroups, the bridge and the nftables table are removed; the
+/// state dir stays. A new agent recreates the pod with no error loop.
+#[test]
+fn after_a_reboot_the_agent_recreates_the_pods_from_the_state_dir() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("reboot");
+        let pods = fx.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state = fx.dir.path().join("agent-state");
+        let state_s = state.display().to_string();
+        let url = std::net::SocketAddr::from(([10, 88, 0, 1], 18081));
+        let serves = |what: &str| http_get(url).unwrap_or_default().contains(what);
+        let mut agent = Running(spawn_agent(&fx, &pods, &state, &[]));
+        put_manifest(&pods, "web.yaml", &SERVED.replace("CONTENT", "boot"));
+        assert!(eventually(Duration::from_secs(15), || serves("boot")));
+
+        // The "reboot".
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = agent.0.wait();
+        let mut cgroups = Vec::new();
+        let agent_cg = fx.cg_root.join("agent").unwrap();
+        for pod in std::fs::read_dir(state.join("containers"))
+            .unwrap()
+            .flatten()
+        {
+            let uid = pod.file_name().to_string_lossy().into_owned();
+            let pod_cg = agent_cg.join(&format!("pod{uid}")).unwrap();
+            for c in std::fs::read_dir(pod.path()).unwrap().flatten() {
+                let st: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(c.path().join("state/state.json")).unwrap(),
+                )
+                .unwrap();
+                for key in ["pid", "shim_pid"] {
+                    let pid = st[key].as_i64().unwrap() as i32;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                cgroups.push(pod_cg.join(&c.file_name().to_string_lossy()).unwrap());
+            }
+            cgroups.push(pod_cg);
+        }
+        assert!(eventually(Duration::from_secs(5), || !serves("boot")));
+        for cg in &cgroups {
+            assert!(eventually(Duration::from_secs(5), || fx
+                .rt
+                .cgroups
+                .remove(cg)
+                .is_ok()));
+        }
+        let mut mounts = mounts_under(fx.dir.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+        }
+        let gone = |cmd: &[&str]| Command::new(cmd[0]).args(&cmd[1..]).status().unwrap();
+        assert!(gone(&["ip", "link", "del", "podbr0"]).success());
+        assert!(gone(&["nft", "delete", "table", "ip", "podagent"]).success());
+
+        // A new agent on the same state dir.
+        let agent = Running(spawn_agent(&fx, &pods, &state, &[]));
+        assert!(
+            eventually(Duration::from_secs(15), || serves("boot")),
+            "{}",
+            podctl(&["status", "--state-dir", &state_s]).1
+        );
+        let status = podctl(&["status", "--state-dir", &state_s]).1;
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("web ") && l.contains("1/1") && l.contains("Running")),
+            "{status}"
+        );
+        let events = podctl(&["events", "--state-dir", &state_s]).1;
+        assert!(!events.contains("Warning"), "{events}");
+        drop(agent);
+        assert!(
+            mounts_under(fx.dir.path()).is_empty(),
+            "{:?}",
+            mounts_under(fx.dir.path())
+        );
+    });
+}
+
+/// A pod that exits on SIGTERM at once.
+fn sleeper(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'trap \"kill $!; exit 0\" TERM; sleep 100000 & wait']\n"
+    )
+}
+
+/// Entries of a directory (none if it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sigkill_during_a_burst_converges_with_no_leak_and_no_duplicate() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("burst");
+        let pods = fx.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state = fx.dir.path().join("agent-state");
+        let state_s = state.display().to_string();
+        let mut agent = Running(spawn_agent(&fx, &pods, &state, &[]));
+        // Creations and deletions in flight when the agent is killed.
+        for i in 0..12 {
+            put_manifest(&pods, &format!("p{i}.yaml"), &sleeper(&format!("p{i}")));
+        }
+        eventually(Duration::from_millis(150), || false);
+        for i in 0..4 {
+            std::fs::remove_file(pods.join(format!("p{i}.yaml"))).unwrap();
+        }
+        for i in 12..20 {
+            put_manifest(&pods, &format!("p{i}.yaml"), &sleeper(&format!("p{i}")));
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = agent.0.wait();
+        drop(agent);
+
+        let agent = Running(spawn_agent(&fx, &pods, &state, &[]));
+        let wanted: Vec<String> = (4..20).map(|i| format!("p{i}")).collect();
+        let status = || -> serde_json::Value {
+            serde_json::from_str(&podctl(&["status", "-o", "raw", "--state-dir", &state_s]).1)
+                .unwrap_or_default()
+        };
+        let converged = || {
+            let v = status();
+            let pods = v["pods"].as_array().cloned().unwrap_or_default();
+            pods.len() == wanted.len()
+                && pods
+                    .iter()
+                    .all(|p| p["phase"] == "Running" && p["reason"].is_null())
+        };
+        assert!(
+            eventually(Duration::from_secs(60), converged),
+            "{}",
+            podctl(&["status", "--state-dir", &state_s]).1
+        );
+        let v = status();
+        let mut names: Vec<String> = v["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort_by_key(|n| n[1..].parse::<u32>().unwrap());
+        assert_eq!(names, wanted);
+        // One address each, none shared; one allocation, one netns, one
+        // veth, one container dir per pod.
+        let mut ips: Vec<&str> = v["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["ip"].as_str().unwrap())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), wanted.len());
+        let ipam: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("net/ipam.json")).unwrap()).unwrap();
+        assert_eq!(
+            ipam["allocations"].as_object().unwrap().len(),
+            wanted.len(),
+            "{ipam}"
+        );
+        assert_eq!(entries(&state.join("net/netns")).len(), wanted.len());
+        assert_eq!(entries(&state.join("containers")).len(), wanted.len());
+        let veths = Command::new("ip")
+            .args(["-o", "link", "show", "master", "podbr0"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&veths.stdout).lines().count(),
+            wanted.len()
+        );
+        // Never a container twice: each container cgroup holds its shell
+        // and its sleep, and one shim runs for each.
+        for p in v["pods"].as_array().unwrap() {
+            let cg = fx
+                .cg_root
+                .join("agent")
+                .unwrap()
+                .join(&format!("pod{}", p["uid"].as_str().unwrap()))
+                .unwrap()
+                .join("c")
+                .unwrap();
+            assert_eq!(fx.rt.cgroups.pids(&cg).unwrap().len(), 2, "{p:#}");
+        }
+        let shims = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&state_s))
+                    && std::fs::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "podagent-shim")
+            })
+            .count();
+        assert_eq!(shims, wanted.len());
+
+        // Everything removed: nothing left.
+        for n in &wanted {
+            std::fs::remove_file(pods.join(format!("{n}.yaml"))).unwrap();
+        }
+        assert!(eventually(Duration::from_secs(60), || status()["pods"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())));
+        assert_eq!(entries(&state.join("containers")), Vec::<String>::new());
+        assert_eq!(entries(&state.join("net/netns")), Vec::<String>::new());
+        let ipam: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("net/ipam.json")).unwrap()).unwrap();
+        assert!(
+            ipam["allocations"].as_object().unwrap().is_empty(),
+            "{ipam}"
+        );
+        drop(agent);
+        assert!(
+            mounts_under(fx.dir.path()).is_empty(),
+            "{:?}",
+            mounts_under(fx.dir.path())
+        );
+    });
+}

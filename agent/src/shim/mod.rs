@@ -152,7 +152,13 @@ fn read_config(bundle: &Path) -> Result<Spec, ShimError> {
 pub fn start_ticks(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 2..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = after_comm.split_whitespace();
+    // A zombie (or a dead task not yet gone) is not running: it has exited
+    // and waits for its parent, which may be gone too.
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Joins the namespaces the spec names by path and unshares the ones it asks

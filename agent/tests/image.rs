@@ -404,14 +404,16 @@ fn an_oci_archive_imports_like_its_directory_and_rm_sweeps_blobs() {
     );
 
     let err = store
-        .remove("archived:v2", &|r| r == "archived:v2")
+        .remove("archived:v2", &|r| {
+            (r == "archived:v2").then(|| "a test".to_string())
+        })
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "image \"archived:v2\" is used by a container: stop it first"
+        "image \"archived:v2\" is used by a test: stop it first"
     );
     assert_eq!(store.list().unwrap().len(), 1);
-    store.remove("archived:v2", &|_| false).unwrap();
+    store.remove("archived:v2", &|_| None).unwrap();
     assert!(store.list().unwrap().is_empty());
     assert_eq!(
         std::fs::read_dir(dir.path().join("store/images/blobs/sha256"))

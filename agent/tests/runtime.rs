@@ -1147,6 +1147,17 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
         let (code, _, err) = podctl(&["describe", "probd", "--state-dir", &state_s]);
         assert_eq!(code, 1);
         assert!(err.contains("did you mean probed?"), "{err}");
+        // The image its containers run from cannot be removed.
+        let root_s = fx.dir.path().display().to_string();
+        let (code, _, err) = podctl(&["image", "--root-dir", &root_s, "rm", "busybox"]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("is used by the container whose root is"),
+            "{err}"
+        );
+        assert!(podctl(&["image", "--root-dir", &root_s, "ls"])
+            .1
+            .contains("busybox:latest"));
         let top = podctl(&["top", "--state-dir", &state_s]).1;
         assert!(
             top.lines()

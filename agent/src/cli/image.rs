@@ -72,7 +72,20 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
         }),
         // No container runs without the agent, which will answer "in use"
         // from its state; until then nothing holds an image.
-        Command::Rm { reference } => store.remove(reference, &|_| false).map(drop),
+        Command::Rm { reference } => {
+            // In use: a container's overlay (any agent's, on this node) has
+            // one of the image's layers among its lower dirs.
+            let layers = store.layer_dirs(reference).unwrap_or_default();
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let users = overlays_using(&mountinfo, &layers);
+            store
+                .remove(reference, &|_| {
+                    users
+                        .first()
+                        .map(|u| format!("the container whose root is {u}"))
+                })
+                .map(drop)
+        }
     };
     match result {
         Ok(()) => Outcome::Ok,
@@ -89,4 +102,48 @@ fn fail(err: &mut dyn Write, e: &dyn std::error::Error) -> Outcome {
     }
     let _ = writeln!(err, "{msg}");
     Outcome::Invalid
+}
+
+/// The mount points of the overlays whose lower dirs include one of `layers`
+/// (mountinfo's super options: `lowerdir=a:b:c,...`; `\040`-style escapes
+/// are kept as they are, as are the layer paths the store makes).
+pub fn overlays_using(mountinfo: &str, layers: &[std::path::PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split_whitespace();
+        if r.next() != Some("overlay") {
+            continue;
+        }
+        let opts = r.nth(1).unwrap_or("");
+        let Some(lower) = opts.split(',').find_map(|o| o.strip_prefix("lowerdir=")) else {
+            continue;
+        };
+        if lower
+            .split(':')
+            .any(|d| layers.iter().any(|l| l.as_os_str() == d))
+        {
+            if let Some(point) = left.split_whitespace().nth(4) {
+                out.push(point.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overlay_with_the_layer_below_uses_it() {
+        let info = "35 24 0:31 / /run/c/rootfs rw,relatime shared:1 - overlay overlay rw,lowerdir=/s/layers/sha256/bb:/s/layers/sha256/aa,upperdir=/u,workdir=/w\n\
+                    36 24 0:32 / /other rw - tmpfs tmpfs rw\n";
+        let aa = std::path::PathBuf::from("/s/layers/sha256/aa");
+        let cc = std::path::PathBuf::from("/s/layers/sha256/cc");
+        assert_eq!(overlays_using(info, &[aa]), ["/run/c/rootfs"]);
+        assert!(overlays_using(info, &[cc]).is_empty());
+    }
 }

@@ -53,8 +53,8 @@ pub enum ImageError {
     Invalid { path: PathBuf, reason: String },
     #[error("image {0:?} is not in the store")]
     NotFound(String),
-    #[error("image {0:?} is used by a container: stop it first")]
-    InUse(String),
+    #[error("image {reference:?} is used by {by}: stop it first")]
+    InUse { reference: String, by: String },
     #[error("{0:?} is not an image reference: {1}")]
     Reference(String, String),
 }
@@ -561,12 +561,12 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// `podctl image rm`: refused while `in_use` says a container uses it;
-    /// blobs and unpacked layers no other image references are deleted.
-    pub fn remove(&self, reference: &str, in_use: &dyn Fn(&str) -> bool) -> Result<()> {
+    /// `podctl image rm`: refused while `in_use` names a container that uses
+    /// it; blobs and unpacked layers no other image references are deleted.
+    pub fn remove(&self, reference: &str, in_use: &dyn Fn(&str) -> Option<String>) -> Result<()> {
         let reference = normalise_reference(reference)?;
-        if in_use(&reference) {
-            return Err(ImageError::InUse(reference));
+        if let Some(by) = in_use(&reference) {
+            return Err(ImageError::InUse { reference, by });
         }
         self.locked(|| {
             let mut index = self.index()?;
@@ -607,6 +607,24 @@ impl ImageStore {
             }
             Ok(())
         })
+    }
+
+    /// Where the image's layers are (or would be) unpacked, without
+    /// unpacking anything.
+    pub fn layer_dirs(&self, reference: &str) -> Result<Vec<PathBuf>> {
+        let reference = normalise_reference(reference)?;
+        let desc = self
+            .index()?
+            .manifests
+            .into_iter()
+            .find(|d| d.annotations.get(REF_NAME) == Some(&reference))
+            .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
+        let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
+        manifest
+            .layers
+            .iter()
+            .map(|l| Ok(self.root.join("layers/sha256").join(hex_of(&l.digest)?)))
+            .collect()
     }
 
     /// The image's run config and its unpacked layers (unpacked now if needed,

@@ -61,6 +61,56 @@ pub struct Args {
     /// 0660); by default it is root's alone (0600).
     #[arg(long)]
     pub api_group: Option<String>,
+    /// How events are logged on stderr: `text` lines or one JSON object a
+    /// line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// A YAML file of these options by their long names (`pods-dir: /srv/pods`,
+    /// `stop-pods-on-exit: true`); options on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The command-line arguments a config file stands for, to be placed before
+/// the real ones (later ones win). Unknown keys, and values of the wrong
+/// type, are errors.
+pub fn config_args(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let map: BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cmd = <Args as clap::Args>::augment_args(clap::Command::new("run"));
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+            .ok_or_else(|| format!("{}: {key}: not an option of podagent run", path.display()))?;
+        let takes_value = arg.get_action().takes_values();
+        match (value, takes_value) {
+            (serde_yaml::Value::Bool(true), false) => out.push(format!("--{key}")),
+            (serde_yaml::Value::Bool(false), false) => {}
+            (serde_yaml::Value::String(v), true) => out.extend([format!("--{key}"), v]),
+            (serde_yaml::Value::Number(n), true) => out.extend([format!("--{key}"), n.to_string()]),
+            (v, _) => {
+                return Err(format!(
+                    "{}: {key}: {} expected, not {v:?}",
+                    path.display(),
+                    if takes_value {
+                        "a value"
+                    } else {
+                        "true or false"
+                    }
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Args {
@@ -289,6 +339,7 @@ impl Agent {
         };
         let exits = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| e.to_string())?;
+        let json_log = args.log_format == LogFormat::Json;
         let (probe_tx, probe_rx) = std::sync::mpsc::channel();
         let probe_wake =
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -310,7 +361,10 @@ impl Agent {
             last_exit: BTreeMap::new(),
             oom_base: BTreeMap::new(),
             started_at: BTreeMap::new(),
-            view: Default::default(),
+            view: std::sync::Arc::new(std::sync::Mutex::new(crate::api::View {
+                events: crate::events::Events::new(json_log),
+                ..Default::default()
+            })),
             reported: Vec::new(),
             probes: BTreeMap::new(),
             probe_tx,

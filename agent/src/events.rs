@@ -36,9 +36,18 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Events {
     ring: VecDeque<Event>,
+    /// Log each event as a JSON object on one line (`--log-format json`).
+    pub json_log: bool,
 }
 
 impl Events {
+    pub fn new(json_log: bool) -> Self {
+        Events {
+            ring: VecDeque::new(),
+            json_log,
+        }
+    }
+
     /// Records an event and logs it on stderr.
     pub fn record(
         &mut self,
@@ -49,8 +58,20 @@ impl Events {
         message: String,
         now: String,
     ) {
-        let container_s = container.map_or(String::new(), |c| format!(" container {c}"));
-        eprintln!("podagent: {kind:?} {reason} {object}{container_s}: {message}");
+        if self.json_log {
+            let line = serde_json::json!({
+                "time": now,
+                "level": if kind == Kind::Warning { "warn" } else { "info" },
+                "reason": reason,
+                "object": object,
+                "container": container,
+                "message": message,
+            });
+            eprintln!("{line}");
+        } else {
+            let container_s = container.map_or(String::new(), |c| format!(" container {c}"));
+            eprintln!("podagent: {kind:?} {reason} {object}{container_s}: {message}");
+        }
         // Aggregate with the latest event of the same object and container.
         if let Some(last) = self
             .ring

@@ -1477,3 +1477,91 @@ fn sigkill_during_a_burst_converges_with_no_leak_and_no_duplicate() {
         );
     });
 }
+
+#[test]
+fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("config");
+        let pods = fx.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state = fx.dir.path().join("agent-state");
+        let state_s = state.display().to_string();
+        let cfg = fx.dir.path().join("podagent.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "pods-dir: {}\nno-network: true\nlog-format: json\nresync-secs: 30\n",
+                pods.display()
+            ),
+        )
+        .unwrap();
+        let log = fx.dir.path().join("agent.log");
+        let cg = format!("{}/agent", fx.cg_root.as_path().display());
+        let mut agent = Running(
+            Command::new(env!("CARGO_BIN_EXE_podagent"))
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--root-dir")
+                .arg(fx.dir.path())
+                .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        put_manifest(&pods, "s.yaml", &sleeper("s"));
+        assert!(
+            eventually(Duration::from_secs(15), || podctl(&[
+                "status",
+                "--state-dir",
+                &state_s
+            ])
+            .1
+            .lines()
+            .any(|l| l.starts_with("s ") && l.contains("Running"))),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        assert!(agent.0.wait().unwrap().success());
+        let text = std::fs::read_to_string(&log).unwrap();
+        let started = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["reason"] == "Started")
+            .unwrap_or_else(|| panic!("no JSON Started event in:\n{text}"));
+        assert_eq!(started["object"], "default/s");
+        assert_eq!(started["level"], "info");
+        // No address: --no-network came from the file.
+        assert!(
+            !text.contains("IP 10.88"),
+            "the file's no-network was not applied:\n{text}"
+        );
+
+        // A key that is no option is refused before anything starts.
+        std::fs::write(&cfg, "pods-dirr: /nowhere\n").unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_podagent"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("pods-dirr: not an option of podagent run"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            mounts_under(fx.dir.path()).is_empty(),
+            "{:?}",
+            mounts_under(fx.dir.path())
+        );
+    });
+}

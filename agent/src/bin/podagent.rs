@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "podagent",
     version,
+    args_override_self = true,
     about = "Runs the pods of a directory on this node"
 )]
 struct Cli {
@@ -27,8 +28,40 @@ enum Command {
     Exec(agent::shim::exec::Args),
 }
 
+/// `podagent run --config FILE ...`: the file's options go before the
+/// command line's, so the command line wins.
+fn with_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    if argv.get(1).and_then(|a| a.to_str()) != Some("run") {
+        return Ok(argv);
+    }
+    let mut file = None;
+    for (i, a) in argv.iter().enumerate() {
+        let a = a.to_string_lossy();
+        if let Some(v) = a.strip_prefix("--config=") {
+            file = Some(std::path::PathBuf::from(v));
+        } else if a == "--config" {
+            file = argv.get(i + 1).map(std::path::PathBuf::from);
+        }
+    }
+    let Some(file) = file else {
+        return Ok(argv);
+    };
+    let extra = agent::daemon::config_args(&file)?;
+    let mut out = argv[..2].to_vec();
+    out.extend(extra.into_iter().map(Into::into));
+    out.extend(argv[2..].iter().cloned());
+    Ok(out)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match with_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("podagent: --config {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let code = match cli.command {
         Command::Run(args) => {
             let exe = std::env::current_exe().unwrap_or_else(|_| "podagent".into());

@@ -88,3 +88,28 @@ pub fn trim_heap() {
         nix::libc::malloc_trim(0);
     }
 }
+
+/// The window size of the terminal on `fd` (`TIOCGWINSZ`), if it is one.
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<nix::pty::Winsize> {
+    use std::os::fd::AsRawFd;
+    let mut ws = nix::pty::Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` through the pointer,
+    // which points at `ws`, a live value of exactly that type.
+    let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCGWINSZ, &mut ws) };
+    (r == 0).then_some(ws)
+}
+
+/// Makes the terminal on `fd` the calling process's controlling terminal
+/// (`TIOCSCTTY`); the caller has just called `setsid`.
+pub fn set_controlling_terminal(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal) and
+    // touches no memory of ours.
+    let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSCTTY, 0) };
+    nix::errno::Errno::result(r).map(drop)
+}

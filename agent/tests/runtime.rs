@@ -404,6 +404,65 @@ fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
     assert_ne!(lines[5], "0", "it runs in the container's cgroup: {out}");
     // The command's exit status is podctl's.
     assert_eq!(exec("exit 7").0, 7);
+
+    // -i passes stdin; without it the command reads nothing.
+    let with_stdin = |flags: &[&str], input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podctl"))
+            .args(["exec", "--state-dir", &state, "--podagent", podagent])
+            .args(flags)
+            .args(["target", "--", "cat"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(with_stdin(&["-i"], "through\n"), "through\n");
+    assert_eq!(with_stdin(&[], "through\n"), "");
+
+    // -it: a terminal from the container's own devpts, relayed both ways;
+    // podctl itself runs on a pty the test made.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = || std::process::Stdio::from(pty.slave.try_clone().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_podctl"))
+        .args(["exec", "--state-dir", &state, "--podagent", podagent, "-it"])
+        .args([
+            "target",
+            "--",
+            "sh",
+            "-c",
+            "read line; tty; [ -t 0 ] && echo \"got $line on a tty\"; exit 5",
+        ])
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    nix::unistd::write(&pty.master, b"hello\r").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until podctl (the last holder of the slave) exits: EIO.
+    while let Ok(n) = nix::unistd::read(&pty.master, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert_eq!(child.wait().unwrap().code(), Some(5), "{seen}");
+    assert!(
+        seen.contains("/dev/pts/0"),
+        "the container's devpts: {seen}"
+    );
+    assert!(seen.contains("got hello on a tty"), "{seen}");
     let (code, _, err) = podctl(&[
         "exec",
         "--state-dir",

@@ -1,5 +1,7 @@
-//! `podctl exec POD [-c NAME] -- CMD...`: runs a command in a container
-//! through `podagent exec`; podctl's exit status is the command's.
+//! `podctl exec POD [-c NAME] [-i] [-t] -- CMD...`: runs a command in a
+//! container through `podagent exec`; podctl's exit status is the command's.
+//! As with kubectl: `-i` passes stdin (otherwise the command reads nothing),
+//! `-t` gives it a terminal of the container's own devpts.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +21,12 @@ pub struct Args {
     /// The podagent binary (default: beside podctl).
     #[arg(long)]
     pub podagent: Option<PathBuf>,
+    /// Pass stdin to the command.
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Allocate a terminal for the command.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -63,6 +71,12 @@ pub fn run(args: &Args, err: &mut dyn Write) -> Result<i32, Outcome> {
         .arg(state["start_ticks"].to_string())
         .arg("--seccomp-cache")
         .arg(args.state_dir.join("seccomp-cache"))
+        .args(args.tty.then_some("--tty"))
+        .stdin(if args.stdin {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .arg("--")
         .args(&args.command)
         .status()

@@ -30,6 +30,11 @@ pub struct Args {
     pub start_ticks: u64,
     #[arg(long)]
     pub seccomp_cache: Option<PathBuf>,
+    /// Give the process a terminal: a pty of the container's own devpts,
+    /// relayed to this process's stdin and stdout (put in raw mode when they
+    /// are a terminal), with its window size.
+    #[arg(long)]
+    pub tty: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -120,10 +125,22 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
         })?;
     }
     drop(opened);
+    // The pty is the container's: /dev/ptmx there points at its devpts.
+    let pty = if args.tty {
+        let size = sys::window_size(std::io::stdin().as_fd());
+        Some(
+            nix::pty::openpty(size.as_ref(), None).map_err(|e| ShimError::Sys {
+                what: "open a pty in the container".into(),
+                source: e,
+            })?,
+        )
+    } else {
+        None
+    };
     // The process the user asked for, with the container's process settings.
     if let Some(p) = spec.process_mut() {
         p.set_args(Some(args.command.clone()));
-        p.set_terminal(Some(false));
+        p.set_terminal(Some(args.tty));
     }
     let process = spec
         .process()
@@ -135,6 +152,9 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
     })? {
         ForkResult::Child => {
             let e = (|| -> Result<std::convert::Infallible, init::InitError> {
+                if let Some(pty) = &pty {
+                    attach_terminal(&pty.slave)?;
+                }
                 init::make_undumpable()?;
                 init::enter_cwd(process.cwd())?;
                 let nnp = process.no_new_privileges() == Some(true);
@@ -158,7 +178,122 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
             eprintln!("podagent exec: {e}");
             sys::exit_now(126);
         }
-        ForkResult::Parent { child } => match waitpid(child, None) {
+        ForkResult::Parent { child } => {
+            if let Some(pty) = pty {
+                drop(pty.slave);
+                relay(&pty.master);
+            }
+            wait(child)
+        }
+    }
+}
+
+/// In the child: a new session whose controlling terminal is the pty, and
+/// the pty as stdin, stdout and stderr.
+fn attach_terminal(slave: &std::os::fd::OwnedFd) -> Result<(), init::InitError> {
+    let step = |what: &'static str| {
+        move |e: nix::Error| init::InitError {
+            step: "terminal",
+            detail: format!("{what}: {e}"),
+        }
+    };
+    nix::unistd::setsid().map_err(step("setsid"))?;
+    sys::set_controlling_terminal(slave.as_fd()).map_err(step("TIOCSCTTY"))?;
+    nix::unistd::dup2_stdin(slave).map_err(step("dup2"))?;
+    nix::unistd::dup2_stdout(slave).map_err(step("dup2"))?;
+    nix::unistd::dup2_stderr(slave).map_err(step("dup2"))?;
+    Ok(())
+}
+
+/// Restores a terminal's settings when dropped.
+struct RawMode {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(stdin.as_fd()).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin().as_fd(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+    }
+}
+
+/// Copies stdin to the pty and the pty to stdout until the pty's last
+/// holder (the process and what it started) has closed it.
+fn relay(master: &std::os::fd::OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let _raw = RawMode::enter();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut stdin_open = true;
+    let mut buf = [0u8; 8192];
+    loop {
+        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return,
+        }
+        let master_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let stdin_ready = stdin_open && fds[1].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if master_ready {
+            match nix::unistd::read(master, &mut buf) {
+                // EIO: every slave descriptor is closed.
+                Ok(0) | Err(nix::Error::EIO) => return,
+                Ok(n) => {
+                    if write_all(stdout.as_fd(), &buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                Err(_) => return,
+            }
+        }
+        if stdin_ready {
+            match nix::unistd::read(&stdin, &mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    if write_all(master.as_fd(), &buf[..n]).is_err() {
+                        stdin_open = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut data: &[u8]) -> nix::Result<()> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn wait(child: nix::unistd::Pid) -> Result<i32, ShimError> {
+    {
+        match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => Ok(128 + sig as i32),
             Ok(_) => Ok(1),
@@ -166,6 +301,6 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
                 what: "waitpid".into(),
                 source: e,
             }),
-        },
+        }
     }
 }

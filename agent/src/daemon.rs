@@ -674,6 +674,9 @@ impl Agent {
 
     fn create_sandbox(&mut self, key: &str, p: &PodPlan) -> Result<(), String> {
         let mut sb = sandbox::create(&self.args.state_dir, p).map_err(|e| e.to_string())?;
+        self.rt
+            .ensure_pid_namespace(p, &mut sb)
+            .map_err(|e| e.to_string())?;
         let (mut net_ns, mut ip) = (None, None);
         if let (Some(net), false) = (&self.net, p.host_network) {
             let ports = host_ports(p);
@@ -810,6 +813,9 @@ impl Agent {
                 );
             }
             let mut sb = sandbox::create(&self.args.state_dir, p).map_err(|e| e.to_string())?;
+            self.rt
+                .ensure_pid_namespace(p, &mut sb)
+                .map_err(|e| e.to_string())?;
             let (mut net_ns, mut ip) = (None, None);
             if let (Some(net), false) = (&self.net, p.host_network) {
                 // Idempotent: the pod keeps its address and interfaces.

@@ -1624,3 +1624,57 @@ fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
         );
     });
 }
+
+#[test]
+fn share_process_namespace_gives_a_pod_one_pid_namespace_held_by_pause() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("sharepid");
+    let rt = &fx.rt;
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: shared}\nspec:\n  shareProcessNamespace: true\n  containers:\n  - {name: a, image: busybox, command: [sleep, '1001']}\n  - {name: b, image: busybox, command: [sleep, '1002']}\n",
+    );
+    let mut sb = fx.sandbox(&pod);
+    rt.ensure_pid_namespace(&pod, &mut sb).unwrap();
+    let pause = sandbox::pause_pid(&sb.dir).expect("the pause process runs");
+    for c in &pod.containers {
+        rt.start(&pod, &sb, None, c).unwrap();
+    }
+    let state = rt.state_dir.display().to_string();
+    let (code, out, err) = podctl(&[
+        "exec",
+        "--state-dir",
+        &state,
+        "--podagent",
+        env!("CARGO_BIN_EXE_podagent"),
+        "shared",
+        "-c",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/1/comm; ps -o args",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().next(),
+        Some("pause"),
+        "PID 1 is the pod's: {out}"
+    );
+    assert!(out.contains("sleep 1001"), "b sees a's process: {out}");
+    assert!(out.contains("sleep 1002"), "{out}");
+    // Starting it again finds the running one.
+    let mut again = fx.sandbox(&pod);
+    rt.ensure_pid_namespace(&pod, &mut again).unwrap();
+    assert_eq!(again.pid_ns, sb.pid_ns);
+    for c in &pod.containers {
+        rt.stop(&pod, c, Duration::from_millis(200)).unwrap();
+    }
+    fx.tear_down(&pod);
+    assert!(
+        eventually(Duration::from_secs(5), || agent::shim::start_ticks(pause)
+            .is_none()),
+        "the pause process is gone with the pod"
+    );
+}

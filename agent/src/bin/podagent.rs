@@ -26,6 +26,8 @@ enum Command {
     Shim(agent::shim::Args),
     /// Run a command in a running container (used by `podctl exec`).
     Exec(agent::shim::exec::Args),
+    /// Hold a pod's shared PID namespace (started by the agent).
+    Pause(agent::shim::pause::Args),
 }
 
 /// `podagent run --config FILE ...`: the file's options go before the
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         }
         Command::Shim(args) => agent::shim::run(&args),
         Command::Exec(args) => agent::shim::exec::run(&args),
+        Command::Pause(args) => agent::shim::pause::run(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -220,6 +220,47 @@ impl Runtime {
         }
     }
 
+    /// For `shareProcessNamespace: true`: the pod's PID namespace, held by a
+    /// pause process (`podagent-shim pause`), started unless it runs; its
+    /// path goes into the sandbox for the containers to join.
+    pub fn ensure_pid_namespace(
+        &self,
+        pod: &PodPlan,
+        sandbox: &mut Sandbox,
+    ) -> Result<(), RuntimeError> {
+        if !pod.share_process_namespace {
+            return Ok(());
+        }
+        let pid = match sandbox::pause_pid(&sandbox.dir) {
+            Some(pid) => pid,
+            None => {
+                let pidfile = sandbox.dir.join("pause.json");
+                let small = self.podagent.with_file_name("podagent-shim");
+                let mut cmd = Command::new(if small.is_file() {
+                    small
+                } else {
+                    self.podagent.clone()
+                });
+                let status = cmd
+                    .arg("pause")
+                    .arg("--pidfile")
+                    .arg(&pidfile)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                    .map_err(io("spawn", &self.podagent))?;
+                sandbox::pause_pid(&sandbox.dir)
+                    .filter(|_| status.success())
+                    .ok_or_else(|| RuntimeError::StartError {
+                        container: "pause".into(),
+                        message: format!("the pod's PID namespace could not be made ({status})"),
+                    })?
+            }
+        };
+        sandbox.pid_ns = Some(PathBuf::from(format!("/proc/{pid}/ns/pid")));
+        Ok(())
+    }
+
     /// Kills every process in one container's cgroup, by pod uid and
     /// container name (for a container whose shim is gone).
     pub fn kill_container(&self, uid: &str, name: &str) -> Result<(), RuntimeError> {
@@ -285,7 +326,7 @@ impl Runtime {
             },
             ipc_ns: sandbox.ipc_ns.clone(),
             uts_ns: sandbox.uts_ns.clone(),
-            pid_ns: None,
+            pid_ns: sandbox.pid_ns.clone(),
             cgroups_path: None,
             volume_dirs: sandbox.volumes.iter().cloned().collect(),
             shm_dir: sandbox.shm.clone(),

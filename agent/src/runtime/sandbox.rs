@@ -21,6 +21,9 @@ pub struct Sandbox {
     pub ipc_ns: Option<PathBuf>,
     pub uts_ns: Option<PathBuf>,
     pub shm: Option<PathBuf>,
+    /// The pod's shared PID namespace (`/proc/<pause>/ns/pid`), when
+    /// `shareProcessNamespace` is true and the pause process runs.
+    pub pid_ns: Option<PathBuf>,
     pub volumes: Vec<(String, PathBuf)>,
     /// Files bind-mounted into every container (`/etc/hosts`,
     /// `/etc/resolv.conf` from netplug), set by the caller.
@@ -159,11 +162,13 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
         };
         volumes.push((v.name.clone(), path));
     }
+    let pid_ns = pause_pid(&dir).map(|pid| PathBuf::from(format!("/proc/{pid}/ns/pid")));
     Ok(Sandbox {
         dir,
         ipc_ns,
         uts_ns,
         shm,
+        pid_ns,
         volumes,
         files: Vec::new(),
         pod_ip: None,
@@ -230,6 +235,14 @@ pub fn remove(state_dir: &Path, uid: &str) -> Result<(), RuntimeError> {
     if !dir.exists() {
         return Ok(());
     }
+    // The shared PID namespace's PID 1 (its containers are gone by now; if
+    // not, the kernel kills what is left in the namespace with it).
+    if let Some(pause) = pause_pid(&dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pause),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let mut mounted = vec![dir.join("ns/ipc"), dir.join("ns/uts"), dir.join("shm")];
     if let Ok(entries) = std::fs::read_dir(dir.join("volumes")) {
         mounted.extend(entries.flatten().map(|e| e.path()));
@@ -240,4 +253,13 @@ pub fn remove(state_dir: &Path, uid: &str) -> Result<(), RuntimeError> {
         }
     }
     std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+}
+
+/// The pod's pause process (`pause.json`), if it is still the process that
+/// was started (checked by start time).
+pub fn pause_pid(pod_dir: &Path) -> Option<i32> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod_dir.join("pause.json")).ok()?).ok()?;
+    let pid = i32::try_from(v["pid"].as_i64()?).ok()?;
+    (crate::shim::start_ticks(pid) == v["start_ticks"].as_u64()).then_some(pid)
 }

@@ -19,6 +19,7 @@ pub mod exec;
 mod init;
 pub mod logs;
 pub mod mounts;
+pub mod pause;
 mod seccomp;
 
 use std::fs::File;

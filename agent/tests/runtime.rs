@@ -1678,3 +1678,47 @@ fn share_process_namespace_gives_a_pod_one_pid_namespace_held_by_pause() {
         "the pause process is gone with the pod"
     );
 }
+
+/// CVE-2021-25741's attack: a container puts a symlink to / in a shared
+/// volume, and another container mounts it as a subPath. The mount is
+/// refused; a symlink that stays inside the volume is followed.
+#[test]
+fn a_subpath_symlink_out_of_its_volume_is_refused() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("subpath");
+    let rt = &fx.rt;
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: sub}\nspec:\n  volumes: [{name: shared, emptyDir: {}}]\n  containers:\n  - name: attacker\n    image: busybox\n    command: [sh, -c, 'mkdir -p /v/real && echo inside > /v/real/f && ln -s real /v/link && ln -s / /v/evil && ln -s ../../../../../../.. /v/up && touch /v/ready && exec sleep 1000']\n    volumeMounts: [{name: shared, mountPath: /v}]\n  - name: fine\n    image: busybox\n    command: [sh, -c, 'cat /s/f; exec sleep 1000']\n    volumeMounts: [{name: shared, mountPath: /s, subPath: link}]\n  - name: victim\n    image: busybox\n    command: [sleep, '1000']\n    volumeMounts: [{name: shared, mountPath: /host, subPath: evil}]\n  - name: victim2\n    image: busybox\n    command: [sleep, '1000']\n    volumeMounts: [{name: shared, mountPath: /host, subPath: up}]\n",
+    );
+    let sb = fx.sandbox(&pod);
+    let volume = sb.volumes[0].1.clone();
+    rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    assert!(eventually(Duration::from_secs(5), || volume
+        .join("ready")
+        .exists()));
+    // Inside the volume: followed.
+    rt.start(&pod, &sb, None, &pod.containers[1]).unwrap();
+    let log = rt
+        .state_dir
+        .join("containers")
+        .join(&pod.uid)
+        .join("fine/container.log");
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("inside")),
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+    // Out of it, absolute or by `..`: refused, with the reason.
+    for c in &pod.containers[2..] {
+        let err = rt.start(&pod, &sb, None, c).unwrap_err().to_string();
+        assert!(err.contains("leads outside its volume"), "{err}");
+    }
+    for c in &pod.containers {
+        let _ = rt.stop(&pod, c, Duration::from_millis(200));
+    }
+    fx.tear_down(&pod);
+}

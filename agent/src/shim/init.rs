@@ -187,6 +187,18 @@ fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
             continue;
         }
         let bind = opts.bind || typ == "bind";
+        // A subPath is opened beneath its volume first and bound from that
+        // handle.
+        let held = match &opts.beneath {
+            Some(volume) if bind => {
+                Some(mounts::source_beneath(volume, &source).map_err(fail("mount"))?)
+            }
+            _ => None,
+        };
+        let source = match &held {
+            Some(fd) => mounts::fd_path(fd),
+            None => source,
+        };
         let file = bind && std::fs::metadata(&source).is_ok_and(|md| !md.is_dir());
         let target = mounts::target(root, dest, file).map_err(fail("mount"))?;
         let at = mounts::fd_path(&target);

@@ -21,6 +21,8 @@ pub struct Options {
     pub data: String,
     pub bind: bool,
     pub readonly: bool,
+    /// A subPath's volume: the source must resolve beneath it.
+    pub beneath: Option<PathBuf>,
 }
 
 pub fn parse(options: &[String]) -> Options {
@@ -30,6 +32,7 @@ pub fn parse(options: &[String]) -> Options {
         data: String::new(),
         bind: false,
         readonly: false,
+        beneath: None,
     };
     let mut data = Vec::new();
     for opt in options {
@@ -56,7 +59,12 @@ pub fn parse(options: &[String]) -> Options {
             "rslave" => o.propagation = Some(MsFlags::MS_SLAVE | MsFlags::MS_REC),
             "shared" => o.propagation = Some(MsFlags::MS_SHARED),
             "rshared" => o.propagation = Some(MsFlags::MS_SHARED | MsFlags::MS_REC),
-            other => data.push(other.to_string()),
+            other => match other.strip_prefix(specs::oci::SUBPATH_BENEATH) {
+                Some(dir) => o.beneath = Some(PathBuf::from(dir)),
+                // Other `x-` options are for userspace tools, never the kernel.
+                None if other.starts_with("x-") => {}
+                None => data.push(other.to_string()),
+            },
         }
     }
     o.data = data.join(",");
@@ -229,4 +237,39 @@ mod tests {
         );
         assert!(target(&root, Path::new("/a/../b"), false).is_err());
     }
+}
+
+/// Opens a subPath bind mount's source beneath its volume directory
+/// (`openat2(RESOLVE_BENEATH)`): a symlink a container put in the volume may
+/// lead elsewhere in it, never out of it (the CVE-2021-25741 class). The
+/// mount is then made from the handle, so nothing can be swapped in between.
+pub fn source_beneath(volume: &Path, source: &Path) -> Result<OwnedFd, String> {
+    let rel = source.strip_prefix(volume).map_err(|_| {
+        format!(
+            "{} is not inside its volume {}",
+            source.display(),
+            volume.display()
+        )
+    })?;
+    let vol = nix::fcntl::open(
+        volume,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open the volume {}: {e}", volume.display()))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    openat2(vol.as_fd(), rel, how).map_err(|e| match e {
+        Errno::EXDEV => format!(
+            "subPath {} leads outside its volume (a symlink?): refused",
+            rel.display()
+        ),
+        e => format!("subPath {}: {e}", rel.display()),
+    })
 }

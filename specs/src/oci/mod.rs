@@ -294,23 +294,34 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
                 container: c.name.to_string(),
                 volume: m.volume.clone(),
             })?;
+        let rw = if m.read_only { "ro" } else { "rw" };
+        let mut options: Vec<String> = ["rbind", "rprivate", rw].map(String::from).to_vec();
         let source = match &m.sub_path {
-            Some(sub) => dir.join(sub),
+            // The runtime must resolve the subPath beneath the volume (a
+            // container may have put a symlink there): `x-` options are for
+            // the runtime, not the kernel, as in fstab.
+            Some(sub) => {
+                options.push(format!("{SUBPATH_BENEATH}{}", dir.display()));
+                dir.join(sub)
+            }
             None => dir.clone(),
         };
-        let rw = if m.read_only { "ro" } else { "rw" };
         out.push(
             MountBuilder::default()
                 .destination(m.path.as_str())
                 .typ("bind")
                 .source(source)
-                .options(["rbind", "rprivate", rw].map(String::from).to_vec())
+                .options(options)
                 .build()
                 .map_err(build)?,
         );
     }
     Ok(out)
 }
+
+/// Mount option naming the volume directory a subPath bind mount's source
+/// must resolve beneath (symlinks included): `x-podagent-beneath=<dir>`.
+pub const SUBPATH_BENEATH: &str = "x-podagent-beneath=";
 
 /// The device cgroup: deny everything, then allow what /dev holds (null, zero,
 /// full, random, urandom, tty, console, ptmx, pts) and mknod of any device.
@@ -696,7 +707,8 @@ spec:
         assert_eq!(data["source"], "/vol/data/x");
         assert_eq!(
             data["options"],
-            serde_json::json!(["rbind", "rprivate", "ro"])
+            serde_json::json!(["rbind", "rprivate", "ro", "x-podagent-beneath=/vol/data"]),
+            "the subPath is resolved beneath its volume"
         );
         let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&"ro".into()));

@@ -175,6 +175,41 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// Opens a subPath bind mount's source beneath its volume directory
+/// (`openat2(RESOLVE_BENEATH)`): a symlink a container put in the volume may
+/// lead elsewhere in it, never out of it (the CVE-2021-25741 class). The
+/// mount is then made from the handle, so nothing can be swapped in between.
+pub fn source_beneath(volume: &Path, source: &Path) -> Result<OwnedFd, String> {
+    let rel = source.strip_prefix(volume).map_err(|_| {
+        format!(
+            "{} is not inside its volume {}",
+            source.display(),
+            volume.display()
+        )
+    })?;
+    let vol = nix::fcntl::open(
+        volume,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open the volume {}: {e}", volume.display()))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    openat2(vol.as_fd(), rel, how).map_err(|e| match e {
+        Errno::EXDEV => format!(
+            "subPath {} leads outside its volume (a symlink?): refused",
+            rel.display()
+        ),
+        e => format!("subPath {}: {e}", rel.display()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,39 +272,4 @@ mod tests {
         );
         assert!(target(&root, Path::new("/a/../b"), false).is_err());
     }
-}
-
-/// Opens a subPath bind mount's source beneath its volume directory
-/// (`openat2(RESOLVE_BENEATH)`): a symlink a container put in the volume may
-/// lead elsewhere in it, never out of it (the CVE-2021-25741 class). The
-/// mount is then made from the handle, so nothing can be swapped in between.
-pub fn source_beneath(volume: &Path, source: &Path) -> Result<OwnedFd, String> {
-    let rel = source.strip_prefix(volume).map_err(|_| {
-        format!(
-            "{} is not inside its volume {}",
-            source.display(),
-            volume.display()
-        )
-    })?;
-    let vol = nix::fcntl::open(
-        volume,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("open the volume {}: {e}", volume.display()))?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    openat2(vol.as_fd(), rel, how).map_err(|e| match e {
-        Errno::EXDEV => format!(
-            "subPath {} leads outside its volume (a symlink?): refused",
-            rel.display()
-        ),
-        e => format!("subPath {}: {e}", rel.display()),
-    })
 }

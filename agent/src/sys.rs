@@ -113,3 +113,113 @@ pub fn set_controlling_terminal(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<
     let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSCTTY, 0) };
     nix::errno::Errno::result(r).map(drop)
 }
+
+/// `union bpf_attr` for `BPF_PROG_LOAD`, up to `expected_attach_type`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_ATTACH`.
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+const BPF_PROG_LOAD: nix::libc::c_long = 5;
+const BPF_PROG_ATTACH: nix::libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program (8 bytes an instruction).
+/// A program the verifier refuses comes back with the verifier's log.
+pub fn bpf_load_cgroup_device(code: &[u8]) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    if code.is_empty() || code.len() % 8 != 0 {
+        return Err("a BPF program is a whole number of 8-byte instructions".into());
+    }
+    let license = c"Apache-2.0";
+    let mut log = vec![0u8; 64 * 1024];
+    for log_level in [0u32, 1] {
+        let mut attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: (code.len() / 8) as u32,
+            insns: code.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            ..ProgLoadAttr::default()
+        };
+        if log_level > 0 {
+            attr.log_level = log_level;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+        }
+        // SAFETY: `attr` is a live, zero-initialised `bpf_attr` prefix of
+        // the size passed; the pointers in it (`code`, `license`, `log`)
+        // point at live buffers of the lengths given, which outlive the call.
+        let r = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &mut attr as *mut ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
+        match nix::errno::Errno::result(r) {
+            // SAFETY: the kernel returned a new descriptor that nothing else
+            // owns.
+            Ok(fd) => return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }),
+            Err(e) if log_level > 0 => {
+                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                return Err(format!(
+                    "load the device filter: {e}: {}",
+                    String::from_utf8_lossy(&log[..end]).trim()
+                ));
+            }
+            Err(_) => continue,
+        }
+    }
+    Err("load the device filter".into())
+}
+
+/// Attaches a device program to a cgroup v2 directory (`BPF_F_ALLOW_MULTI`).
+pub fn bpf_attach_cgroup_device(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = ProgAttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        replace_bpf_fd: 0,
+    };
+    // SAFETY: `attr` is a live `bpf_attr` prefix of the size passed; it holds
+    // only integers.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const ProgAttachAttr,
+            std::mem::size_of::<ProgAttachAttr>(),
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
+}

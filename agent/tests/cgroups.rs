@@ -434,3 +434,122 @@ fn removing_a_test_tree_leaves_no_cgroup_behind() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+/// Where cgroup v2 is mounted (the whole hierarchy on a v2 node, the
+/// `unified` one on a hybrid node like this one).
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next() == Some("cgroup2"))
+                .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+        })
+}
+
+/// The v2 device filter on the real kernel: an eBPF program attached to a
+/// cgroup lets its member open /dev/null (allowed) and not /dev/zero. (This
+/// machine's v1 devices controller allows both to the test, so the refusal
+/// is the program's.)
+#[test]
+fn the_v2_device_filter_denies_devices_outside_the_allowlist() {
+    if !require() {
+        return;
+    }
+    let Some(root) = cgroup2_mount() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no cgroup2 mount: the device filter cannot be tested"
+        );
+        return;
+    };
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let dir = Dir(root.join(format!("podagent-devtest-{}", std::process::id())));
+    std::fs::create_dir(&dir.0).unwrap();
+    let rule = |allow, kind, major, minor| agent::cgroups::DeviceRule {
+        allow,
+        kind,
+        major,
+        minor,
+        access: "rwm".into(),
+    };
+    agent::cgroups::devices_bpf::attach(
+        &dir.0,
+        &[
+            rule(false, 'a', None, None),
+            rule(true, 'c', Some(1), Some(3)),
+        ],
+    )
+    .unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs || exit 9; cat /dev/null && echo null-ok; head -c1 /dev/zero >/dev/null 2>&1 && echo zero-ok || echo zero-denied",
+        dir.0.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "null-ok\nzero-denied\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The allowlist the runtime gives every container (wildcards, partial
+    // access, mknod of anything denied) passes the verifier and lets a
+    // container read /dev/zero and write /dev/null, not read /dev/mem.
+    let dir2 = Dir(root.join(format!("podagent-devtest2-{}", std::process::id())));
+    std::fs::create_dir(&dir2.0).unwrap();
+    let pod = specs::load(
+        "p.yaml",
+        b"apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: busybox, command: [sh]}]\n",
+        &specs::NodeInfo::default(),
+    )
+    .pods
+    .remove(0);
+    let spec =
+        specs::oci::container_spec(&pod, &pod.containers[0], &specs::oci::OciInputs::default())
+            .unwrap();
+    let rules: Vec<agent::cgroups::DeviceRule> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().clone())
+        .unwrap()
+        .iter()
+        .map(|d| agent::cgroups::DeviceRule {
+            allow: d.allow(),
+            kind: match d.typ() {
+                Some(oci_spec::runtime::LinuxDeviceType::C) => 'c',
+                Some(oci_spec::runtime::LinuxDeviceType::B) => 'b',
+                _ => 'a',
+            },
+            major: d.major(),
+            minor: d.minor(),
+            access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+        })
+        .collect();
+    assert!(rules.len() > 5, "{rules:?}");
+    agent::cgroups::devices_bpf::attach(&dir2.0, &rules).unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs || exit 9; head -c1 /dev/zero >/dev/null && echo zero-ok; echo x > /dev/null && echo null-ok; head -c1 /dev/mem >/dev/null 2>&1 && echo mem-ok || echo mem-denied",
+        dir2.0.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "zero-ok\nnull-ok\nmem-denied\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

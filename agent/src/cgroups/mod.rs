@@ -6,6 +6,7 @@
 //! parameters, so the drivers run against a temporary tree in tests.
 
 mod detect;
+pub mod devices_bpf;
 mod v1;
 mod v2;
 

@@ -99,6 +99,14 @@ impl Cgroups for V2 {
             };
             write(&dir.join("pids.max"), &v)?;
         }
+        if !l.devices.is_empty() {
+            // v2 has no devices files: an eBPF program holds the allowlist.
+            super::devices_bpf::attach(&dir, &l.devices).map_err(|message| CgroupError::Io {
+                op: "filter devices of",
+                path: dir.clone(),
+                source: std::io::Error::other(message),
+            })?;
+        }
         Ok(())
     }
 

@@ -328,20 +328,27 @@ fn main() -> std::process::ExitCode {
                 std::thread::yield_now();
             }
         }
-        let pss: Vec<u64> = shims
-            .iter()
-            .map(|(c, _)| {
-                let smaps =
-                    std::fs::read_to_string(format!("/proc/{}/smaps_rollup", c.id())).unwrap();
-                smaps
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Pss:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mean = pss.iter().sum::<u64>() as f64 / pss.len() as f64 / 1024.0;
-        println!("idle shim PSS with {count:>2} shims running: {mean:.2} MB each");
+        // PSS (shared pages divided among their users) and USS (the pages
+        // only that shim has: what one more container costs).
+        let field = |smaps: &str, key: &str| -> u64 {
+            smaps
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (mut pss, mut uss) = (0u64, 0u64);
+        for (c, _) in &shims {
+            let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", c.id())).unwrap();
+            pss += field(&smaps, "Pss:");
+            uss += field(&smaps, "Private_Clean:") + field(&smaps, "Private_Dirty:");
+        }
+        let n = shims.len() as f64 * 1024.0;
+        println!(
+            "idle shim with {count:>2} shims running: PSS {:.2} MB, USS {:.2} MB each",
+            pss as f64 / n,
+            uss as f64 / n
+        );
         for (mut c, state) in shims {
             let started: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();

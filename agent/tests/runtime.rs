@@ -1690,7 +1690,7 @@ fn a_subpath_symlink_out_of_its_volume_is_refused() {
     let fx = fixture("subpath");
     let rt = &fx.rt;
     let pod = plan(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: sub}\nspec:\n  volumes: [{name: shared, emptyDir: {}}]\n  containers:\n  - name: attacker\n    image: busybox\n    command: [sh, -c, 'mkdir -p /v/real && echo inside > /v/real/f && ln -s real /v/link && ln -s / /v/evil && ln -s ../../../../../../.. /v/up && touch /v/ready && exec sleep 1000']\n    volumeMounts: [{name: shared, mountPath: /v}]\n  - name: fine\n    image: busybox\n    command: [sh, -c, 'cat /s/f; exec sleep 1000']\n    volumeMounts: [{name: shared, mountPath: /s, subPath: link}]\n  - name: victim\n    image: busybox\n    command: [sleep, '1000']\n    volumeMounts: [{name: shared, mountPath: /host, subPath: evil}]\n  - name: victim2\n    image: busybox\n    command: [sleep, '1000']\n    volumeMounts: [{name: shared, mountPath: /host, subPath: up}]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: sub}\nspec:\n  volumes: [{name: shared, emptyDir: {}}]\n  containers:\n  - name: attacker\n    image: busybox\n    command: [sh, -c, 'mkdir -p /v/real && echo inside > /v/real/f && ln -s real /v/link && ln -s / /v/evil && ln -s ../../../../../../.. /v/up && touch /v/ready && exec sleep 1000']\n    volumeMounts: [{name: shared, mountPath: /v}]\n  - name: fine\n    image: busybox\n    command: [sh, -c, 'cat /s/f; exec sleep 1000']\n    volumeMounts: [{name: shared, mountPath: /s, subPath: link}]\n  - name: victim\n    image: busybox\n    command: [sleep, '1000']\n    volumeMounts: [{name: shared, mountPath: /host, subPath: evil}]\n  - name: victim2\n    image: busybox\n    command: [sleep, '1000']\n    volumeMounts: [{name: shared, mountPath: /host, subPath: up}]\n  - name: victim3\n    image: busybox\n    command: [sleep, '1000']\n    volumeMounts: [{name: shared, mountPath: /host, subPath: evil/made-on-the-host}]\n  - name: fresh\n    image: busybox\n    command: [sh, -c, 'touch /n/here; exec sleep 1000']\n    volumeMounts: [{name: shared, mountPath: /n, subPath: new/deeper}]\n",
     );
     let sb = fx.sandbox(&pod);
     let volume = sb.volumes[0].1.clone();
@@ -1712,11 +1712,18 @@ fn a_subpath_symlink_out_of_its_volume_is_refused() {
         "{:?}",
         std::fs::read_to_string(&log)
     );
-    // Out of it, absolute or by `..`: refused, with the reason.
-    for c in &pod.containers[2..] {
+    // Out of it, absolute or by `..`, even to make a missing subPath:
+    // refused, with the reason, and nothing made on the host.
+    for c in &pod.containers[2..5] {
         let err = rt.start(&pod, &sb, None, c).unwrap_err().to_string();
         assert!(err.contains("leads outside its volume"), "{err}");
     }
+    assert!(!Path::new("/made-on-the-host").exists());
+    // A missing subPath is made in the volume, as the kubelet does.
+    rt.start(&pod, &sb, None, &pod.containers[5]).unwrap();
+    assert!(eventually(Duration::from_secs(5), || volume
+        .join("new/deeper/here")
+        .exists()));
     for c in &pod.containers {
         let _ = rt.stop(&pod, c, Duration::from_millis(200));
     }

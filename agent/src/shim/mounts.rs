@@ -201,13 +201,43 @@ pub fn source_beneath(volume: &Path, source: &Path) -> Result<OwnedFd, String> {
     } else {
         rel
     };
-    openat2(vol.as_fd(), rel, how).map_err(|e| match e {
+    let opened = match openat2(vol.as_fd(), rel, how) {
+        // A subPath that does not exist yet is made, as the kubelet does:
+        // one directory at a time, each step resolved beneath the volume.
+        Err(Errno::ENOENT) => {
+            let mut at = PathBuf::new();
+            for c in rel.components() {
+                let Component::Normal(name) = c else {
+                    return Err(format!("subPath {}: not a plain path", rel.display()));
+                };
+                // The parent, opened beneath the volume; the new directory
+                // is made in it by name (mkdir never follows a symlink).
+                let parent = if at.as_os_str().is_empty() {
+                    vol.try_clone().map_err(|e| e.to_string())?
+                } else {
+                    openat2(vol.as_fd(), &at, how).map_err(|e| beneath_error(&at, e))?
+                };
+                match mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(format!("create subPath {}: {e}", rel.display())),
+                }
+                at.push(name);
+            }
+            openat2(vol.as_fd(), rel, how)
+        }
+        other => other,
+    };
+    opened.map_err(|e| beneath_error(rel, e))
+}
+
+fn beneath_error(rel: &Path, e: Errno) -> String {
+    match e {
         Errno::EXDEV => format!(
             "subPath {} leads outside its volume (a symlink?): refused",
             rel.display()
         ),
         e => format!("subPath {}: {e}", rel.display()),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! - `/v1/status`: pods, manifest problems and conflicts (`daemon::Status_`);
 //! - `/v1/events`: the event ring, oldest first;
 //! - `/v1/top`: cpu time, memory and pids of each running container;
+//! - `/v1/logs/{namespace}/{pod}/{container}` (`tail`, `previous`,
+//!   `follow`): the container's output, streamed when following;
 //! - `/metrics`: Prometheus text: pods by phase, restarts, reconcile
 //!   duration, container cpu and memory read from the cgroups.
 
@@ -21,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -29,6 +32,9 @@ use hyper_util::rt::TokioIo;
 use crate::cgroups::{CgroupPath, Cgroups};
 use crate::daemon::Status_;
 use crate::events::Events;
+
+/// Every response's body: whole, or streamed (`logs?follow=true`).
+type Body = BoxBody<Bytes, Infallible>;
 
 /// Bucket bounds (seconds) of the reconcile duration histogram.
 pub const BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -68,6 +74,8 @@ pub type Shared = Arc<Mutex<View>>;
 #[derive(Debug)]
 pub struct Server {
     pub view: Shared,
+    /// The agent's state dir: container logs are read from it.
+    pub state_dir: PathBuf,
     pub cgroups: Box<dyn Cgroups>,
     pub cgroup_root: String,
 }
@@ -143,8 +151,8 @@ async fn accept(listener: std::os::unix::net::UnixListener, server: Arc<Server>)
     }
 }
 
-fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = code;
     if let Ok(v) = kind.parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -152,19 +160,19 @@ fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<
     r
 }
 
-fn json(v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+fn json(v: &impl serde::Serialize) -> Response<Body> {
     match serde_json::to_vec(v) {
         Ok(b) => reply(StatusCode::OK, "application/json", b),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
-fn error(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn error(code: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": message }).to_string();
     reply(code, "application/json", body)
 }
 
-fn handle(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(server: &Server, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -186,11 +194,118 @@ fn handle(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         },
         "/v1/events" => json(&view.events.all()),
         "/v1/top" => json(&top(&view, server.cgroups.as_ref(), &server.cgroup_root)),
+        p if p.starts_with("/v1/logs/") => {
+            drop(view);
+            logs(server, p, req.uri().query().unwrap_or(""))
+        }
         "/metrics" => {
             let text = metrics(&view, server.cgroups.as_ref(), &server.cgroup_root);
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         other => error(StatusCode::NOT_FOUND, &format!("no route {other}")),
+    }
+}
+
+/// `/v1/logs/{namespace}/{pod}/{container}?tail=N&previous=true&follow=true`:
+/// what the container wrote, CRI records joined, as `podctl logs` prints
+/// it; with `follow` the response streams until the container has exited.
+fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_start_matches("/v1/logs/").split('/').collect();
+    let [namespace, pod, container] = parts[..] else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "use /v1/logs/{namespace}/{pod}/{container}",
+        );
+    };
+    let mut tail = None;
+    let (mut previous, mut follow) = (false, false);
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=').unwrap_or((kv, "")) {
+            ("tail", n) => match n.parse::<usize>() {
+                Ok(n) => tail = Some(n),
+                Err(_) => return error(StatusCode::BAD_REQUEST, "tail: not a number"),
+            },
+            ("previous", v) => previous = v != "false",
+            ("follow", v) => follow = v != "false",
+            (k, _) => return error(StatusCode::BAD_REQUEST, &format!("unknown parameter {k}")),
+        }
+    }
+    let dir =
+        match crate::cli::locate::container_dir(&server.state_dir, namespace, pod, Some(container))
+        {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::NOT_FOUND, &e),
+        };
+    let file = dir.join(if previous {
+        "previous.log"
+    } else {
+        "container.log"
+    });
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        let what = if previous {
+            "no previous run"
+        } else {
+            "no output yet"
+        };
+        return error(StatusCode::NOT_FOUND, what);
+    };
+    let all = crate::cli::logs::lines(&text);
+    let start = tail.map_or(0, |n| all.len().saturating_sub(n));
+    let mut head = String::new();
+    for l in &all[start..] {
+        head.push_str(l);
+        head.push('\n');
+    }
+    if !follow || previous {
+        return reply(StatusCode::OK, "text/plain", head);
+    }
+    // Following: a thread waits for more (as `podctl logs -f` does) and
+    // sends it on; it ends when the container has exited or the client has
+    // gone (its next write fails).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let offset = text.len() as u64;
+    let first = tx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("logs".into())
+        .spawn(move || {
+            if first.blocking_send(Bytes::from(head)).is_err() {
+                return;
+            }
+            let mut out = ChannelWriter(first);
+            crate::cli::logs::follow(&file, offset, &mut out);
+        });
+    drop(tx);
+    if spawned.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no thread to follow the log",
+        );
+    }
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    if let Ok(v) = "text/plain".parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// `Write` into the channel a streamed response reads.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Bytes>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

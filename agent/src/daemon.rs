@@ -416,6 +416,7 @@ impl Agent {
             group,
             crate::api::Server {
                 view: self.view.clone(),
+                state_dir: self.args.state_dir.clone(),
                 cgroups: crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
                     .map_err(|e| e.to_string())?
                     .driver(),

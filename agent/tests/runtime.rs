@@ -1585,6 +1585,39 @@ fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
             "{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+
+        // Logs through the API: whole, the tail, and followed until the
+        // container exits.
+        put_manifest(
+            &pods,
+            "talker.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: t, image: busybox, command: [sh, -c, 'echo one; sleep 1; echo two; sleep 1; echo three']}\n",
+        );
+        let socket = state.join("podagent.sock");
+        assert!(eventually(Duration::from_secs(10), || {
+            agent::api::get(&socket, "/v1/logs/default/talker/t")
+                .is_ok_and(|(code, body)| code == 200 && body.starts_with(b"one\n"))
+        }));
+        let t = Instant::now();
+        let (code, body) =
+            agent::api::get(&socket, "/v1/logs/default/talker/t?follow=true").unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "it waited for the rest"
+        );
+        let (_, tail) = agent::api::get(&socket, "/v1/logs/default/talker/t?tail=1").unwrap();
+        assert_eq!(String::from_utf8_lossy(&tail), "three\n");
+        let (code, body) = agent::api::get(&socket, "/v1/logs/default/talkr/t").unwrap();
+        assert_eq!(code, 404);
+        assert!(String::from_utf8_lossy(&body).contains("did you mean talker?"));
+        assert_eq!(
+            agent::api::get(&socket, "/v1/logs/default/talker/t?tail=x")
+                .unwrap()
+                .0,
+            400
+        );
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(agent.0.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

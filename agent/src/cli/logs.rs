@@ -92,7 +92,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
 
 /// Prints records appended after `offset` until the container has exited
 /// (its exit record exists) and everything is printed.
-fn follow(file: &Path, mut offset: u64, out: &mut dyn Write) {
+pub fn follow(file: &Path, mut offset: u64, out: &mut dyn Write) {
     let state = file.parent().map(|d| d.join("state")).unwrap_or_default();
     loop {
         let exited = state.join("exit.json").exists();

@@ -29,8 +29,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::cgroups::{CgroupPath, Cgroups};
-use crate::daemon::Status_;
+use crate::cgroups::Cgroups;
+use crate::daemon::{ContainerStatus, PodStatus, Status_};
 use crate::events::Events;
 
 /// Every response's body: whole, or streamed (`logs?follow=true`).
@@ -309,29 +309,42 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-/// CPU time, memory and pids of every running container, from its cgroup.
-pub fn top(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> Vec<serde_json::Value> {
+/// Every running container with what its cgroup uses now.
+fn running_usage<'a>(
+    view: &'a View,
+    cgroups: &dyn Cgroups,
+    cgroup_root: &str,
+) -> Vec<(&'a PodStatus, &'a ContainerStatus, crate::cgroups::Usage)> {
     let pods = view.status.as_ref().map_or(&[][..], |s| &s.pods[..]);
     let mut out = Vec::new();
     for p in pods {
         for c in p.containers.iter().filter(|c| c.state == "Running") {
-            let Some(u) = container_cgroup(cgroup_root, &p.uid, &c.name)
+            if let Some(u) = crate::runtime::container_cgroup(cgroup_root, &p.uid, &c.name)
                 .ok()
                 .and_then(|cg| cgroups.usage(&cg).ok())
-            else {
-                continue;
-            };
-            out.push(serde_json::json!({
+            {
+                out.push((p, c, u));
+            }
+        }
+    }
+    out
+}
+
+/// CPU time, memory and pids of every running container, from its cgroup.
+pub fn top(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> Vec<serde_json::Value> {
+    running_usage(view, cgroups, cgroup_root)
+        .into_iter()
+        .map(|(p, c, u)| {
+            serde_json::json!({
                 "namespace": p.namespace,
                 "pod": p.name,
                 "container": c.name,
                 "cpu_usec": u.cpu_usec,
                 "memory_bytes": u.memory_bytes,
                 "pids": u.pids,
-            }));
-        }
-    }
-    out
+            })
+        })
+        .collect()
 }
 
 /// A label value as Prometheus' text format quotes it.
@@ -377,31 +390,23 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
         "# TYPE podagent_container_cpu_usage_seconds_total counter"
     );
     let mut memory = String::new();
-    for p in pods {
-        for c in p.containers.iter().filter(|c| c.state == "Running") {
-            let Some(usage) = container_cgroup(cgroup_root, &p.uid, &c.name)
-                .ok()
-                .and_then(|cg| cgroups.usage(&cg).ok())
-            else {
-                continue;
-            };
-            let labels = format!(
-                "namespace=\"{}\",pod=\"{}\",container=\"{}\"",
-                label(&p.namespace),
-                label(&p.name),
-                label(&c.name)
-            );
-            let _ = writeln!(
-                out,
-                "podagent_container_cpu_usage_seconds_total{{{labels}}} {}",
-                usage.cpu_usec as f64 / 1e6
-            );
-            let _ = writeln!(
-                memory,
-                "podagent_container_memory_usage_bytes{{{labels}}} {}",
-                usage.memory_bytes
-            );
-        }
+    for (p, c, usage) in running_usage(view, cgroups, cgroup_root) {
+        let labels = format!(
+            "namespace=\"{}\",pod=\"{}\",container=\"{}\"",
+            label(&p.namespace),
+            label(&p.name),
+            label(&c.name)
+        );
+        let _ = writeln!(
+            out,
+            "podagent_container_cpu_usage_seconds_total{{{labels}}} {}",
+            usage.cpu_usec as f64 / 1e6
+        );
+        let _ = writeln!(
+            memory,
+            "podagent_container_memory_usage_bytes{{{labels}}} {}",
+            usage.memory_bytes
+        );
     }
     let _ = writeln!(
         out,
@@ -429,13 +434,6 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
     let _ = writeln!(out, "podagent_reconcile_duration_seconds_sum {}", h.sum);
     let _ = writeln!(out, "podagent_reconcile_duration_seconds_count {}", h.count);
     out
-}
-
-/// The cgroup of container `name` of the pod with `uid`.
-pub fn container_cgroup(root: &str, uid: &str, name: &str) -> crate::cgroups::Result<CgroupPath> {
-    CgroupPath::new(root)?
-        .join(&format!("pod{uid}"))?
-        .join(name)
 }
 
 /// Why a request could not be made, worded for a person.

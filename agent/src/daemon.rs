@@ -288,21 +288,6 @@ fn host_ports(p: &PodPlan) -> Vec<netplug::HostPort> {
         .collect()
 }
 
-/// Signals a container's init by its state dir's `state.json` (checked by
-/// start time: never a reused pid), if it has not exited.
-fn signal_init(state: &Path, sig: Signal) {
-    if state.join("exit.json").exists() {
-        return;
-    }
-    if let Some(st) = read_record(&state.join("state.json"))
-        .and_then(|v| serde_json::from_value::<crate::shim::Started>(v).ok())
-    {
-        if crate::shim::start_ticks(st.pid) == Some(st.start_ticks) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.pid), sig);
-        }
-    }
-}
-
 fn now_rfc3339() -> String {
     crate::shim::logs::rfc3339_nano(SystemTime::now())
 }
@@ -913,10 +898,7 @@ impl Agent {
                 for w in &h.started.warnings {
                     self.event(Kind::Warning, "Degraded", key, Some(name), w.clone());
                 }
-                if let Ok(u) = crate::api::container_cgroup(&self.rt.cgroup_root, &p.uid, name)
-                    .map_err(|e| e.to_string())
-                    .and_then(|cg| self.rt.cgroups.usage(&cg).map_err(|e| e.to_string()))
-                {
+                if let Some(u) = self.rt.container_usage(&p.uid, name) {
                     self.oom_base.insert(id.clone(), u.oom_kills);
                 }
                 self.started_at
@@ -1058,7 +1040,7 @@ impl Agent {
     /// exec` for it.
     fn probe_target(&self, (key, name): &(String, String)) -> Result<crate::probe::Target, String> {
         let uid = &self.actual.get(key).ok_or("the pod is gone")?.uid;
-        let dir = self.args.state_dir.join("containers").join(uid).join(name);
+        let dir = crate::runtime::container_dir(&self.args.state_dir, uid, name);
         let st: crate::shim::Started = read_record(&dir.join("state/state.json"))
             .and_then(|v| serde_json::from_value(v).ok())
             .ok_or("the container is not running")?;
@@ -1176,7 +1158,7 @@ impl Agent {
         self.oom_base.retain(|(pod, _), _| pod != key);
         let base = self.args.state_dir.join("containers").join(&state.uid);
         for name in state.containers.keys() {
-            signal_init(&base.join(name).join("state"), Signal::SIGTERM);
+            crate::runtime::signal_init(&base.join(name).join("state"), Signal::SIGTERM);
         }
         self.terminating.insert(
             key.to_string(),
@@ -1235,20 +1217,9 @@ impl Agent {
         let Some(state) = self.actual.get(&id.0) else {
             return;
         };
-        let dir = self
-            .args
-            .state_dir
-            .join("containers")
-            .join(&state.uid)
-            .join(&id.1)
-            .join("state");
-        if let Some(st) = read_record(&dir.join("state.json"))
-            .and_then(|v| serde_json::from_value::<crate::shim::Started>(v).ok())
-        {
-            if crate::shim::start_ticks(st.pid) == Some(st.start_ticks) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.pid), Signal::SIGTERM);
-            }
-        }
+        let dir =
+            crate::runtime::container_dir(&self.args.state_dir, &state.uid, &id.1).join("state");
+        crate::runtime::signal_init(&dir, Signal::SIGTERM);
         self.kills.insert(
             id.clone(),
             (state.uid.clone(), Instant::now() + state.grace),
@@ -1316,13 +1287,7 @@ impl Agent {
             return;
         };
         let uid = state.uid.clone();
-        let dir = self
-            .args
-            .state_dir
-            .join("containers")
-            .join(&uid)
-            .join(name)
-            .join("state");
+        let dir = crate::runtime::container_dir(&self.args.state_dir, &uid, name).join("state");
         if !dir.is_dir() {
             return;
         }
@@ -1398,12 +1363,7 @@ impl Agent {
             if !matches!(c.status, Status::Running { .. }) {
                 return;
             }
-            let dir = self
-                .args
-                .state_dir
-                .join("containers")
-                .join(&state.uid)
-                .join(&name)
+            let dir = crate::runtime::container_dir(&self.args.state_dir, &state.uid, &name)
                 .join("state/exit.json");
             let mut exited = std::fs::read(&dir)
                 .ok()
@@ -1439,9 +1399,9 @@ impl Agent {
             // A SIGKILL while the cgroup's OOM-kill count went up: the
             // kernel's OOM killer (the count is the cgroup's, kept across
             // restarts, so it is compared with its value at start).
-            let ooms = crate::api::container_cgroup(&self.rt.cgroup_root, &uid, &name)
-                .ok()
-                .and_then(|cg| self.rt.cgroups.usage(&cg).ok())
+            let ooms = self
+                .rt
+                .container_usage(&uid, &name)
                 .map_or(0, |u| u.oom_kills);
             if exited.signal == Some(9) && ooms > self.oom_base.get(&id).copied().unwrap_or(0) {
                 exited.reason = "OOMKilled".into();
@@ -1466,7 +1426,7 @@ impl Agent {
             }
             self.last_exit.insert(id, exited);
             // An init container restarts only on failure (never with Never).
-            let policy = self.sources.desired().pods.get(&key).map(|(_, p)| {
+            let policy = self.sources.pod(&key).map(|p| {
                 let init = p.init_containers.iter().any(|c| c.name.as_str() == name);
                 match (init, p.restart_policy) {
                     (true, specs::plan::RestartPolicy::Always) => {
@@ -1510,7 +1470,7 @@ impl Agent {
         self.kills.retain(|(pod, _), _| pod != key);
         // The runtime needs a plan for names and paths: the current one, or
         // one rebuilt from what runs (only uid and names are used).
-        let plan = self.sources.desired().pods.get(key).map(|(_, p)| p.clone());
+        let plan = self.sources.pod(key).cloned();
         match plan {
             Some(p) if p.uid == state.uid => {
                 self.rt.stop_all(&p, grace);
@@ -1520,26 +1480,18 @@ impl Agent {
                 let _ = self.rt.remove_pod(&p);
             }
             _ => {
-                // Its file is gone: stop by signal through GC's cgroup kill
-                // after a SIGTERM to each container's init.
+                // Its file is gone: SIGTERM to each container's init, one
+                // grace period for all, then GC's cgroup kill.
                 let base = self.args.state_dir.join("containers").join(&state.uid);
                 for name in state.containers.keys() {
-                    if let Ok(b) = std::fs::read(base.join(name).join("state/state.json")) {
-                        if let Ok(s) = serde_json::from_slice::<crate::shim::Started>(&b) {
-                            if crate::shim::start_ticks(s.pid) == Some(s.start_ticks) {
-                                let _ = nix::sys::signal::kill(
-                                    nix::unistd::Pid::from_raw(s.pid),
-                                    Signal::SIGTERM,
-                                );
-                            }
-                        }
-                    }
+                    crate::runtime::signal_init(&base.join(name).join("state"), Signal::SIGTERM);
                 }
+                let deadline = Instant::now() + grace;
                 for name in state.containers.keys() {
                     crate::runtime::wait_for_file(
                         &base.join(name).join("state"),
                         "exit.json",
-                        grace,
+                        deadline.saturating_duration_since(Instant::now()),
                     );
                 }
                 let uid = state.uid.clone();

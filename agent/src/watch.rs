@@ -97,6 +97,15 @@ impl Sources {
         }
     }
 
+    /// The desired pod `namespace/name` (the first file by name wins, as in
+    /// `desired`), without building the whole desired state.
+    pub fn pod(&self, key: &str) -> Option<&PodPlan> {
+        self.files
+            .values()
+            .flat_map(|f| f.good.iter())
+            .find(|p| key.split_once('/') == Some((p.namespace.as_str(), p.name.as_str())))
+    }
+
     /// The desired pods: every file's good pods, the first file by name
     /// winning a name defined twice.
     pub fn desired(&self) -> DesiredState {
@@ -188,5 +197,8 @@ mod tests {
         assert_eq!(d.pods["default/same"].0, dir.path().join("a.yml"));
         assert_eq!(d.conflicts.len(), 1);
         assert!(d.conflicts[0].contains("b.yaml: pod default/same is already defined by"));
+        // One pod looked up alone is the same winner.
+        assert_eq!(s.pod("default/same"), Some(&d.pods["default/same"].1));
+        assert_eq!(s.pod("default/other"), None);
     }
 }

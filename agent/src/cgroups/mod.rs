@@ -114,6 +114,23 @@ pub struct DeviceRule {
 }
 
 impl DeviceRule {
+    /// The rule an OCI spec's `linux.resources.devices` entry stands for.
+    pub fn from_oci(d: &oci_spec::runtime::LinuxDeviceCgroup) -> Self {
+        DeviceRule {
+            allow: d.allow(),
+            kind: match d.typ() {
+                Some(
+                    oci_spec::runtime::LinuxDeviceType::C | oci_spec::runtime::LinuxDeviceType::U,
+                ) => 'c',
+                Some(oci_spec::runtime::LinuxDeviceType::B) => 'b',
+                _ => 'a',
+            },
+            major: d.major(),
+            minor: d.minor(),
+            access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+        }
+    }
+
     /// The v1 line: `c 1:3 rwm`, `a *:* rwm`.
     pub fn v1_line(&self) -> String {
         let n = |v: Option<i64>| v.map_or("*".to_string(), |v| v.to_string());

@@ -609,9 +609,8 @@ impl ImageStore {
         })
     }
 
-    /// Where the image's layers are (or would be) unpacked, without
-    /// unpacking anything.
-    pub fn layer_dirs(&self, reference: &str) -> Result<Vec<PathBuf>> {
+    /// The normalised reference and the manifest it names in the index.
+    fn manifest(&self, reference: &str) -> Result<(String, Manifest)> {
         let reference = normalise_reference(reference)?;
         let desc = self
             .index()?
@@ -620,6 +619,13 @@ impl ImageStore {
             .find(|d| d.annotations.get(REF_NAME) == Some(&reference))
             .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
         let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
+        Ok((reference, manifest))
+    }
+
+    /// Where the image's layers are (or would be) unpacked, without
+    /// unpacking anything.
+    pub fn layer_dirs(&self, reference: &str) -> Result<Vec<PathBuf>> {
+        let (_, manifest) = self.manifest(reference)?;
         manifest
             .layers
             .iter()
@@ -630,14 +636,7 @@ impl ImageStore {
     /// The image's run config and its unpacked layers (unpacked now if needed,
     /// once per layer digest).
     pub fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
-        let reference = normalise_reference(reference)?;
-        let desc = self
-            .index()?
-            .manifests
-            .into_iter()
-            .find(|d| d.annotations.get(REF_NAME) == Some(&reference))
-            .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
-        let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
+        let (reference, manifest) = self.manifest(reference)?;
         let config: Config = read_json(&self.blob(&manifest.config.digest)?)?;
         let mut layers = Vec::new();
         for (l, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {

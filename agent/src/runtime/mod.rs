@@ -54,6 +54,34 @@ pub enum RuntimeError {
     Thread,
 }
 
+/// A container's directory in the agent's state dir (its bundle, logs and,
+/// in `state/`, the shim's records).
+pub fn container_dir(state_dir: &Path, uid: &str, name: &str) -> PathBuf {
+    state_dir.join("containers").join(uid).join(name)
+}
+
+/// The cgroup of container `name` of the pod with `uid`, under `root`:
+/// `<root>/pod<uid>/<name>`.
+pub fn container_cgroup(root: &str, uid: &str, name: &str) -> crate::cgroups::Result<CgroupPath> {
+    CgroupPath::new(root)?
+        .join(&format!("pod{uid}"))?
+        .join(name)
+}
+
+/// Signals a container's init, found by its state dir's `state.json`, if it
+/// has not exited: only the process the shim started (checked by its start
+/// time), never a reused pid.
+pub fn signal_init(state: &Path, sig: Signal) {
+    if state.join("exit.json").exists() {
+        return;
+    }
+    if let Ok(started) = read_json::<Started>(&state.join("state.json")) {
+        if start_ticks(started.pid) == Some(started.start_ticks) {
+            let _ = kill(Pid::from_raw(started.pid), sig);
+        }
+    }
+}
+
 /// What the runtime needs to know of the node.
 #[derive(Debug)]
 pub struct Runtime {
@@ -188,10 +216,7 @@ pub fn wait_for_change(dir: &Path, timeout: Duration) {
 
 impl Runtime {
     fn container_dir(&self, pod: &PodPlan, c: &ContainerPlan) -> PathBuf {
-        self.state_dir
-            .join("containers")
-            .join(&pod.uid)
-            .join(c.name.as_str())
+        container_dir(&self.state_dir, &pod.uid, c.name.as_str())
     }
 
     pub fn pod_cgroup(&self, pod: &PodPlan) -> Result<CgroupPath, RuntimeError> {
@@ -203,21 +228,36 @@ impl Runtime {
         pod: &PodPlan,
         c: &ContainerPlan,
     ) -> Result<CgroupPath, RuntimeError> {
-        Ok(self.pod_cgroup(pod)?.join(c.name.as_str())?)
+        Ok(container_cgroup(
+            &self.cgroup_root,
+            &pod.uid,
+            c.name.as_str(),
+        )?)
     }
 
-    /// The shim: `podagent-shim` when it sits next to `podagent` (it links
-    /// only the shim, so each container's parent is smaller), else
-    /// `podagent shim`.
-    fn shim_command(&self) -> Command {
+    /// What a container's cgroup uses now, by pod uid and container name.
+    pub fn container_usage(&self, uid: &str, name: &str) -> Option<crate::cgroups::Usage> {
+        let cg = container_cgroup(&self.cgroup_root, uid, name).ok()?;
+        self.cgroups.usage(&cg).ok()
+    }
+
+    /// The shim (`pause`: the pod's PID namespace holder instead):
+    /// `podagent-shim` when it sits next to `podagent` (it links only the
+    /// shim, so each container's parent is smaller), else `podagent shim`
+    /// (`podagent pause`).
+    fn shim_command(&self, pause: bool) -> Command {
         let small = self.podagent.with_file_name("podagent-shim");
+        let mut cmd;
         if small.is_file() {
-            Command::new(small)
+            cmd = Command::new(small);
+            if pause {
+                cmd.arg("pause");
+            }
         } else {
-            let mut cmd = Command::new(&self.podagent);
-            cmd.arg("shim");
-            cmd
+            cmd = Command::new(&self.podagent);
+            cmd.arg(if pause { "pause" } else { "shim" });
         }
+        cmd
     }
 
     /// For `shareProcessNamespace: true`: the pod's PID namespace, held by a
@@ -235,14 +275,8 @@ impl Runtime {
             Some(pid) => pid,
             None => {
                 let pidfile = sandbox.dir.join("pause.json");
-                let small = self.podagent.with_file_name("podagent-shim");
-                let mut cmd = Command::new(if small.is_file() {
-                    small
-                } else {
-                    self.podagent.clone()
-                });
-                let status = cmd
-                    .arg("pause")
+                let status = self
+                    .shim_command(true)
                     .arg("--pidfile")
                     .arg(&pidfile)
                     .stdin(Stdio::null())
@@ -264,9 +298,7 @@ impl Runtime {
     /// Kills every process in one container's cgroup, by pod uid and
     /// container name (for a container whose shim is gone).
     pub fn kill_container(&self, uid: &str, name: &str) -> Result<(), RuntimeError> {
-        let cg = CgroupPath::new(&self.cgroup_root)?
-            .join(&format!("pod{uid}"))?
-            .join(name)?;
+        let cg = container_cgroup(&self.cgroup_root, uid, name)?;
         Ok(self.cgroups.kill_all(&cg)?)
     }
 
@@ -350,20 +382,7 @@ impl Runtime {
             .and_then(|r| r.devices().clone())
             .unwrap_or_default()
             .iter()
-            .map(|d| DeviceRule {
-                allow: d.allow(),
-                kind: match d.typ() {
-                    Some(
-                        oci_spec::runtime::LinuxDeviceType::C
-                        | oci_spec::runtime::LinuxDeviceType::U,
-                    ) => 'c',
-                    Some(oci_spec::runtime::LinuxDeviceType::B) => 'b',
-                    _ => 'a',
-                },
-                major: d.major(),
-                minor: d.minor(),
-                access: d.access().clone().unwrap_or_else(|| "rwm".into()),
-            })
+            .map(DeviceRule::from_oci)
             .collect();
         let cg = self.container_cgroup(pod, c)?;
         self.cgroups.create(&cg)?;
@@ -386,7 +405,7 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).map_err(io("create", &state))?;
         let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(io("create", &dir))?;
-        let mut cmd = self.shim_command();
+        let mut cmd = self.shim_command(false);
         cmd.arg("--bundle")
             .arg(dir.join("bundle"))
             .arg("--state")
@@ -430,12 +449,7 @@ impl Runtime {
     ) -> Result<Exited, RuntimeError> {
         let dir = self.container_dir(pod, c);
         let state = dir.join("state");
-        if let Ok(started) = read_json::<Started>(&state.join("state.json")) {
-            // Signal only the process the shim started, never a reused pid.
-            if start_ticks(started.pid) == Some(started.start_ticks) {
-                let _ = kill(Pid::from_raw(started.pid), Signal::SIGTERM);
-            }
-        }
+        signal_init(&state, Signal::SIGTERM);
         if !wait_for_file(&state, "exit.json", grace) {
             self.cgroups.kill_all(&self.container_cgroup(pod, c)?)?;
             wait_for_file(&state, "exit.json", Duration::from_secs(10));
@@ -468,12 +482,7 @@ impl Runtime {
     /// (checked by start time) and returns.
     pub fn terminate(&self, pod: &PodPlan) {
         for c in pod.all_containers() {
-            let state = self.container_dir(pod, c).join("state");
-            if let Ok(started) = read_json::<Started>(&state.join("state.json")) {
-                if start_ticks(started.pid) == Some(started.start_ticks) {
-                    let _ = kill(Pid::from_raw(started.pid), Signal::SIGTERM);
-                }
-            }
+            signal_init(&self.container_dir(pod, c).join("state"), Signal::SIGTERM);
         }
     }
 

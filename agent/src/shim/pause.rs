@@ -44,13 +44,15 @@ pub fn run(args: &Args) -> i32 {
                 "pid": child.as_raw(),
                 "start_ticks": super::start_ticks(child.as_raw()),
             });
-            let tmp = args.pidfile.with_extension("json.tmp");
-            let written = std::fs::write(&tmp, record.to_string())
-                .and_then(|()| std::fs::rename(&tmp, &args.pidfile));
-            match written {
+            let dir = args.pidfile.parent().unwrap_or(std::path::Path::new("."));
+            let name = args
+                .pidfile
+                .file_name()
+                .map_or("pause.json".into(), |n| n.to_string_lossy());
+            match super::write_json(dir, &name, &record) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("pause: {}: {e}", args.pidfile.display());
+                    eprintln!("pause: {e}");
                     let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                     1
                 }

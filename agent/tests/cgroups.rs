@@ -487,20 +487,24 @@ fn the_v2_device_filter_denies_devices_outside_the_allowlist() {
         ],
     )
     .unwrap();
-    let script = format!(
-        "echo $$ > {}/cgroup.procs || exit 9; cat /dev/null && echo null-ok; head -c1 /dev/zero >/dev/null 2>&1 && echo zero-ok || echo zero-denied",
-        dir.0.display()
+    // A shell that joins the cgroup, then tries the devices.
+    let run_in = |dir: &std::path::Path, script: &str| {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs || exit 9; {script}",
+            dir.display()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let (out, err) = run_in(
+        &dir.0,
+        "cat /dev/null && echo null-ok; head -c1 /dev/zero >/dev/null 2>&1 && echo zero-ok || echo zero-denied",
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "null-ok\nzero-denied\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out, "null-ok\nzero-denied\n", "{err}");
 
     // The allowlist the runtime gives every container (wildcards, partial
     // access, mknod of anything denied) passes the verifier and lets a
@@ -524,32 +528,13 @@ fn the_v2_device_filter_denies_devices_outside_the_allowlist() {
         .and_then(|r| r.devices().clone())
         .unwrap()
         .iter()
-        .map(|d| agent::cgroups::DeviceRule {
-            allow: d.allow(),
-            kind: match d.typ() {
-                Some(oci_spec::runtime::LinuxDeviceType::C) => 'c',
-                Some(oci_spec::runtime::LinuxDeviceType::B) => 'b',
-                _ => 'a',
-            },
-            major: d.major(),
-            minor: d.minor(),
-            access: d.access().clone().unwrap_or_else(|| "rwm".into()),
-        })
+        .map(agent::cgroups::DeviceRule::from_oci)
         .collect();
     assert!(rules.len() > 5, "{rules:?}");
     agent::cgroups::devices_bpf::attach(&dir2.0, &rules).unwrap();
-    let script = format!(
-        "echo $$ > {}/cgroup.procs || exit 9; head -c1 /dev/zero >/dev/null && echo zero-ok; echo x > /dev/null && echo null-ok; head -c1 /dev/mem >/dev/null 2>&1 && echo mem-ok || echo mem-denied",
-        dir2.0.display()
+    let (out, err) = run_in(
+        &dir2.0,
+        "head -c1 /dev/zero >/dev/null && echo zero-ok; echo x > /dev/null && echo null-ok; head -c1 /dev/mem >/dev/null 2>&1 && echo mem-ok || echo mem-denied",
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "zero-ok\nnull-ok\nmem-denied\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out, "zero-ok\nnull-ok\nmem-denied\n", "{err}");
 }

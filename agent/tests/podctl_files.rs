@@ -3,19 +3,10 @@
 //! would do. No root, no agent.
 
 use std::path::Path;
-use std::process::Command;
 
-fn podctl(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_podctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+mod support;
+
+use support::podctl;
 
 const WEB: &str = "apiVersion: v1
 kind: Pod

@@ -1,19 +1,10 @@
 //! `podctl image` as a user runs it.
 
-use std::process::Command;
+mod support;
 
 fn podctl(root: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_podctl"))
-        .args(["image", "--root-dir"])
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let root = root.display().to_string();
+    support::podctl(&[&["image", "--root-dir", &root][..], args].concat())
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod support;
 use agent::cgroups::{detect, CgroupPath};
 use agent::image::ImageStore;
 use agent::runtime::{sandbox, Runtime, RuntimeError};
-use support::{busybox_rootfs, eventually, mounts_under, require};
+use support::{busybox_rootfs, eventually, mounts_under, podctl, require};
 
 struct Fixture {
     rt: Runtime,
@@ -49,11 +49,21 @@ impl Fixture {
             self.rt.remove(pod, c).unwrap();
         }
         self.rt.remove_pod(pod).unwrap();
-        assert!(
-            mounts_under(self.dir.path()).is_empty(),
-            "mounts left: {:?}",
-            mounts_under(self.dir.path())
-        );
+        self.assert_no_mounts();
+    }
+
+    fn assert_no_mounts(&self) {
+        let left = mounts_under(self.dir.path());
+        assert!(left.is_empty(), "mounts left: {left:?}");
+    }
+
+    /// An agent's pods dir (made) and state dir, and the state dir as text.
+    fn agent_dirs(&self) -> (PathBuf, PathBuf, String) {
+        let pods = self.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state = self.dir.path().join("agent-state");
+        let state_s = state.display().to_string();
+        (pods, state, state_s)
     }
 }
 
@@ -179,11 +189,7 @@ fn a_pod_runs_from_its_plan_and_stopping_it_leaves_nothing() {
         rt.remove(&pod, c).unwrap();
     }
     rt.remove_pod(&pod).unwrap();
-    assert!(
-        mounts_under(fx.dir.path()).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(fx.dir.path())
-    );
+    fx.assert_no_mounts();
     assert!(!rt.state_dir.join("pods").join(&pod.uid).exists());
     assert!(!rt.state_dir.join("containers").join(&pod.uid).exists());
     for f in rt.cgroups.procs_files(&cg) {
@@ -216,11 +222,7 @@ fn start_errors_are_reported_and_cleaned_up() {
         rt.remove(&pod, c).unwrap();
     }
     rt.remove_pod(&pod).unwrap();
-    assert!(
-        mounts_under(fx.dir.path()).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(fx.dir.path())
-    );
+    fx.assert_no_mounts();
 }
 
 #[test]
@@ -285,18 +287,6 @@ fn the_device_cgroup_denies_devices_outside_the_allowlist() {
         ),
     }
     fx.tear_down(&pod);
-}
-
-fn podctl(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_podctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -508,11 +498,7 @@ fn gc_removes_a_running_pod_that_is_no_longer_known() {
         .is_none()),
         "the container's process is gone"
     );
-    assert!(
-        mounts_under(fx.dir.path()).is_empty(),
-        "{:?}",
-        mounts_under(fx.dir.path())
-    );
+    fx.assert_no_mounts();
     assert!(!rt.state_dir.join("pods").join(&pod.uid).exists());
     let cg = rt.pod_cgroup(&pod).unwrap();
     for f in rt.cgroups.procs_files(&cg) {
@@ -617,11 +603,7 @@ fn a_pods_containers_share_one_eth0_reached_from_the_node_and_a_host_port() {
         net.teardown(&pod.uid).unwrap();
         assert!(net.ipam().list().unwrap().is_empty());
         assert!(netplug::nft::elements("podagent").unwrap().is_empty());
-        assert!(
-            mounts_under(fx.dir.path()).is_empty(),
-            "{:?}",
-            mounts_under(fx.dir.path())
-        );
+        fx.assert_no_mounts();
     });
 }
 
@@ -687,15 +669,12 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
     }
     on_private_node(|| {
         let fx = fixture("daemon");
-        let pods = fx.dir.path().join("pods");
-        std::fs::create_dir_all(&pods).unwrap();
-        let state = fx.dir.path().join("agent-state");
+        let (pods, state, state_s) = fx.agent_dirs();
         let cg = format!("{}/agent", fx.cg_root.as_path().display());
         let spawn_agent = || spawn_agent(&fx, &pods, &state, &[]);
         let agent = spawn_agent();
         let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
         let mut agent = Running(agent);
-        let state_s = state.display().to_string();
         let status = || podctl(&["status", "--state-dir", &state_s]).1;
         let url = std::net::SocketAddr::from(([10, 88, 0, 1], 18081));
         let serves = |what: &str| http_get(url).unwrap_or_default().contains(what);
@@ -895,11 +874,7 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
         assert_eq!(code, 1);
         assert!(err.contains("the agent is not running"), "{err}");
         assert!(!socket.exists(), "the socket is removed on exit");
-        assert!(
-            mounts_under(fx.dir.path()).is_empty(),
-            "{:?}",
-            mounts_under(fx.dir.path())
-        );
+        fx.assert_no_mounts();
         let _ = fx
             .rt
             .cgroups
@@ -954,10 +929,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
     }
     on_private_node(|| {
         let fx = fixture("failing");
-        let pods = fx.dir.path().join("pods");
-        std::fs::create_dir_all(&pods).unwrap();
-        let state = fx.dir.path().join("agent-state");
-        let state_s = state.display().to_string();
+        let (pods, state, state_s) = fx.agent_dirs();
         let agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
         put_manifest(&pods, "failing.yaml", FAILING);
         let status = || {
@@ -1114,11 +1086,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         assert!(rows.iter().any(|l| l.contains("Terminating")), "{printed}");
         assert!(rows.iter().any(|l| l.contains("(deleted)")), "{printed}");
         drop(agent);
-        assert!(
-            mounts_under(fx.dir.path()).is_empty(),
-            "{:?}",
-            mounts_under(fx.dir.path())
-        );
+        fx.assert_no_mounts();
     });
 }
 
@@ -1146,10 +1114,7 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
     }
     on_private_node(|| {
         let fx = fixture("probes");
-        let pods = fx.dir.path().join("pods");
-        std::fs::create_dir_all(&pods).unwrap();
-        let state = fx.dir.path().join("agent-state");
-        let state_s = state.display().to_string();
+        let (pods, state, state_s) = fx.agent_dirs();
         let agent = Running(spawn_agent(&fx, &pods, &state, &[]));
         put_manifest(&pods, "probed.yaml", PROBED);
         let container = |name: &str| -> serde_json::Value {
@@ -1282,11 +1247,7 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
         assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
         assert!(yaml.contains("kind: Pod"), "{yaml}");
         drop(agent);
-        assert!(
-            mounts_under(fx.dir.path()).is_empty(),
-            "{:?}",
-            mounts_under(fx.dir.path())
-        );
+        fx.assert_no_mounts();
     });
 }
 
@@ -1301,10 +1262,7 @@ fn after_a_reboot_the_agent_recreates_the_pods_from_the_state_dir() {
     }
     on_private_node(|| {
         let fx = fixture("reboot");
-        let pods = fx.dir.path().join("pods");
-        std::fs::create_dir_all(&pods).unwrap();
-        let state = fx.dir.path().join("agent-state");
-        let state_s = state.display().to_string();
+        let (pods, state, state_s) = fx.agent_dirs();
         let url = std::net::SocketAddr::from(([10, 88, 0, 1], 18081));
         let serves = |what: &str| http_get(url).unwrap_or_default().contains(what);
         let mut agent = Running(spawn_agent(&fx, &pods, &state, &[]));
@@ -1375,11 +1333,7 @@ fn after_a_reboot_the_agent_recreates_the_pods_from_the_state_dir() {
         let events = podctl(&["events", "--state-dir", &state_s]).1;
         assert!(!events.contains("Warning"), "{events}");
         drop(agent);
-        assert!(
-            mounts_under(fx.dir.path()).is_empty(),
-            "{:?}",
-            mounts_under(fx.dir.path())
-        );
+        fx.assert_no_mounts();
     });
 }
 
@@ -1409,10 +1363,7 @@ fn sigkill_during_a_burst_converges_with_no_leak_and_no_duplicate() {
     }
     on_private_node(|| {
         let fx = fixture("burst");
-        let pods = fx.dir.path().join("pods");
-        std::fs::create_dir_all(&pods).unwrap();
-        let state = fx.dir.path().join("agent-state");
-        let state_s = state.display().to_string();
+        let (pods, state, state_s) = fx.agent_dirs();
         let mut agent = Running(spawn_agent(&fx, &pods, &state, &[]));
         // Creations and deletions in flight when the agent is killed.
         for i in 0..12 {
@@ -1529,11 +1480,7 @@ fn sigkill_during_a_burst_converges_with_no_leak_and_no_duplicate() {
             "{ipam}"
         );
         drop(agent);
-        assert!(
-            mounts_under(fx.dir.path()).is_empty(),
-            "{:?}",
-            mounts_under(fx.dir.path())
-        );
+        fx.assert_no_mounts();
     });
 }
 
@@ -1544,10 +1491,7 @@ fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
     }
     on_private_node(|| {
         let fx = fixture("config");
-        let pods = fx.dir.path().join("pods");
-        std::fs::create_dir_all(&pods).unwrap();
-        let state = fx.dir.path().join("agent-state");
-        let state_s = state.display().to_string();
+        let (pods, state, state_s) = fx.agent_dirs();
         let cfg = fx.dir.path().join("podagent.yaml");
         std::fs::write(
             &cfg,
@@ -1650,11 +1594,7 @@ fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
             "{}",
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(
-            mounts_under(fx.dir.path()).is_empty(),
-            "{:?}",
-            mounts_under(fx.dir.path())
-        );
+        fx.assert_no_mounts();
     });
 }
 

@@ -75,3 +75,16 @@ pub fn has_cap_sys_resource() -> bool {
         .trim();
     u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0
 }
+
+/// Runs `podctl` with `args`: its exit code, stdout and stderr.
+pub fn podctl(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_podctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}

@@ -240,6 +240,10 @@ fn main() -> std::process::ExitCode {
         let name = format!("lat-{i}");
         let o = out.join(&name);
         std::fs::create_dir_all(&o).unwrap();
+        // A file landing on a settled node: the kernel tears a network
+        // namespace down in the background after the previous pod, holding
+        // the lock every link change takes.
+        nap(Duration::from_millis(200));
         let t = Instant::now();
         put(&pods_dir, &format!("{name}.yaml"), &manifest(&name, &o));
         assert!(

@@ -105,7 +105,7 @@ impl Drop for RuncIds {
 }
 
 thread_local! {
-    static PROCS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    static JOIN: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn shim(bundle: &Path, state: &Path) -> Command {
@@ -118,10 +118,10 @@ fn shim(bundle: &Path, state: &Path) -> Command {
         .arg("--log")
         .arg(state.join("log"));
     // As the runtime runs it: the container joins its cgroup (one
-    // `cgroup.procs` per v1 hierarchy) before exec.
-    PROCS.with(|p| {
+    // `tasks` per v1 hierarchy, see `Driver::join_files`) before exec.
+    JOIN.with(|p| {
         for f in p.borrow().iter() {
-            c.arg("--cgroup-procs").arg(f);
+            c.arg("--cgroup-join").arg(f);
         }
     });
     // As the agent runs it: compiled seccomp programs cached by profile.
@@ -156,7 +156,7 @@ fn main() -> std::process::ExitCode {
         driver,
     };
     cg.driver.create(&cg.path).unwrap();
-    PROCS.with(|p| *p.borrow_mut() = cg.driver.procs_files(&cg.path));
+    JOIN.with(|p| *p.borrow_mut() = cg.driver.join_files(&cg.path));
     println!(
         "container start, {runs} runs, {} CPUs, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -84,8 +84,8 @@ fn run_pod(yaml: &str, tweak_rootfs: impl FnOnce(&Path)) -> Run {
         .arg(&state)
         .arg("--log")
         .arg(&log);
-    for f in driver.procs_files(&leaf) {
-        cmd.arg("--cgroup-procs").arg(f);
+    for f in driver.join_files(&leaf) {
+        cmd.arg("--cgroup-join").arg(f);
     }
     let status = cmd.status().unwrap();
     let started = std::fs::read(state.join("state.json"))

@@ -269,17 +269,20 @@ impl Network {
         let a = self.ipam.allocate(id, &host, ports)?;
         after(Step::Allocated);
         let ns = self.netns_path(id);
-        netns::create(&ns)?;
+        let fresh = netns::create(&ns)?;
         after(Step::NetnsCreated);
         let (bridge, mtu) = (self.cfg.bridge.clone(), self.cfg.mtu);
         let (h2, p2, ns2) = (host.clone(), peer.clone(), ns.clone());
-        let configured = link::netlink(Some(&ns), {
-            let peer = peer.clone();
-            move |h| async move {
-                Ok(link::find(&h, &peer).await?.is_none()
-                    && link::find(&h, "eth0").await?.is_some())
-            }
-        })?;
+        // A namespace made now has no eth0: no need to look (a conversation
+        // on a thread of its own) before making the pair.
+        let configured = !fresh
+            && link::netlink(Some(&ns), {
+                let peer = peer.clone();
+                move |h| async move {
+                    Ok(link::find(&h, &peer).await?.is_none()
+                        && link::find(&h, "eth0").await?.is_some())
+                }
+            })?;
         if !configured {
             link::netlink(None, move |h| async move {
                 let index = link::find(&h, &bridge)
@@ -336,7 +339,9 @@ impl Network {
 
     /// Writes the pod's hosts and resolv.conf files under the state dir
     /// (`pods/<id>/`), atomically; `node_resolv_conf` is the text of the
-    /// node's resolver configuration. Removed by `teardown`.
+    /// node's resolver configuration. Removed by `teardown`. Not synced to
+    /// disk: they are written again whenever the sandbox is made, and a
+    /// running container holds its own bind mount of them.
     pub fn write_dns_files(
         &self,
         id: &str,
@@ -481,8 +486,8 @@ impl Network {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory,
-/// fsync, rename.
+/// Writes `bytes` to `path` atomically (a temp file in the same directory,
+/// renamed over it), without waiting for the disk.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |op: &'static str, p: &Path| {
@@ -496,7 +501,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("rename into place", path))
 }
 

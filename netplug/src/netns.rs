@@ -24,10 +24,11 @@ pub fn is_netns(path: &Path) -> bool {
 }
 
 /// Creates a new network namespace and bind-mounts it at `path`. Idempotent:
-/// an existing namespace at `path` is kept.
-pub fn create(path: &Path) -> Result<()> {
+/// an existing namespace at `path` is kept. True when it was made now (and so
+/// holds nothing but `lo`).
+pub fn create(path: &Path) -> Result<bool> {
     if is_netns(path) {
-        return Ok(());
+        return Ok(false);
     }
     File::options()
         .write(true)
@@ -54,7 +55,8 @@ pub fn create(path: &Path) -> Result<()> {
         .map_err(sys("bind-mount netns at", &p))
     })
     .join()
-    .map_err(|_| NetError::Thread)?
+    .map_err(|_| NetError::Thread)??;
+    Ok(true)
 }
 
 /// Unmounts and removes a persisted namespace. Idempotent: nothing there is

@@ -162,9 +162,12 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn apply(&self, path: &CgroupPath, limits: &Limits) -> Result<()>;
     /// Moves a process into the cgroup.
     fn add_process(&self, path: &CgroupPath, pid: u32) -> Result<()>;
-    /// Where a process writes its pid to join the cgroup (one file per v1
-    /// hierarchy, one for v2): for a shim entering before exec.
+    /// The `cgroup.procs` files (one per v1 hierarchy, one for v2): the
+    /// processes in the cgroup.
     fn procs_files(&self, path: &CgroupPath) -> Vec<PathBuf>;
+    /// Where a single-threaded process writes "0" to join the cgroup before
+    /// exec (one file per v1 hierarchy, one for v2).
+    fn join_files(&self, path: &CgroupPath) -> Vec<PathBuf>;
     fn pids(&self, path: &CgroupPath) -> Result<Vec<u32>>;
     fn usage(&self, path: &CgroupPath) -> Result<Usage>;
     /// SIGKILLs every process in the cgroup until it is empty.

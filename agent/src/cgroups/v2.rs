@@ -118,6 +118,11 @@ impl Cgroups for V2 {
         vec![self.dir(path).join("cgroup.procs")]
     }
 
+    /// v2 has no per-thread file outside threaded subtrees.
+    fn join_files(&self, path: &CgroupPath) -> Vec<PathBuf> {
+        self.procs_files(path)
+    }
+
     fn pids(&self, path: &CgroupPath) -> Result<Vec<u32>> {
         pids_in(&self.dir(path).join("cgroup.procs"))
     }

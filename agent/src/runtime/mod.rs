@@ -413,8 +413,8 @@ impl Runtime {
         cmd.arg("--log").arg(dir.join("container.log"));
         cmd.arg("--seccomp-cache")
             .arg(self.state_dir.join("seccomp-cache"));
-        for f in self.cgroups.procs_files(&cg) {
-            cmd.arg("--cgroup-procs").arg(f);
+        for f in self.cgroups.join_files(&cg) {
+            cmd.arg("--cgroup-join").arg(f);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

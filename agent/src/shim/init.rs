@@ -46,7 +46,7 @@ pub struct Context<'a> {
     /// The compiled seccomp program, if the spec has a profile.
     pub seccomp: Option<&'a [u8]>,
     pub rootfs: PathBuf,
-    pub cgroup_procs: &'a [PathBuf],
+    pub cgroup_join: &'a [PathBuf],
     /// Where warnings and the final error go.
     pub report: &'a mut File,
 }
@@ -69,7 +69,7 @@ enum Never {}
 
 fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     make_undumpable()?;
-    enter_cgroup(cx.cgroup_procs)?;
+    enter_cgroup(cx.cgroup_join)?;
     let old_umask = nix::sys::stat::umask(Mode::empty());
     isolate_mounts()?;
     let root = mount_rootfs(&cx.rootfs)?;
@@ -127,9 +127,10 @@ pub(super) fn make_undumpable() -> Result<(), InitError> {
     nix::sys::prctl::set_dumpable(false).map_err(errno("undumpable", "prctl".into()))
 }
 
-fn enter_cgroup(procs: &[PathBuf]) -> Result<(), InitError> {
-    for f in procs {
-        // "0" is the writing process, whatever its PID namespace.
+fn enter_cgroup(files: &[PathBuf]) -> Result<(), InitError> {
+    // Forked from the shim, this process has one thread.
+    for f in files {
+        // "0" is the writer, whatever its PID namespace.
         std::fs::write(f, "0")
             .map_err(|e| fail("enter_cgroup")(format!("{}: {e}", f.display())))?;
     }

@@ -51,10 +51,10 @@ pub struct Args {
     /// Where `state.json` and `exit.json` are written.
     #[arg(long)]
     pub state: PathBuf,
-    /// A `cgroup.procs` file the container joins before exec (one per v1
-    /// hierarchy, one for v2).
-    #[arg(long = "cgroup-procs")]
-    pub cgroup_procs: Vec<PathBuf>,
+    /// A file the container writes "0" into to join its cgroup before exec
+    /// (`Driver::join_files`: one per v1 hierarchy, one for v2).
+    #[arg(long = "cgroup-join")]
+    pub cgroup_join: Vec<PathBuf>,
     /// The container's log file.
     #[arg(long)]
     pub log: PathBuf,
@@ -276,7 +276,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
                 spec: &spec,
                 seccomp: seccomp.as_deref(),
                 rootfs,
-                cgroup_procs: &args.cgroup_procs,
+                cgroup_join: &args.cgroup_join,
                 report: &mut report,
             };
             let e = init::run(&mut cx);

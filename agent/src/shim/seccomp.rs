@@ -42,14 +42,19 @@ fn op(o: LinuxSeccompOperator, value_two: u64, value: u64) -> (ScmpCompareOp, u6
     }
 }
 
+/// What the compiler makes, in the cache key: a change to `compile`'s output
+/// bumps it, so a cache written by an older agent is not read.
+const COMPILER: &[u8] = b"podagent-seccomp-2 binary-tree\n";
+
 /// The profile compiled to classic BPF: read from `cache` when it holds this
-/// profile (keyed by the SHA-256 of its JSON), else compiled with libseccomp
-/// (about 15 ms for the default profile) and stored there. Loading the program
-/// in the container's init then costs one syscall.
+/// profile (keyed by the SHA-256 of the compiler tag and the profile's JSON),
+/// else compiled with libseccomp (about 15 ms for the default profile) and
+/// stored there. Loading the program in the container's init then costs one
+/// syscall.
 pub fn program(profile: &LinuxSeccomp, cache: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
     use std::io::{Read, Seek};
     let json = serde_json::to_vec(profile).map_err(|e| e.to_string())?;
-    let key = specs::hash::sha256_hex(&json);
+    let key = specs::hash::sha256_hex(&[COMPILER, &json].concat());
     let cached = cache.map(|d| d.join(format!("{key}.bpf")));
     if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
         if !bytes.is_empty() && bytes.len() % 8 == 0 && bytes.len() <= 8 * 65535 {
@@ -85,6 +90,12 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, String> {
         .map_err(|err| e("init", err))?;
     // no_new_privs is set by the init itself, in its own step.
     ctx.set_ctl_nnp(false).map_err(|err| e("nnp", err))?;
+    // A binary tree over syscall numbers rather than one long list: the
+    // kernel runs the filter once per syscall number when it is attached
+    // (to cache the always-allowed ones), so a list of ~400 rules made that
+    // attach cost 1.3 ms of each container's start; the tree, 0.5 ms. Every
+    // filtered syscall in the container is cheaper too.
+    ctx.set_ctl_optimize(2).map_err(|err| e("optimize", err))?;
     for a in profile.architectures().iter().flatten() {
         let name = serde_json::to_value(a)
             .ok()

@@ -451,6 +451,23 @@ pub enum ClientError {
 
 /// GETs `path` from the agent at `socket`: the status code and body.
 pub fn get(socket: &Path, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
+    let mut body = Vec::new();
+    let code = get_streamed(socket, path, &mut |_, chunk| {
+        body.extend_from_slice(chunk);
+        true
+    })?;
+    Ok((code, body))
+}
+
+/// GETs `path` from the agent at `socket`, handing the status code and the
+/// body to `sink` piece by piece as it arrives (a followed log ends only
+/// with its container); `sink` returns false to stop reading. The status
+/// code.
+pub fn get_streamed(
+    socket: &Path,
+    path: &str,
+    sink: &mut dyn FnMut(u16, &[u8]) -> bool,
+) -> Result<u16, ClientError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -476,7 +493,14 @@ pub fn get(socket: &Path, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
             .map_err(|e| ClientError::Http(socket.to_path_buf(), e.to_string()))?;
         let resp = send.send_request(req).await.map_err(http)?;
         let code = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
-        Ok((code, body.to_vec()))
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(http)?.into_data() {
+                if !sink(code, &data) {
+                    break;
+                }
+            }
+        }
+        Ok(code)
     })
 }

@@ -5,7 +5,7 @@
 //! CI a missing privilege skips; with CI=true it fails.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
@@ -331,17 +331,21 @@ fn podctl_logs_shows_the_current_and_the_previous_run() {
         "1",
     ]);
     assert_eq!(out, "three\n");
+    // No agent runs here: podctl says so and reads the state dir.
     let (code, _, err) = podctl(&["logs", "--state-dir", &state, "chaty"]);
     assert_eq!(code, 1);
     assert_eq!(
-        err.trim(),
-        "podctl logs: pod default/chaty not found; did you mean chatty?"
+        err.lines().collect::<Vec<_>>(),
+        [
+            format!("podctl logs: the agent is not running; reading {state}").as_str(),
+            "podctl logs: pod default/chaty not found; did you mean chatty?"
+        ]
     );
     let (code, _, err) = podctl(&["logs", "--state-dir", &state, "chatty", "-c", "nope"]);
     assert_eq!(code, 1);
     assert_eq!(
-        err.trim(),
-        "podctl logs: container nope is not in pod chatty; it has talk"
+        err.lines().last(),
+        Some("podctl logs: container nope is not in pod chatty; it has talk")
     );
     fx.tear_down(&pod);
 }
@@ -401,8 +405,8 @@ fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
             .args(["exec", "--state-dir", &state, "--podagent", podagent])
             .args(flags)
             .args(["target", "--", "cat"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         use std::io::Write as _;
@@ -657,7 +661,7 @@ fn spawn_agent(fx: &Fixture, pods: &Path, state: &Path, extra: &[&str]) -> std::
         .arg(fx.dir.path())
         .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
         .args(extra)
-        .stdout(std::process::Stdio::null())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap()
 }
@@ -1034,7 +1038,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         // `podctl status -w` follows it.
         let mut watch = Command::new(env!("CARGO_BIN_EXE_podctl"))
             .args(["status", "-w", "--state-dir", &state_s])
-            .stdout(std::process::Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         put_manifest(
@@ -1542,15 +1546,43 @@ fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
             agent::api::get(&socket, "/v1/logs/default/talker/t")
                 .is_ok_and(|(code, body)| code == 200 && body.starts_with(b"one\n"))
         }));
+        // `podctl logs -f` streams through the API: the first line comes
+        // at once, the last when the container writes it.
         let t = Instant::now();
+        let mut follower = Command::new(env!("CARGO_BIN_EXE_podctl"))
+            .args(["logs", "-f", "--state-dir", &state_s, "talker"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(follower.stdout.take().unwrap()));
+        assert_eq!(lines.next().unwrap().unwrap(), "one");
+        let first = t.elapsed();
+        let rest: Vec<String> = lines.map(Result::unwrap).collect();
+        let all = t.elapsed();
+        let done = follower.wait_with_output().unwrap();
+        assert!(done.status.success());
+        assert_eq!(rest, ["two", "three"]);
+        assert!(
+            first < Duration::from_millis(700) && all >= Duration::from_millis(900),
+            "streamed: first line after {first:?}, the rest after {all:?}"
+        );
+        assert!(
+            done.stderr.is_empty(),
+            "read through the agent: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let (code, _, err) = podctl(&["logs", "--state-dir", &state_s, "talkr"]);
+        assert_eq!(code, 1);
+        assert_eq!(
+            err.trim(),
+            "podctl logs: pod default/talkr not found; did you mean talker?"
+        );
         let (code, body) =
             agent::api::get(&socket, "/v1/logs/default/talker/t?follow=true").unwrap();
         assert_eq!(code, 200);
         assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
-        assert!(
-            t.elapsed() >= Duration::from_millis(900),
-            "it waited for the rest"
-        );
         let (_, tail) = agent::api::get(&socket, "/v1/logs/default/talker/t?tail=1").unwrap();
         assert_eq!(String::from_utf8_lossy(&tail), "three\n");
         let (code, body) = agent::api::get(&socket, "/v1/logs/default/talkr/t").unwrap();

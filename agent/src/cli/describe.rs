@@ -51,28 +51,12 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
             return Outcome::Invalid;
         }
     };
-    let pods = status["pods"].as_array().cloned().unwrap_or_default();
-    let Some(p) = pods
-        .iter()
-        .find(|p| p["name"] == args.pod.as_str() && p["namespace"] == args.namespace.as_str())
-    else {
-        let names: Vec<&str> = pods.iter().filter_map(|p| p["name"].as_str()).collect();
-        let close: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| super::locate::edit_distance(n, &args.pod) <= 2)
-            .collect();
-        let hint = if close.is_empty() {
-            String::new()
-        } else {
-            format!("; did you mean {}?", close.join(", "))
-        };
-        let _ = writeln!(
-            err,
-            "podctl describe: pod {}/{} not found{hint}",
-            args.namespace, args.pod
-        );
-        return Outcome::Invalid;
+    let p = match super::locate::find_pod(&status, &args.namespace, &args.pod) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(err, "podctl describe: {e}");
+            return Outcome::Invalid;
+        }
     };
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
     let file = s(&p["file"]);

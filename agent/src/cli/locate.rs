@@ -27,23 +27,75 @@ fn pod_uid(state: &Path, namespace: &str, name: &str) -> Result<String, String> 
             names.push(n.to_string());
         }
     }
-    names.sort();
-    let close: Vec<&String> = names
-        .iter()
+    Err(not_found(namespace, name, names.iter().map(String::as_str)))
+}
+
+/// "pod NS/NAME not found", with the near names among `names`.
+fn not_found<'a>(namespace: &str, name: &str, names: impl Iterator<Item = &'a str>) -> String {
+    let mut close: Vec<&str> = names
         .filter(|n| edit_distance(n, name) <= 2 || n.contains(name))
         .collect();
-    Err(if close.is_empty() {
+    close.sort_unstable();
+    close.dedup();
+    if close.is_empty() {
         format!("pod {namespace}/{name} not found")
     } else {
         format!(
             "pod {namespace}/{name} not found; did you mean {}?",
-            close
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            close.join(", ")
         )
-    })
+    }
+}
+
+/// The pod `namespace/name` in the agent's `/v1/status` document.
+pub fn find_pod<'a>(
+    status: &'a serde_json::Value,
+    namespace: &str,
+    name: &str,
+) -> Result<&'a serde_json::Value, String> {
+    let pods = status["pods"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    pods.iter()
+        .find(|p| p["name"] == name && p["namespace"] == namespace)
+        .ok_or_else(|| {
+            not_found(
+                namespace,
+                name,
+                pods.iter().filter_map(|p| p["name"].as_str()),
+            )
+        })
+}
+
+/// The container `container` names, or the pod's only one.
+fn pick<'a>(pod: &str, container: Option<&str>, names: &'a [String]) -> Result<&'a str, String> {
+    match (container, names) {
+        (Some(c), _) => names
+            .iter()
+            .find(|n| *n == c)
+            .map(String::as_str)
+            .ok_or_else(|| {
+                format!(
+                    "container {c} is not in pod {pod}; it has {}",
+                    names.join(", ")
+                )
+            }),
+        (None, [only]) => Ok(only),
+        (None, _) => Err(format!(
+            "pod {pod} has several containers: choose one with -c ({})",
+            names.join(", ")
+        )),
+    }
+}
+
+/// The container of a pod from `/v1/status` that `container` names, or its
+/// only one.
+pub fn pick_container(pod: &serde_json::Value, container: Option<&str>) -> Result<String, String> {
+    let names: Vec<String> = pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    pick(pod["name"].as_str().unwrap_or(""), container, &names).map(str::to_string)
 }
 
 /// Levenshtein distance, for "did you mean".
@@ -76,24 +128,7 @@ pub fn container_dir(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     containers.sort();
-    let name = match (&container.map(str::to_string), containers.as_slice()) {
-        (Some(c), _) if containers.contains(c) => c.clone(),
-        (Some(c), _) => {
-            return Err(format!(
-                "container {c} is not in pod {}; it has {}",
-                pod,
-                containers.join(", ")
-            ))
-        }
-        (None, [only]) => only.clone(),
-        (None, _) => {
-            return Err(format!(
-                "pod {} has several containers: choose one with -c ({})",
-                pod,
-                containers.join(", ")
-            ))
-        }
-    };
+    let name = pick(pod, container, &containers)?;
     Ok(dir.join(name))
 }
 

@@ -254,10 +254,11 @@ struct Shim {
     pid: i32,
 }
 
-/// Writes a small JSON record atomically (temp file, rename).
+/// Writes a small JSON record atomically (temp file, rename), stamped with
+/// the record version.
 fn write_record(path: &Path, v: &serde_json::Value) {
     let tmp = path.with_extension("json.tmp");
-    if std::fs::write(&tmp, v.to_string()).is_ok() {
+    if std::fs::write(&tmp, crate::records::stamped(v.clone()).to_string()).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
 }
@@ -294,6 +295,9 @@ fn now_rfc3339() -> String {
 
 impl Agent {
     pub fn new(args: Args, podagent: PathBuf) -> Result<Self, String> {
+        // Before anything is touched: a newer agent's records are not ours
+        // to misread.
+        crate::records::check(&args.state_dir)?;
         let node = crate::cli::validate::node_info_defaults();
         let images = crate::image::ImageStore::open(&args.root_dir.join("store"))
             .map_err(|e| e.to_string())?;

@@ -11,6 +11,7 @@ pub mod image;
 pub mod node;
 pub mod probe;
 pub mod reconcile;
+pub mod records;
 pub mod runtime;
 pub mod shim;
 pub mod sys;

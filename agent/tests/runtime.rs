@@ -1255,6 +1255,51 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
     });
 }
 
+/// A state dir a newer agent wrote (a downgrade): the agent refuses to start,
+/// names the record, and touches nothing: the container it records still
+/// runs and the record is still there.
+#[test]
+fn an_agent_refuses_a_state_dir_from_a_newer_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pods, state) = (dir.path().join("pods"), dir.path().join("state"));
+    let cstate = state.join("containers/u1/app/state");
+    std::fs::create_dir_all(&cstate).unwrap();
+    std::fs::create_dir_all(&pods).unwrap();
+    let mut running = Running(Command::new("sleep").arg("60").spawn().unwrap());
+    let record = cstate.join("state.json");
+    let text = format!(
+        r#"{{"version": 2, "pid": {}, "start_ticks": 1, "started_at": "", "warnings": []}}"#,
+        running.0.id()
+    );
+    std::fs::write(&record, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_podagent"))
+        .arg("run")
+        .arg("--pods-dir")
+        .arg(&pods)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--root-dir")
+        .arg(dir.path().join("root"))
+        .args(["--no-network", "--cgroup-root", "podagent-test-newer"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: record version 2 is newer than this podagent reads (1)",
+            record.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), text);
+    assert!(
+        running.0.try_wait().unwrap().is_none(),
+        "the container was left alone"
+    );
+    assert!(!state.join("podagent.sock").exists());
+}
+
 /// A node reboot, as far as a test can make one: the agent is SIGKILLed,
 /// then every container process and shim dies, every mount under the state
 /// dir goes, the cgroups, the bridge and the nftables table are removed; the

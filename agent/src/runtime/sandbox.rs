@@ -93,8 +93,9 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
     let ns = dir.join("ns");
     std::fs::create_dir_all(&ns).map_err(io("create", &ns))?;
     // What leads from the directory back to the pod (podctl logs, GC).
-    let meta =
-        serde_json::json!({"name": pod.name.as_str(), "namespace": pod.namespace, "uid": pod.uid});
+    let meta = crate::records::stamped(
+        serde_json::json!({"name": pod.name.as_str(), "namespace": pod.namespace, "uid": pod.uid}),
+    );
     let meta_path = dir.join("pod.json");
     std::fs::write(&meta_path, meta.to_string()).map_err(io("write", &meta_path))?;
     let ipc_ns = if pod.host_ipc {

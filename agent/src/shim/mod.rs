@@ -120,10 +120,13 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
     move |source| ShimError::Io { what, source }
 }
 
+/// Writes a record atomically and durably, stamped with the record version.
 fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<(), ShimError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let bytes = serde_json::to_vec_pretty(v).map_err(|e| ShimError::Config(e.to_string()))?;
+    let v = serde_json::to_value(v).map_err(|e| ShimError::Config(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(&crate::records::stamped(v))
+        .map_err(|e| ShimError::Config(e.to_string()))?;
     let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
     f.write_all(&bytes)
         .map_err(io_err(format!("write {}", tmp.display())))?;

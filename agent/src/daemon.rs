@@ -34,6 +34,10 @@ use crate::watch::Sources;
 pub struct Args {
     #[arg(long, default_value = "/etc/pods")]
     pub pods_dir: PathBuf,
+    /// Read manifests in subdirectories of the pods dir too (to a depth of
+    /// 8; hidden directories and symlinks are not followed).
+    #[arg(long)]
+    pub pods_dir_recursive: bool,
     #[arg(long, default_value = "/run/podagent")]
     pub state_dir: PathBuf,
     /// Images and persistent data.
@@ -298,6 +302,7 @@ impl Agent {
         // Before anything is touched: a newer agent's records are not ours
         // to misread.
         crate::records::check(&args.state_dir)?;
+        let recursive = args.pods_dir_recursive;
         let node = crate::cli::validate::node_info_defaults();
         let images = crate::image::ImageStore::open(&args.root_dir.join("store"))
             .map_err(|e| e.to_string())?;
@@ -341,7 +346,7 @@ impl Agent {
             node,
             rt,
             net,
-            sources: Sources::default(),
+            sources: Sources::new(recursive),
             actual: BTreeMap::new(),
             runs: BTreeMap::new(),
             exits,
@@ -369,19 +374,10 @@ impl Agent {
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> Result<(), String> {
-        let dir_watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
-            .map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&self.args.pods_dir)
             .map_err(|e| format!("{}: {e}", self.args.pods_dir.display()))?;
-        dir_watch
-            .add_watch(
-                &self.args.pods_dir,
-                AddWatchFlags::IN_CLOSE_WRITE
-                    | AddWatchFlags::IN_MOVED_TO
-                    | AddWatchFlags::IN_MOVED_FROM
-                    | AddWatchFlags::IN_DELETE,
-            )
-            .map_err(|e| format!("watch {}: {e}", self.args.pods_dir.display()))?;
+        let mut dir_watch =
+            crate::watch::DirWatch::new(&self.args.pods_dir, self.args.pods_dir_recursive)?;
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);
@@ -483,12 +479,14 @@ impl Agent {
                 break;
             }
             if ready[0] {
-                for ev in dir_watch.read_events().unwrap_or_default() {
-                    if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                match dir_watch.changes() {
+                    crate::watch::Changes::Resync => {
                         self.sources.resync(&self.args.pods_dir, &self.node);
-                    } else if let Some(name) = ev.name {
-                        let path = self.args.pods_dir.join(name);
-                        self.sources.refresh(&path, &self.node);
+                    }
+                    crate::watch::Changes::Files(paths) => {
+                        for p in paths {
+                            self.sources.refresh(&p, &self.node);
+                        }
                     }
                 }
             }

@@ -2,10 +2,14 @@
 //! every manifest file; a file that stops parsing or validating keeps its last
 //! good pods, with its errors reported; a pod name defined by two files
 //! belongs to the first file by name, the other is reported as a conflict.
-//! Editor temp files, dotfiles and other extensions are ignored.
+//! Editor temp files, dotfiles and other extensions are ignored. With
+//! `recursive`, the manifests of subdirectories are read too (see `tree`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use specs::{Diagnostic, NodeInfo, PodPlan, Severity};
 
@@ -23,10 +27,44 @@ pub struct FileState {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// How deep `tree` goes below the pods dir.
+pub const MAX_DEPTH: usize = 8;
+
 /// Every manifest file of the directory and what it defines.
 #[derive(Debug, Default)]
 pub struct Sources {
     pub files: BTreeMap<PathBuf, FileState>,
+    /// Subdirectories are read too.
+    pub recursive: bool,
+}
+
+/// The directories whose manifests are read: `dir` itself and, with
+/// `recursive`, every directory below it down to `MAX_DEPTH`, except hidden
+/// ones (`.git`, an editor's or a sync tool's own) and symlinks (never
+/// followed: no loops, nothing outside the tree).
+pub fn tree(dir: &Path, recursive: bool) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut next = 0;
+    while recursive && next < out.len() {
+        let d = out[next].clone();
+        next += 1;
+        let depth = d.strip_prefix(dir).map_or(0, |r| r.components().count());
+        if depth >= MAX_DEPTH {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut subdirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        subdirs.sort();
+        out.extend(subdirs);
+    }
+    out
 }
 
 /// The desired pods by `namespace/name`, with the file each came from, and
@@ -38,15 +76,27 @@ pub struct DesiredState {
 }
 
 impl Sources {
-    /// Re-reads the whole directory (start, resync, inotify overflow).
+    /// A directory's sources, with or without its subdirectories.
+    pub fn new(recursive: bool) -> Self {
+        Sources {
+            recursive,
+            ..Sources::default()
+        }
+    }
+
+    /// Re-reads the whole directory (start, resync, inotify overflow, a
+    /// subdirectory made or removed).
     pub fn resync(&mut self, dir: &Path, node: &NodeInfo) {
-        let mut seen = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in tree(dir, self.recursive) {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let p = e.path();
                 if is_manifest_name(&p) && p.is_file() {
                     self.read(&p, node);
-                    seen.push(p);
+                    seen.insert(p);
                 }
             }
         }
@@ -129,6 +179,119 @@ impl Sources {
     }
 }
 
+/// The file events the pods dir is watched for: a write finished, a rename
+/// into or out of place, a removal. A directory made or removed (with
+/// `recursive`) comes as `IN_CREATE` and the same with `IN_ISDIR`.
+fn watch_flags(recursive: bool) -> AddWatchFlags {
+    let files = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_DELETE;
+    if recursive {
+        files | AddWatchFlags::IN_CREATE
+    } else {
+        files
+    }
+}
+
+/// What the watch saw since it was last read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// These files changed, appeared or went.
+    Files(Vec<PathBuf>),
+    /// Read everything again: the queue overflowed, or a subdirectory came
+    /// or went (its watches are already mended).
+    Resync,
+}
+
+/// inotify on the pods dir and, with `recursive`, on each directory `tree`
+/// lists, kept in step as directories come and go.
+#[derive(Debug)]
+pub struct DirWatch {
+    ino: Inotify,
+    root: PathBuf,
+    recursive: bool,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+}
+
+impl DirWatch {
+    pub fn new(root: &Path, recursive: bool) -> Result<Self, String> {
+        let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| format!("inotify: {e}"))?;
+        let mut w = DirWatch {
+            ino,
+            root: root.to_path_buf(),
+            recursive,
+            dirs: HashMap::new(),
+        };
+        let wd = w
+            .ino
+            .add_watch(root, watch_flags(recursive))
+            .map_err(|e| format!("watch {}: {e}", root.display()))?;
+        w.dirs.insert(wd, root.to_path_buf());
+        w.rewatch();
+        Ok(w)
+    }
+
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ino.as_fd()
+    }
+
+    /// Watches every directory of the tree, and no other.
+    fn rewatch(&mut self) {
+        if !self.recursive {
+            return;
+        }
+        let now = tree(&self.root, true);
+        for d in &now {
+            // The same directory (even renamed) keeps its descriptor.
+            if let Ok(wd) = self.ino.add_watch(d, watch_flags(true)) {
+                self.dirs.insert(wd, d.clone());
+            }
+        }
+        let gone: Vec<WatchDescriptor> = self
+            .dirs
+            .iter()
+            .filter(|(_, d)| !now.contains(d))
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in gone {
+            let _ = self.ino.rm_watch(wd);
+            self.dirs.remove(&wd);
+        }
+    }
+
+    /// The events waiting, read without blocking.
+    pub fn changes(&mut self) -> Changes {
+        let mut files = Vec::new();
+        let mut resync = false;
+        for ev in self.ino.read_events().unwrap_or_default() {
+            if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                resync = true;
+            } else if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                self.dirs.remove(&ev.wd);
+            } else if ev.mask.contains(AddWatchFlags::IN_ISDIR) {
+                resync |= self.recursive;
+            } else if let (Some(name), Some(dir)) = (ev.name, self.dirs.get(&ev.wd)) {
+                if !ev.mask.contains(AddWatchFlags::IN_CREATE) {
+                    files.push(dir.join(name));
+                }
+            }
+        }
+        if resync {
+            self.rewatch();
+            return Changes::Resync;
+        }
+        files.dedup();
+        Changes::Files(files)
+    }
+
+    /// How many directories are watched.
+    pub fn watched(&self) -> usize {
+        self.dirs.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +346,67 @@ mod tests {
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         s.refresh(&dir.path().join("a.yaml"), &node);
         assert!(s.desired().pods.is_empty());
+    }
+
+    #[test]
+    fn subdirectories_are_read_only_when_recursive_and_never_hidden_or_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeInfo::default();
+        let root = dir.path();
+        for d in ["team-a/web", ".git", "team-b"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("top.yaml"), pod("top", "x")).unwrap();
+        std::fs::write(root.join("team-a/web/web.yaml"), pod("web", "x")).unwrap();
+        std::fs::write(root.join(".git/HEAD.yaml"), pod("git", "x")).unwrap();
+        std::os::unix::fs::symlink(root.join("team-a"), root.join("team-b/link")).unwrap();
+        std::os::unix::fs::symlink(root, root.join("team-b/loop")).unwrap();
+        let keys = |s: &Sources| s.desired().pods.into_keys().collect::<Vec<_>>();
+        let mut flat = Sources::new(false);
+        flat.resync(root, &node);
+        assert_eq!(keys(&flat), ["default/top"]);
+        let mut deep = Sources::new(true);
+        deep.resync(root, &node);
+        assert_eq!(keys(&deep), ["default/top", "default/web"]);
+        assert_eq!(
+            tree(root, true),
+            [
+                root.to_path_buf(),
+                root.join("team-a"),
+                root.join("team-b"),
+                root.join("team-a/web")
+            ]
+        );
+        // A removed subdirectory's pods go on the next resync.
+        std::fs::remove_dir_all(root.join("team-a")).unwrap();
+        deep.resync(root, &node);
+        assert_eq!(keys(&deep), ["default/top"]);
+    }
+
+    #[test]
+    fn the_watch_follows_subdirectories_as_they_come_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut w = DirWatch::new(root, true).unwrap();
+        assert_eq!(w.watched(), 1);
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        assert_eq!(w.changes(), Changes::Resync);
+        assert_eq!(w.watched(), 3);
+        std::fs::write(root.join("a/b/p.yaml"), "x").unwrap();
+        assert_eq!(w.changes(), Changes::Files(vec![root.join("a/b/p.yaml")]));
+        // Moved out of the tree: no longer watched.
+        std::fs::rename(root.join("a"), dir.path().join(".away")).unwrap();
+        assert_eq!(w.changes(), Changes::Resync);
+        assert_eq!(w.watched(), 1);
+        std::fs::write(root.join(".away/b/q.yaml"), "x").unwrap();
+        assert_eq!(w.changes(), Changes::Files(vec![]));
+        // Not recursive: a subdirectory is neither watched nor a resync.
+        let mut flat = DirWatch::new(root, false).unwrap();
+        std::fs::create_dir(root.join("c")).unwrap();
+        std::fs::write(root.join("c/r.yaml"), "x").unwrap();
+        std::fs::write(root.join("top.yaml"), "x").unwrap();
+        assert_eq!(flat.changes(), Changes::Files(vec![root.join("top.yaml")]));
+        assert_eq!(flat.watched(), 1);
     }
 
     #[test]

@@ -1675,6 +1675,62 @@ fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
     });
 }
 
+/// `--pods-dir-recursive`: a subdirectory made after the start is watched,
+/// its pods run; `podctl delete` finds a pod's file there; removing a whole
+/// subdirectory removes its pods; a hidden one is never read.
+#[test]
+fn with_pods_dir_recursive_subdirectories_are_followed() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("recursive");
+        let (pods, state, state_s) = fx.agent_dirs();
+        let _agent = Running(spawn_agent(
+            &fx,
+            &pods,
+            &state,
+            &["--no-network", "--pods-dir-recursive"],
+        ));
+        let status = || podctl(&["status", "--state-dir", &state_s]).1;
+        let running = |name: &str| {
+            status()
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} ")) && l.contains("Running"))
+        };
+        assert!(eventually(Duration::from_secs(10), || status().starts_with("NAME")));
+        let team = pods.join("team-a/web");
+        std::fs::create_dir_all(&team).unwrap();
+        put_manifest(&team, "a.yaml", &sleeper("deep-a"));
+        put_manifest(&team, "b.yaml", &sleeper("deep-b"));
+        std::fs::create_dir_all(pods.join(".git")).unwrap();
+        put_manifest(&pods.join(".git"), "c.yaml", &sleeper("hidden"));
+        assert!(
+            eventually(Duration::from_secs(15), || running("deep-a")
+                && running("deep-b")),
+            "{}",
+            status()
+        );
+        assert!(!status().contains("hidden"));
+        let (code, _, err) = podctl(&[
+            "delete",
+            "--pods-dir",
+            &pods.display().to_string(),
+            "--pods-dir-recursive",
+            "deep-a",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(!team.join("a.yaml").exists());
+        assert!(eventually(Duration::from_secs(15), || !status().contains("deep-a")));
+        std::fs::remove_dir_all(pods.join("team-a")).unwrap();
+        assert!(
+            eventually(Duration::from_secs(15), || !status().contains("deep-b")),
+            "{}",
+            status()
+        );
+    });
+}
+
 #[test]
 fn share_process_namespace_gives_a_pod_one_pid_namespace_held_by_pause() {
     if !require() {

@@ -23,6 +23,10 @@ pub struct ApplyArgs {
     pub file: PathBuf,
     #[arg(long, default_value = "/etc/pods")]
     pub pods_dir: PathBuf,
+    /// Read subdirectories of the pods dir too, as the agent's
+    /// `--pods-dir-recursive` does.
+    #[arg(long)]
+    pub pods_dir_recursive: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +34,10 @@ pub struct DiffArgs {
     pub file: PathBuf,
     #[arg(long, default_value = "/etc/pods")]
     pub pods_dir: PathBuf,
+    /// Read subdirectories of the pods dir too, as the agent's
+    /// `--pods-dir-recursive` does.
+    #[arg(long)]
+    pub pods_dir_recursive: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +47,10 @@ pub struct DeleteArgs {
     pub namespace: String,
     #[arg(long, default_value = "/etc/pods")]
     pub pods_dir: PathBuf,
+    /// Read subdirectories of the pods dir too, as the agent's
+    /// `--pods-dir-recursive` does.
+    #[arg(long)]
+    pub pods_dir_recursive: bool,
 }
 
 /// One pod's change, as the agent would make it.
@@ -142,6 +154,7 @@ fn desired(s: &Sources) -> BTreeMap<String, PodPlan> {
 fn load_candidate(
     file: &Path,
     pods_dir: &Path,
+    recursive: bool,
     err: &mut dyn Write,
 ) -> Result<(PathBuf, Vec<u8>, Sources, Sources), Outcome> {
     let Some(name) = file.file_name() else {
@@ -169,9 +182,9 @@ fn load_candidate(
     if report.has_errors() {
         return Err(Outcome::Invalid);
     }
-    let mut now = Sources::default();
+    let mut now = Sources::new(recursive);
     now.resync(pods_dir, &node);
-    let mut next = Sources::default();
+    let mut next = Sources::new(recursive);
     next.resync(pods_dir, &node);
     let entry = next.files.entry(target.clone()).or_default();
     entry.good = report.pods;
@@ -189,7 +202,7 @@ fn print_changes(out: &mut dyn Write, changes: &[(String, Change)]) {
 }
 
 pub fn diff(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    match load_candidate(&args.file, &args.pods_dir, err) {
+    match load_candidate(&args.file, &args.pods_dir, args.pods_dir_recursive, err) {
         Ok((_, _, now, next)) => {
             print_changes(out, &changes(&desired(&now), &desired(&next)));
             Outcome::Ok
@@ -215,10 +228,11 @@ fn write_atomically(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 pub fn apply(args: &ApplyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    let (target, bytes, now, next) = match load_candidate(&args.file, &args.pods_dir, err) {
-        Ok(v) => v,
-        Err(o) => return o,
-    };
+    let (target, bytes, now, next) =
+        match load_candidate(&args.file, &args.pods_dir, args.pods_dir_recursive, err) {
+            Ok(v) => v,
+            Err(o) => return o,
+        };
     let conflicts = next.desired().conflicts;
     if let Some(c) = conflicts
         .iter()
@@ -243,7 +257,7 @@ pub fn apply(args: &ApplyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outc
 
 pub fn delete(args: &DeleteArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
     let node = crate::cli::validate::node_info_defaults();
-    let mut s = Sources::default();
+    let mut s = Sources::new(args.pods_dir_recursive);
     s.resync(&args.pods_dir, &node);
     let key = format!("{}/{}", args.namespace, args.pod);
     let Some((file, _)) = s.desired().pods.remove(&key) else {

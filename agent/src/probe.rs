@@ -217,8 +217,161 @@ pub fn attempt(action: &ProbeAction, target: Target, timeout: Duration) -> Resul
             http_get(stream, to, path, headers, timeout)
         }
         ProbeAction::Exec { command } => exec(target.exec, command, timeout),
-        ProbeAction::Grpc { .. } => Err("gRPC probes are not supported".into()),
+        ProbeAction::Grpc { port, service } => {
+            let to = addr(&None, *port)?;
+            let stream = connect_in(&target.net_ns, to, timeout)?;
+            grpc_health(stream, to, service.as_deref().unwrap_or(""), timeout)
+        }
     }
+}
+
+/// `grpc.health.v1.Health/Check` over HTTP/2 without TLS, as the kubelet
+/// makes it: success is `SERVING`. The request and response messages are a
+/// string and an enum, encoded here rather than through a protobuf crate.
+fn grpc_health(
+    stream: std::net::TcpStream,
+    to: SocketAddr,
+    service: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (data, trailers) = rt.block_on(async {
+        let go = async {
+            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .map_err(|e| format!("failed to connect service {to}: {e}"))?;
+            tokio::spawn(conn);
+            let req = hyper::Request::post(format!("http://{to}/grpc.health.v1.Health/Check"))
+                .header(hyper::header::CONTENT_TYPE, "application/grpc")
+                .header(hyper::header::TE, "trailers")
+                .header(hyper::header::USER_AGENT, "kube-probe/podagent")
+                .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(
+                    &health_request(service),
+                ))))
+                .map_err(|e| e.to_string())?;
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("health rpc failed: {e}"))?;
+            if resp.status() != hyper::StatusCode::OK {
+                return Err(format!("health rpc failed: HTTP {}", resp.status()));
+            }
+            // A trailers-only answer carries grpc-status in its headers.
+            let head = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("health rpc failed: {e}"))?;
+            let trailers = body.trailers().cloned().unwrap_or(head);
+            Ok::<_, String>((body.to_bytes(), trailers))
+        };
+        tokio::time::timeout(timeout, go)
+            .await
+            .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?
+    })?;
+    let code = trailers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if code != "0" {
+        let message = trailers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return Err(format!("health rpc failed: grpc-status {code:?} {message}"));
+    }
+    let status = data
+        .get(5..)
+        .filter(|_| data.len() >= 5 && data[0] == 0)
+        .and_then(health_status)
+        .ok_or("health rpc failed: the response is not a HealthCheckResponse")?;
+    match status {
+        1 => Ok(()),
+        s => Err(format!(
+            "service unhealthy (responded with \"{}\")",
+            match s {
+                0 => "UNKNOWN",
+                2 => "NOT_SERVING",
+                3 => "SERVICE_UNKNOWN",
+                _ => "?",
+            }
+        )),
+    }
+}
+
+/// A gRPC message on the wire: uncompressed flag, big-endian length, bytes.
+fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + msg.len());
+    out.push(0);
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        n |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// `HealthCheckRequest { string service = 1; }` (empty: the whole server).
+fn health_request(service: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !service.is_empty() {
+        out.push(0x0a);
+        put_varint(&mut out, service.len() as u64);
+        out.extend_from_slice(service.as_bytes());
+    }
+    out
+}
+
+/// `HealthCheckResponse { ServingStatus status = 1; }`: the status (0 when
+/// absent, as proto3 reads it); other fields skipped; None when malformed.
+fn health_status(msg: &[u8]) -> Option<u64> {
+    let (mut at, mut status) = (0, 0);
+    while at < msg.len() {
+        let key = get_varint(msg, &mut at)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = get_varint(msg, &mut at)?,
+            (_, 0) => {
+                get_varint(msg, &mut at)?;
+            }
+            (_, 1) => at += 8,
+            (_, 2) => {
+                let len = usize::try_from(get_varint(msg, &mut at)?).ok()?;
+                at = at.checked_add(len)?;
+            }
+            (_, 5) => at += 4,
+            _ => return None,
+        }
+    }
+    (at == msg.len()).then_some(status)
 }
 
 /// Connects from inside the namespace: a thread enters it, connects and
@@ -366,6 +519,25 @@ mod tests {
             success_threshold: success,
             failure_threshold: failure,
         }
+    }
+
+    #[test]
+    fn grpc_health_messages_are_encoded_and_decoded_by_hand() {
+        assert_eq!(health_request(""), b"");
+        assert_eq!(health_request("db"), b"\x0a\x02db");
+        let long = "s".repeat(200);
+        assert_eq!(&health_request(&long)[..3], b"\x0a\xc8\x01");
+        assert_eq!(grpc_frame(b"ab"), b"\0\0\0\0\x02ab");
+        assert_eq!(health_status(b"\x08\x01"), Some(1));
+        assert_eq!(health_status(b""), Some(0), "proto3: absent is UNKNOWN");
+        // Unknown fields of every wire type are skipped.
+        assert_eq!(
+            health_status(b"\x12\x03abc\x18\x96\x01\x21\0\0\0\0\0\0\0\0\x2d\0\0\0\0\x08\x02"),
+            Some(2)
+        );
+        assert_eq!(health_status(b"\x08"), None, "cut short");
+        assert_eq!(health_status(b"\x12\x05ab"), None, "length past the end");
+        assert_eq!(health_status(b"\x0b"), None, "group wire type");
     }
 
     #[test]

@@ -459,3 +459,27 @@ fn garbage_never_panics_and_is_an_error() {
         assert!(r.pods.is_empty());
     }
 }
+
+#[test]
+fn grpc_probes_resolve_and_need_a_port() {
+    let p = one_pod(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    livenessProbe: {grpc: {port: 9090, service: db}, periodSeconds: 3}\n",
+    );
+    let probe = p.containers[0].liveness.as_ref().unwrap();
+    assert_eq!(
+        probe.action,
+        specs::plan::ProbeAction::Grpc {
+            port: 9090,
+            service: Some("db".into())
+        }
+    );
+    assert_eq!(probe.period_secs, 3);
+    let r = load(
+        "pod.yaml",
+        b"apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    readinessProbe: {grpc: {service: db}}\n",
+        &node(),
+    );
+    let e = errors(&r.diagnostics);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("readinessProbe.grpc.port"), "{e:?}");
+}

@@ -712,10 +712,6 @@ fn probe(
         }
     } else {
         let g = p.grpc.as_ref()?;
-        issues.error(
-            k("grpc"),
-            "gRPC probes are not supported by podagent; use exec, httpGet or tcpSocket",
-        );
         let port = port(
             push_key(&k("grpc"), "port"),
             &g.port.map(IntOrString::Int),

@@ -55,6 +55,10 @@ pub struct Args {
     /// Stop every pod when the agent exits (default: leave them running).
     #[arg(long)]
     pub stop_pods_on_exit: bool,
+    /// Containers started at once, each on a thread of its own: a slow
+    /// start holds up no other pod.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel_starts: u16,
     /// Seconds between full resyncs of the pods directory.
     #[arg(long, default_value_t = 60)]
     pub resync_secs: u64,
@@ -190,8 +194,12 @@ struct PodRun {
 pub struct Agent {
     args: Args,
     node: NodeInfo,
-    rt: Runtime,
+    rt: std::sync::Arc<Runtime>,
     net: Option<netplug::Network>,
+    /// Container starts in flight, on the pool's threads, by (pod,
+    /// container), with their pod's uid.
+    starter: crate::starter::Starter,
+    starting: BTreeMap<(String, String), String>,
     sources: Sources,
     actual: reconcile::Actual,
     runs: BTreeMap<String, PodRun>,
@@ -341,11 +349,20 @@ impl Agent {
             .0
             .set_nonblocking(true)
             .map_err(|e| e.to_string())?;
+        let rt = std::sync::Arc::new(rt);
+        let starter = crate::starter::Starter::new(
+            rt.clone(),
+            usize::from(args.parallel_starts),
+            &probe_wake.1,
+        )
+        .map_err(|e| format!("start threads: {e}"))?;
         Ok(Agent {
             args,
             node,
             rt,
             net,
+            starter,
+            starting: BTreeMap::new(),
             sources: Sources::new(recursive),
             actual: BTreeMap::new(),
             runs: BTreeMap::new(),
@@ -469,6 +486,7 @@ impl Agent {
             self.reap_children();
             if ready[3] {
                 self.probe_results();
+                self.start_results();
             }
             for (i, key) in shim_keys.into_iter().enumerate() {
                 if ready[4 + i] {
@@ -496,6 +514,15 @@ impl Agent {
             if Instant::now() >= resync_at {
                 self.sources.resync(&self.args.pods_dir, &self.node);
                 last_resync = Instant::now();
+            }
+        }
+        // The starts in flight are finished and recorded first, so a
+        // container is neither left unrecorded (the next agent would take it
+        // for an orphan) nor missed by the stop below.
+        while !self.starting.is_empty() {
+            match self.starter.wait(Duration::from_secs(60)) {
+                Some(done) => self.finish_start(done),
+                None => break,
             }
         }
         if self.args.stop_pods_on_exit {
@@ -551,11 +578,17 @@ impl Agent {
         }
         let t0 = Instant::now();
         let mut plan = reconcile::plan(&plans, &self.actual, t0);
-        // A container already being stopped for a restart needs nothing more.
+        // A container already being stopped for a restart needs nothing
+        // more; one being started is left alone until its start is done.
         plan.actions.retain(|a| match a {
             Action::RestartContainer { pod, container } => {
-                !self.stopping.contains(&(pod.clone(), container.clone()))
+                let id = (pod.clone(), container.clone());
+                !self.stopping.contains(&id) && !self.starting.contains_key(&id)
             }
+            Action::StartContainer { pod, container }
+            | Action::ResizeContainer { pod, container, .. } => !self
+                .starting
+                .contains_key(&(pod.clone(), container.clone())),
             _ => true,
         });
         let acted = !plan.actions.is_empty();
@@ -856,7 +889,13 @@ impl Agent {
         Ok(())
     }
 
+    /// Hands a container's start to the pool; `finish_start` records it.
+    /// Until then it shows as Waiting and the planner leaves it alone.
     fn start(&mut self, key: &str, p: &PodPlan, name: &str, new_spec: bool) {
+        let id = (key.to_string(), name.to_string());
+        if self.starting.contains_key(&id) {
+            return;
+        }
         let Some(c) = p.all_containers().find(|c| c.name.as_str() == name) else {
             return;
         };
@@ -884,10 +923,68 @@ impl Agent {
             let _ = self.exits.rm_watch(wd);
             self.watched.remove(&wd);
         }
+        let job = crate::starter::Job {
+            id: id.clone(),
+            pod: p.clone(),
+            container: c.clone(),
+            sandbox: run.sandbox.clone(),
+            net_ns: run.net_ns.clone(),
+            restarts,
+            crashes,
+        };
+        if let Some(s) = self.actual.get_mut(key) {
+            s.containers.insert(
+                name.to_string(),
+                ContainerState {
+                    hash: c.hash.clone(),
+                    resources: c.resources.clone(),
+                    status: Status::Waiting,
+                    restart_count: restarts,
+                    crashes,
+                },
+            );
+        }
+        self.starting.insert(id, p.uid.clone());
+        self.starter.submit(job);
+    }
+
+    /// Records the starts the pool has finished.
+    fn start_results(&mut self) {
+        for done in self.starter.finished() {
+            self.finish_start(done);
+        }
+    }
+
+    fn finish_start(&mut self, done: crate::starter::Done) {
+        let crate::starter::Done { job, result } = done;
+        self.starting.remove(&job.id);
+        let (key, name) = (job.id.0.as_str(), job.id.1.as_str());
+        let (p, c) = (&job.pod, &job.container);
+        let (restarts, crashes) = (job.restarts, job.crashes);
+        let current = !self.terminating.contains_key(key)
+            && self.actual.get(key).is_some_and(|s| s.uid == p.uid);
+        if !current {
+            // Its pod began stopping meanwhile: the new process follows the
+            // others (SIGTERM now, SIGKILL at the pod's deadline).
+            if let Ok(h) = &result {
+                self.children.push(h.started.shim_pid);
+                match self.terminating.get_mut(key).filter(|t| t.uid == p.uid) {
+                    Some(t) if !t.killed => {
+                        if !t.containers.iter().any(|n| n == name) {
+                            t.containers.push(name.to_string());
+                        }
+                        crate::runtime::signal_init(&h.dir.join("state"), Signal::SIGTERM);
+                    }
+                    _ => {
+                        let _ = self.rt.kill_container(&p.uid, name);
+                    }
+                }
+            }
+            return;
+        }
         let now = Instant::now();
-        let id = (key.to_string(), name.to_string());
+        let id = job.id.clone();
         let mut shim = None;
-        let result = self.rt.start(p, &run.sandbox, run.net_ns.as_deref(), c);
         let status = match result {
             Ok(h) => {
                 self.event(
@@ -1179,6 +1276,10 @@ impl Agent {
         let now = Instant::now();
         let mut done = Vec::new();
         for (key, t) in self.terminating.iter_mut() {
+            // A start in flight still writes into the pod's directories.
+            if self.starting.values().any(|uid| *uid == t.uid) {
+                continue;
+            }
             let base = self.args.state_dir.join("containers").join(&t.uid);
             let exited = t.containers.iter().all(|n| {
                 let st = base.join(n).join("state");

@@ -14,5 +14,6 @@ pub mod reconcile;
 pub mod records;
 pub mod runtime;
 pub mod shim;
+pub mod starter;
 pub mod sys;
 pub mod watch;

@@ -112,11 +112,38 @@ pub(crate) fn io<'a>(
     }
 }
 
+/// A small regular file of the image, `rel` resolved as if `rootfs` were
+/// `/` (`openat2(RESOLVE_IN_ROOT)`): an absolute symlink in the image
+/// (`/etc/passwd -> /etc/x`) stays in the image rather than reading the
+/// node's file, and a FIFO or device there is refused rather than blocking
+/// the start.
+fn read_in_root(rootfs: &Path, rel: &str) -> Option<String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let file = std::fs::File::from(openat2(&root, rel, how).ok()?);
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// Resolves an image's `User` (`uid`, `uid:gid`, `name`, `name:group`)
 /// against the rootfs's /etc/passwd and /etc/group.
 pub fn image_user(rootfs: &Path, user: &str) -> Option<(u32, u32)> {
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        let text = read_in_root(rootfs, file)?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.first() == Some(&name)).then(|| {
@@ -616,4 +643,33 @@ fn mount_overlay(image: &ResolvedImage, dir: &Path, rootfs: &Path) -> Result<(),
         path: rootfs.to_path_buf(),
         source: e.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_user_is_read_inside_the_image_and_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/real-passwd"), "app:x:1000:1001::/:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "staff:x:50:\n").unwrap();
+        // Absolute, as images have them: resolved inside the image.
+        std::os::unix::fs::symlink("/etc/real-passwd", root.join("etc/passwd")).unwrap();
+        assert_eq!(image_user(root, "app"), Some((1000, 1001)));
+        assert_eq!(image_user(root, "app:staff"), Some((1000, 50)));
+        assert_eq!(image_user(root, "7:8"), Some((7, 8)));
+        // Pointing out of the image: the node's root user is not found.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/passwd", root.join("etc/passwd"))
+            .unwrap();
+        assert_eq!(image_user(root, "root"), None);
+        // A FIFO is refused at once instead of waiting for a writer.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(&root.join("etc/passwd"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(image_user(root, "app"), None);
+        assert_eq!(image_user(root, "9"), Some((9, 0)));
+    }
 }

@@ -932,20 +932,32 @@ impl Agent {
             restarts,
             crashes,
         };
+        self.set_container(key, c, Status::Waiting, restarts, crashes);
+        self.starting.insert(id, p.uid.clone());
+        self.starter.submit(job);
+    }
+
+    /// Records a container of pod `key` in the actual state.
+    fn set_container(
+        &mut self,
+        key: &str,
+        c: &specs::plan::ContainerPlan,
+        status: Status,
+        restart_count: u32,
+        crashes: u32,
+    ) {
         if let Some(s) = self.actual.get_mut(key) {
             s.containers.insert(
-                name.to_string(),
+                c.name.to_string(),
                 ContainerState {
                     hash: c.hash.clone(),
                     resources: c.resources.clone(),
-                    status: Status::Waiting,
-                    restart_count: restarts,
+                    status,
+                    restart_count,
                     crashes,
                 },
             );
         }
-        self.starting.insert(id, p.uid.clone());
-        self.starter.submit(job);
     }
 
     /// Records the starts the pool has finished.
@@ -1048,18 +1060,7 @@ impl Agent {
         } else {
             crashes
         };
-        if let Some(s) = self.actual.get_mut(key) {
-            s.containers.insert(
-                name.to_string(),
-                ContainerState {
-                    hash: c.hash.clone(),
-                    resources: c.resources.clone(),
-                    status,
-                    restart_count: restarts,
-                    crashes,
-                },
-            );
-        }
+        self.set_container(key, c, status, restarts, crashes);
         // Once it is recorded as running: a container that already exited
         // is found through its shim's pidfd.
         if let Some(started) = shim {

@@ -225,6 +225,33 @@ pub fn attempt(action: &ProbeAction, target: Target, timeout: Duration) -> Resul
     }
 }
 
+/// Runs `f` over `stream` (made async) on a current-thread runtime of its
+/// own, for at most `timeout`; `late` is the error when it takes longer.
+fn exchange<T, F, Fut>(
+    stream: std::net::TcpStream,
+    timeout: Duration,
+    late: String,
+    f: F,
+) -> Result<T, String>
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let go = async {
+            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+            f(stream).await
+        };
+        tokio::time::timeout(timeout, go).await.map_err(|_| late)?
+    })
+}
+
 /// `grpc.health.v1.Health/Check` over HTTP/2 without TLS, as the kubelet
 /// makes it: success is `SERVING`. The request and response messages are a
 /// string and an enum, encoded here rather than through a protobuf crate.
@@ -235,50 +262,39 @@ fn grpc_health(
     timeout: Duration,
 ) -> Result<(), String> {
     use http_body_util::BodyExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let (data, trailers) = rt.block_on(async {
-        let go = async {
-            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
-            let (mut send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(stream),
-            )
+    let late = format!("timeout: health rpc did not complete within {timeout:?}");
+    let (data, trailers) = exchange(stream, timeout, late, |stream| async move {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| format!("failed to connect service {to}: {e}"))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::post(format!("http://{to}/grpc.health.v1.Health/Check"))
+            .header(hyper::header::CONTENT_TYPE, "application/grpc")
+            .header(hyper::header::TE, "trailers")
+            .header(hyper::header::USER_AGENT, "kube-probe/podagent")
+            .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(
+                &health_request(service),
+            ))))
+            .map_err(|e| e.to_string())?;
+        let resp = send
+            .send_request(req)
             .await
-            .map_err(|e| format!("failed to connect service {to}: {e}"))?;
-            tokio::spawn(conn);
-            let req = hyper::Request::post(format!("http://{to}/grpc.health.v1.Health/Check"))
-                .header(hyper::header::CONTENT_TYPE, "application/grpc")
-                .header(hyper::header::TE, "trailers")
-                .header(hyper::header::USER_AGENT, "kube-probe/podagent")
-                .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(
-                    &health_request(service),
-                ))))
-                .map_err(|e| e.to_string())?;
-            let resp = send
-                .send_request(req)
-                .await
-                .map_err(|e| format!("health rpc failed: {e}"))?;
-            if resp.status() != hyper::StatusCode::OK {
-                return Err(format!("health rpc failed: HTTP {}", resp.status()));
-            }
-            // A trailers-only answer carries grpc-status in its headers.
-            let head = resp.headers().clone();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("health rpc failed: {e}"))?;
-            let trailers = body.trailers().cloned().unwrap_or(head);
-            Ok::<_, String>((body.to_bytes(), trailers))
-        };
-        tokio::time::timeout(timeout, go)
+            .map_err(|e| format!("health rpc failed: {e}"))?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Err(format!("health rpc failed: HTTP {}", resp.status()));
+        }
+        // A trailers-only answer carries grpc-status in its headers.
+        let head = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
             .await
-            .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?
+            .map_err(|e| format!("health rpc failed: {e}"))?;
+        let trailers = body.trailers().cloned().unwrap_or(head);
+        Ok((body.to_bytes(), trailers))
     })?;
     let code = trailers
         .get("grpc-status")
@@ -401,40 +417,28 @@ fn http_get(
     timeout: Duration,
 ) -> Result<(), String> {
     use http_body_util::BodyExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let url = format!("http://{to}{path}");
-    let code = rt.block_on(async {
-        let go = async {
-            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let mut req = hyper::Request::get(path)
-                .header(hyper::header::HOST, to.to_string())
-                .header(hyper::header::USER_AGENT, "kube-probe/podagent")
-                .header(hyper::header::ACCEPT, "*/*");
-            for (k, v) in headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            let req = req
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
+    let late = format!("Get http://{to}{path}: timed out after {timeout:?}");
+    let code = exchange(stream, timeout, late, |stream| async move {
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
                 .map_err(|e| e.to_string())?;
-            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-            let code = resp.status().as_u16();
-            // The body is read (bounded by the timeout) and dropped.
-            let _ = resp.into_body().collect().await;
-            Ok::<u16, String>(code)
-        };
-        tokio::time::timeout(timeout, go)
-            .await
-            .map_err(|_| format!("Get {url}: timed out after {timeout:?}"))?
+        tokio::spawn(conn);
+        let mut req = hyper::Request::get(path)
+            .header(hyper::header::HOST, to.to_string())
+            .header(hyper::header::USER_AGENT, "kube-probe/podagent")
+            .header(hyper::header::ACCEPT, "*/*");
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        // The body is read (bounded by the timeout) and dropped.
+        let _ = resp.into_body().collect().await;
+        Ok(code)
     })?;
     if (200..400).contains(&code) {
         Ok(())

@@ -260,8 +260,8 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
         return reply(StatusCode::OK, "text/plain", head);
     }
     // Following: a thread waits for more (as `podctl logs -f` does) and
-    // sends it on; it ends when the container has exited or the client has
-    // gone (its next write fails).
+    // sends it on; it ends when the container has exited or within a second
+    // of the client going (hyper drops the body, and so the receiver).
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let offset = text.len() as u64;
     let first = tx.clone();
@@ -271,8 +271,9 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
             if first.blocking_send(Bytes::from(head)).is_err() {
                 return;
             }
+            let watch = first.clone();
             let mut out = ChannelWriter(first);
-            crate::cli::logs::follow(&file, offset, &mut out);
+            crate::cli::logs::follow(&file, offset, &mut out, &|| watch.is_closed());
         });
     drop(tx);
     if spawned.is_err() {

@@ -63,10 +63,18 @@ pub struct Prober {
 }
 
 impl Prober {
+    /// The first attempt comes after `initialDelaySeconds`; a liveness
+    /// probe's, also not before one period, as the kubelet's comes on its
+    /// worker's next tick (readiness it triggers at once): a liveness probe
+    /// made the instant the process starts finds nothing listening yet.
     pub fn new(kind: Kind, plan: ProbePlan, started: Instant) -> Self {
+        let mut first = plan.initial_delay_secs;
+        if kind == Kind::Liveness {
+            first = first.max(plan.period_secs.max(1));
+        }
         Prober {
             kind,
-            next_at: started + Duration::from_secs(u64::from(plan.initial_delay_secs)),
+            next_at: started + Duration::from_secs(u64::from(first)),
             plan,
             in_flight: false,
             healthy: kind != Kind::Readiness,
@@ -554,6 +562,12 @@ mod tests {
         assert!(!p.due(t + Duration::from_secs(6)), "one attempt at a time");
         p.record(true, t + Duration::from_secs(5));
         assert_eq!(p.next_at, t + Duration::from_secs(8));
+        // No initial delay: readiness at once, liveness a period later.
+        let r = Prober::new(Kind::Readiness, plan(0, 3, 1, 3), t);
+        assert!(r.due(t));
+        let l = Prober::new(Kind::Liveness, plan(0, 3, 1, 3), t);
+        assert!(!l.due(t + Duration::from_secs(2)));
+        assert!(l.due(t + Duration::from_secs(3)));
     }
 
     #[test]

@@ -1739,6 +1739,42 @@ fn a_config_file_sets_options_and_events_can_be_logged_as_json() {
             agent::api::get(&socket, "/v1/logs/default/talker/t?follow=true").unwrap();
         assert_eq!(code, 200);
         assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
+        // A client that leaves a follow of a quiet container: the agent's
+        // thread following for it ends within about a second.
+        put_manifest(
+            &pods,
+            "quiet.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\nspec:\n  containers:\n  - {name: q, image: busybox, command: [sh, -c, 'echo hello; exec sleep 1000']}\n",
+        );
+        assert!(eventually(Duration::from_secs(10), || {
+            agent::api::get(&socket, "/v1/logs/default/quiet/q")
+                .is_ok_and(|(code, body)| code == 200 && body == b"hello\n")
+        }));
+        let agent_pid = agent.0.id();
+        let followers = || {
+            entries(Path::new(&format!("/proc/{agent_pid}/task")))
+                .iter()
+                .filter(|t| {
+                    std::fs::read_to_string(format!("/proc/{agent_pid}/task/{t}/comm"))
+                        .is_ok_and(|c| c.trim() == "logs")
+                })
+                .count()
+        };
+        let mut while_reading = None;
+        agent::api::get_streamed(
+            &socket,
+            "/v1/logs/default/quiet/q?follow=true",
+            &mut |_, _| {
+                while_reading = Some(followers());
+                false
+            },
+        )
+        .unwrap();
+        assert_eq!(while_reading, Some(1), "one thread follows for the client");
+        assert!(
+            eventually(Duration::from_secs(3), || followers() == 0),
+            "the follow thread outlived its client"
+        );
         let (_, tail) = agent::api::get(&socket, "/v1/logs/default/talker/t?tail=1").unwrap();
         assert_eq!(String::from_utf8_lossy(&tail), "three\n");
         let (code, body) = agent::api::get(&socket, "/v1/logs/default/talkr/t").unwrap();

@@ -146,16 +146,20 @@ fn from_state_dir(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outc
         }
     }
     if args.follow && !args.previous {
-        follow(&file, text.len() as u64, out);
+        follow(&file, text.len() as u64, out, &|| false);
     }
     Outcome::Ok
 }
 
 /// Prints records appended after `offset` until the container has exited
-/// (its exit record exists) and everything is printed.
-pub fn follow(file: &Path, mut offset: u64, out: &mut dyn Write) {
+/// (its exit record exists) and everything is printed, or `gone` says the
+/// reader has left (asked at least once a second).
+pub fn follow(file: &Path, mut offset: u64, out: &mut dyn Write, gone: &dyn Fn() -> bool) {
     let state = file.parent().map(|d| d.join("state")).unwrap_or_default();
     loop {
+        if gone() {
+            return;
+        }
         let exited = state.join("exit.json").exists();
         if let Ok(mut f) = std::fs::File::open(file) {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);

@@ -195,16 +195,11 @@ pub struct Agent {
     args: Args,
     node: NodeInfo,
     rt: std::sync::Arc<Runtime>,
-    net: Option<std::sync::Arc<netplug::Network>>,
-    /// The pool that makes sandboxes and starts containers.
-    starter: crate::starter::Starter<Finished>,
-    /// Container starts in flight on the pool, by (pod, container), with
-    /// their pod's uid.
+    net: Option<netplug::Network>,
+    /// Container starts in flight, on the pool's threads, by (pod,
+    /// container), with their pod's uid.
+    starter: crate::starter::Starter,
     starting: BTreeMap<(String, String), String>,
-    /// Sandboxes being made on the pool, by pod.
-    sandboxing: std::collections::BTreeSet<String>,
-    /// Pods whose sandbox failed, and when to try again.
-    sandbox_retry: BTreeMap<String, Instant>,
     sources: Sources,
     actual: reconcile::Actual,
     runs: BTreeMap<String, PodRun>,
@@ -310,76 +305,6 @@ fn now_rfc3339() -> String {
     crate::shim::logs::rfc3339_nano(SystemTime::now())
 }
 
-/// How long after a failed sandbox it is tried again.
-const SANDBOX_RETRY: Duration = Duration::from_secs(1);
-
-/// What a sandbox made on the pool hands back.
-#[derive(Debug)]
-struct SandboxReady {
-    sandbox: sandbox::Sandbox,
-    net_ns: Option<PathBuf>,
-    ip: Option<String>,
-}
-
-/// A piece of the pool's work, done.
-#[derive(Debug)]
-enum Finished {
-    Container(
-        Box<crate::starter::Job>,
-        Result<crate::runtime::Handle, crate::runtime::RuntimeError>,
-    ),
-    Sandbox(String, Box<PodPlan>, Result<SandboxReady, String>),
-}
-
-/// A pod's sandbox: its namespaces, network (with the hosts and resolv.conf
-/// files) and cgroup. Runs on the pool; every step is idempotent, so a
-/// failed attempt is simply made again.
-fn make_sandbox(
-    state_dir: &Path,
-    rt: &Runtime,
-    net: Option<&netplug::Network>,
-    p: &PodPlan,
-) -> Result<SandboxReady, String> {
-    let mut sb = sandbox::create(state_dir, p).map_err(|e| e.to_string())?;
-    rt.ensure_pid_namespace(p, &mut sb)
-        .map_err(|e| e.to_string())?;
-    let (mut net_ns, mut ip) = (None, None);
-    if let (Some(net), false) = (net, p.host_network) {
-        let ports = host_ports(p);
-        let a = net.setup(&p.uid, &ports).map_err(|e| e.to_string())?;
-        let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let dns = netplug::dns::DnsSettings {
-            replace: p.dns.policy == specs::plan::DnsPolicy::None,
-            nameservers: p.dns.nameservers.clone(),
-            searches: p.dns.searches.clone(),
-            options: p.dns.options.clone(),
-        };
-        let files = net
-            .write_dns_files(
-                &p.uid,
-                &p.hostname,
-                Some(a.ip),
-                &p.host_aliases,
-                &node_resolv,
-                &dns,
-            )
-            .map_err(|e| e.to_string())?;
-        sb.files = vec![
-            ("/etc/hosts".into(), files.hosts),
-            ("/etc/resolv.conf".into(), files.resolv_conf),
-        ];
-        sb.pod_ip = Some(a.ip.to_string());
-        ip = Some(a.ip.to_string());
-        net_ns = Some(a.netns);
-    }
-    rt.create_pod_cgroup(p).map_err(|e| e.to_string())?;
-    Ok(SandboxReady {
-        sandbox: sb,
-        net_ns,
-        ip,
-    })
-}
-
 impl Agent {
     pub fn new(args: Args, podagent: PathBuf) -> Result<Self, String> {
         // Before anything is touched: a newer agent's records are not ours
@@ -412,7 +337,7 @@ impl Agent {
                 .map_err(|e| format!("--pod-cidr {}: {e}", args.pod_cidr))?;
             let n = netplug::Network::new(cfg).map_err(|e| e.to_string())?;
             n.init().map_err(|e| format!("network: {e}"))?;
-            Some(std::sync::Arc::new(n))
+            Some(n)
         };
         let exits = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| e.to_string())?;
@@ -425,9 +350,12 @@ impl Agent {
             .set_nonblocking(true)
             .map_err(|e| e.to_string())?;
         let rt = std::sync::Arc::new(rt);
-        let starter =
-            crate::starter::Starter::new(usize::from(args.parallel_starts), &probe_wake.1)
-                .map_err(|e| format!("start threads: {e}"))?;
+        let starter = crate::starter::Starter::new(
+            rt.clone(),
+            usize::from(args.parallel_starts),
+            &probe_wake.1,
+        )
+        .map_err(|e| format!("start threads: {e}"))?;
         Ok(Agent {
             args,
             node,
@@ -435,8 +363,6 @@ impl Agent {
             net,
             starter,
             starting: BTreeMap::new(),
-            sandboxing: Default::default(),
-            sandbox_retry: BTreeMap::new(),
             sources: Sources::new(recursive),
             actual: BTreeMap::new(),
             runs: BTreeMap::new(),
@@ -532,7 +458,6 @@ impl Agent {
                         t.deadline
                     }
                 }))
-                .chain(self.sandbox_retry.values().copied())
                 .chain(wake)
                 .min();
             let until = timers.map_or(resync_at, |w| w.min(resync_at));
@@ -594,9 +519,9 @@ impl Agent {
         // The starts in flight are finished and recorded first, so a
         // container is neither left unrecorded (the next agent would take it
         // for an orphan) nor missed by the stop below.
-        while !self.starting.is_empty() || !self.sandboxing.is_empty() {
+        while !self.starting.is_empty() {
             match self.starter.wait(Duration::from_secs(60)) {
-                Some(done) => self.finished(done),
+                Some(done) => self.finish_start(done),
                 None => break,
             }
         }
@@ -652,8 +577,6 @@ impl Agent {
             }
         }
         let t0 = Instant::now();
-        // A failed sandbox whose pause is over is tried again now.
-        self.sandbox_retry.retain(|_, at| *at > t0);
         let mut plan = reconcile::plan(&plans, &self.actual, t0);
         // A container already being stopped for a restart needs nothing
         // more; one being started is left alone until its start is done.
@@ -666,10 +589,6 @@ impl Agent {
             | Action::ResizeContainer { pod, container, .. } => !self
                 .starting
                 .contains_key(&(pod.clone(), container.clone())),
-            // A sandbox being made, or one that failed a moment ago.
-            Action::CreateSandbox { pod } => {
-                !self.sandboxing.contains(pod) && !self.sandbox_retry.contains_key(pod)
-            }
             _ => true,
         });
         let acted = !plan.actions.is_empty();
@@ -686,7 +605,23 @@ impl Agent {
 
     fn execute(&mut self, action: &Action, plans: &reconcile::Desired) {
         match action {
-            Action::CreateSandbox { pod } => self.create_sandbox(pod, &plans[pod]),
+            Action::CreateSandbox { pod } => match self.create_sandbox(pod, &plans[pod]) {
+                Ok(()) => {
+                    let ip = self.runs.get(pod).and_then(|r| r.ip.clone());
+                    let message = match ip {
+                        Some(ip) => format!("sandbox ready, IP {ip}"),
+                        None => "sandbox ready".to_string(),
+                    };
+                    self.event(Kind::Normal, "Scheduled", pod, None, message);
+                }
+                Err(e) => self.event(
+                    Kind::Warning,
+                    "FailedCreatePodSandBox",
+                    pod,
+                    None,
+                    e.to_string(),
+                ),
+            },
             Action::StartContainer { pod, container } => {
                 self.start(pod, &plans[pod], container, false)
             }
@@ -758,44 +693,41 @@ impl Agent {
         }
     }
 
-    /// Hands a pod's sandbox to the pool; `finish_sandbox` records it.
-    fn create_sandbox(&mut self, key: &str, p: &PodPlan) {
-        if !self.sandboxing.insert(key.to_string()) {
-            return;
+    fn create_sandbox(&mut self, key: &str, p: &PodPlan) -> Result<(), String> {
+        let mut sb = sandbox::create(&self.args.state_dir, p).map_err(|e| e.to_string())?;
+        self.rt
+            .ensure_pid_namespace(p, &mut sb)
+            .map_err(|e| e.to_string())?;
+        let (mut net_ns, mut ip) = (None, None);
+        if let (Some(net), false) = (&self.net, p.host_network) {
+            let ports = host_ports(p);
+            let a = net.setup(&p.uid, &ports).map_err(|e| e.to_string())?;
+            let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let dns = netplug::dns::DnsSettings {
+                replace: p.dns.policy == specs::plan::DnsPolicy::None,
+                nameservers: p.dns.nameservers.clone(),
+                searches: p.dns.searches.clone(),
+                options: p.dns.options.clone(),
+            };
+            let files = net
+                .write_dns_files(
+                    &p.uid,
+                    &p.hostname,
+                    Some(a.ip),
+                    &p.host_aliases,
+                    &node_resolv,
+                    &dns,
+                )
+                .map_err(|e| e.to_string())?;
+            sb.files = vec![
+                ("/etc/hosts".into(), files.hosts),
+                ("/etc/resolv.conf".into(), files.resolv_conf),
+            ];
+            sb.pod_ip = Some(a.ip.to_string());
+            ip = Some(a.ip.to_string());
+            net_ns = Some(a.netns);
         }
-        let (state_dir, rt, net) = (
-            self.args.state_dir.clone(),
-            self.rt.clone(),
-            self.net.clone(),
-        );
-        let (key, pod) = (key.to_string(), Box::new(p.clone()));
-        self.starter.submit(move || {
-            let result = make_sandbox(&state_dir, &rt, net.as_deref(), &pod);
-            Finished::Sandbox(key, pod, result)
-        });
-    }
-
-    fn finish_sandbox(&mut self, key: &str, p: &PodPlan, result: Result<SandboxReady, String>) {
-        self.sandboxing.remove(key);
-        let ready = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.event(Kind::Warning, "FailedCreatePodSandBox", key, None, e);
-                self.sandbox_retry
-                    .insert(key.to_string(), Instant::now() + SANDBOX_RETRY);
-                return;
-            }
-        };
-        self.sandbox_retry.remove(key);
-        let message = match &ready.ip {
-            Some(ip) => format!("sandbox ready, IP {ip}"),
-            None => "sandbox ready".to_string(),
-        };
-        let SandboxReady {
-            sandbox: sb,
-            net_ns,
-            ip,
-        } = ready;
+        self.rt.create_pod_cgroup(p).map_err(|e| e.to_string())?;
         self.runs.insert(
             key.to_string(),
             PodRun {
@@ -827,7 +759,7 @@ impl Agent {
                 containers: BTreeMap::new(),
             },
         );
-        self.event(Kind::Normal, "Scheduled", key, None, message);
+        Ok(())
     }
 
     /// Re-adopts what a previous agent left running for the pods still
@@ -1002,16 +934,7 @@ impl Agent {
         };
         self.set_container(key, c, Status::Waiting, restarts, crashes);
         self.starting.insert(id, p.uid.clone());
-        let rt = self.rt.clone();
-        self.starter.submit(move || {
-            let result = rt.start(
-                &job.pod,
-                &job.sandbox,
-                job.net_ns.as_deref(),
-                &job.container,
-            );
-            Finished::Container(Box::new(job), result)
-        });
+        self.starter.submit(job);
     }
 
     /// Records a container of pod `key` in the actual state.
@@ -1040,22 +963,12 @@ impl Agent {
     /// Records the starts the pool has finished.
     fn start_results(&mut self) {
         for done in self.starter.finished() {
-            self.finished(done);
+            self.finish_start(done);
         }
     }
 
-    fn finished(&mut self, done: Finished) {
-        match done {
-            Finished::Container(job, result) => self.finish_start(*job, result),
-            Finished::Sandbox(key, pod, result) => self.finish_sandbox(&key, &pod, result),
-        }
-    }
-
-    fn finish_start(
-        &mut self,
-        job: crate::starter::Job,
-        result: Result<crate::runtime::Handle, crate::runtime::RuntimeError>,
-    ) {
+    fn finish_start(&mut self, done: crate::starter::Done) {
+        let crate::starter::Done { job, result } = done;
         self.starting.remove(&job.id);
         let (key, name) = (job.id.0.as_str(), job.id.1.as_str());
         let (p, c) = (&job.pod, &job.container);

@@ -1,10 +1,9 @@
-//! Pod starts off the loop. A fixed pool of threads runs the slow steps of
-//! starting a pod (its sandbox: namespaces, network, cgroup; each
-//! container's `Runtime::start`: the overlay rootfs, the bundle, the
-//! container cgroup, the shim until it reports the exec), so a pod whose
-//! start is slow holds up no other, and the starts of a burst overlap. The
-//! loop hands work over and goes on; each result comes back through a
-//! channel, with a byte on the loop's wake socket.
+//! Container starts off the loop. A fixed pool of threads runs
+//! `Runtime::start` (the overlay rootfs, the bundle, the container cgroup,
+//! the shim until it reports the exec), so a container whose start is slow
+//! holds up no other pod, and the starts of a burst overlap. The loop hands
+//! a `Job` over and goes on; each `Done` comes back through a channel, with
+//! a byte on the loop's wake socket.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -17,6 +16,7 @@ use specs::plan::ContainerPlan;
 use specs::PodPlan;
 
 use crate::runtime::sandbox::Sandbox;
+use crate::runtime::{Handle, Runtime, RuntimeError};
 
 /// One container to start, with what the loop decided about it.
 #[derive(Debug)]
@@ -32,21 +32,25 @@ pub struct Job {
     pub crashes: u32,
 }
 
-type Work<T> = Box<dyn FnOnce() -> T + Send>;
-
-/// A pool of threads running work of the loop's and sending back its `T`.
+/// A start finished: the container runs, or why it does not.
 #[derive(Debug)]
-pub struct Starter<T> {
-    work: Option<Sender<Work<T>>>,
-    done: Receiver<T>,
+pub struct Done {
+    pub job: Job,
+    pub result: Result<Handle, RuntimeError>,
+}
+
+#[derive(Debug)]
+pub struct Starter {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
 
-impl<T: Send + 'static> Starter<T> {
-    /// `workers` threads (at least one); each finished piece of work
-    /// writes a byte to `wake`.
-    pub fn new(workers: usize, wake: &UnixStream) -> std::io::Result<Self> {
-        let (work, queue) = channel::<Work<T>>();
+impl Starter {
+    /// `workers` threads (at least one) starting containers with `rt`; each
+    /// finished start writes a byte to `wake`.
+    pub fn new(rt: Arc<Runtime>, workers: usize, wake: &UnixStream) -> std::io::Result<Self> {
+        let (jobs, queue) = channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let (done_tx, done) = channel();
         let mut handles = Vec::new();
@@ -58,58 +62,73 @@ impl<T: Send + 'static> Starter<T> {
         let old = all
             .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
             .map_err(std::io::Error::from)?;
-        let spawned = (|| {
-            for i in 0..workers.max(1) {
-                let (queue, done_tx) = (queue.clone(), done_tx.clone());
-                let mut wake = wake.try_clone()?;
-                handles.push(
-                    std::thread::Builder::new()
-                        .name(format!("start-{i}"))
-                        .spawn(move || loop {
-                            // The lock is held only while taking work.
-                            let next = queue.lock().map(|q| q.recv());
-                            let Ok(Ok(work)) = next else {
-                                return; // the agent is done with the pool
-                            };
-                            if done_tx.send(work()).is_err() {
-                                return;
-                            }
-                            let _ = wake.write_all(b"s");
-                        })?,
-                );
-            }
-            Ok::<(), std::io::Error>(())
-        })();
+        let spawned = Self::spawn(&rt, workers, wake, &queue, &done_tx, &mut handles);
         let _ = old.thread_set_mask();
         spawned?;
         Ok(Starter {
-            work: Some(work),
+            jobs: Some(jobs),
             done,
             workers: handles,
         })
     }
 
-    pub fn submit(&self, work: impl FnOnce() -> T + Send + 'static) {
-        if let Some(tx) = &self.work {
+    fn spawn(
+        rt: &Arc<Runtime>,
+        workers: usize,
+        wake: &UnixStream,
+        queue: &Arc<Mutex<Receiver<Job>>>,
+        done_tx: &Sender<Done>,
+        handles: &mut Vec<std::thread::JoinHandle<()>>,
+    ) -> std::io::Result<()> {
+        for i in 0..workers.max(1) {
+            let (rt, queue, done_tx) = (rt.clone(), queue.clone(), done_tx.clone());
+            let mut wake = wake.try_clone()?;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("start-{i}"))
+                    .spawn(move || loop {
+                        // The lock is held only while taking a job.
+                        let next = queue.lock().map(|q| q.recv());
+                        let Ok(Ok(job)) = next else {
+                            return; // the agent is done with the pool
+                        };
+                        let result = rt.start(
+                            &job.pod,
+                            &job.sandbox,
+                            job.net_ns.as_deref(),
+                            &job.container,
+                        );
+                        if done_tx.send(Done { job, result }).is_err() {
+                            return;
+                        }
+                        let _ = wake.write_all(b"s");
+                    })?,
+            );
+        }
+        Ok(())
+    }
+
+    pub fn submit(&self, job: Job) {
+        if let Some(tx) = &self.jobs {
             // Workers only stop when the pool is dropped.
-            let _ = tx.send(Box::new(work));
+            let _ = tx.send(job);
         }
     }
 
-    /// The results so far, without waiting.
-    pub fn finished(&self) -> Vec<T> {
+    /// The starts finished so far, without waiting.
+    pub fn finished(&self) -> Vec<Done> {
         self.done.try_iter().collect()
     }
 
-    /// The next result, waiting at most `timeout`.
-    pub fn wait(&self, timeout: Duration) -> Option<T> {
+    /// The next start to finish, waiting at most `timeout`.
+    pub fn wait(&self, timeout: Duration) -> Option<Done> {
         self.done.recv_timeout(timeout).ok()
     }
 }
 
-impl<T> Drop for Starter<T> {
+impl Drop for Starter {
     fn drop(&mut self) {
-        self.work = None;
+        self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

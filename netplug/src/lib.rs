@@ -303,8 +303,7 @@ impl Network {
             link::configure_pod_side(&h, &peer, ip, gw, mtu).await
         })?;
         after(Step::Configured);
-        self.ports_locked(|| nft::publish(&self.cfg.nft_table, id, a.ip, ports))
-            .map_err(|e| self.name_port_owner(e))?;
+        nft::publish(&self.cfg.nft_table, id, a.ip, ports).map_err(|e| self.name_port_owner(e))?;
         after(Step::PortsPublished);
         Ok(Attachment {
             ip: a.ip,
@@ -313,31 +312,6 @@ impl Network {
             host_veth: host,
             netns: ns,
         })
-    }
-
-    /// Runs `f` holding `ports.lock`: publishing checks the table for a
-    /// taken port, then adds, and two pods set up at once (on two threads
-    /// or by two processes) must not both find the port free.
-    fn ports_locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let path = self.cfg.state_dir.join("ports.lock");
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| NetError::Io {
-                op: "open",
-                path: path.clone(),
-                source,
-            })?;
-        let _held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, source)| NetError::Sys {
-                op: "lock",
-                path: path.clone(),
-                source,
-            },
-        )?;
-        f()
     }
 
     /// A port conflict names the owning pod rather than its address.

@@ -266,23 +266,6 @@ struct Shim {
     pid: i32,
 }
 
-/// Writes a small JSON record atomically (temp file, rename), stamped with
-/// the record version.
-fn write_record(path: &Path, v: &serde_json::Value) {
-    let tmp = path.with_extension("json.tmp");
-    if std::fs::write(&tmp, crate::records::stamped(v.clone()).to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
-}
-
-fn read_record(path: &Path) -> Option<serde_json::Value> {
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.len() > 1 << 20 {
-        return None;
-    }
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// The pod's host ports, for netplug.
 fn host_ports(p: &PodPlan) -> Vec<netplug::HostPort> {
     p.all_containers()
@@ -741,14 +724,14 @@ impl Agent {
             "sandbox_hash": reconcile::sandbox_hash(p),
             "grace_secs": p.termination_grace_period_secs,
         });
-        write_record(
+        crate::records::write(
             &self
                 .args
                 .state_dir
                 .join("pods")
                 .join(&p.uid)
                 .join("agent.json"),
-            &record,
+            record,
         );
         self.actual.insert(
             key.to_string(),
@@ -771,7 +754,7 @@ impl Agent {
         let mut shims = Vec::new();
         for (key, (_, p)) in &desired.pods {
             let pod_dir = self.args.state_dir.join("pods").join(&p.uid);
-            let Some(rec) = read_record(&pod_dir.join("agent.json")) else {
+            let Some(rec) = crate::records::read(&pod_dir.join("agent.json")) else {
                 continue;
             };
             if rec["sandbox_hash"].as_str() != Some(reconcile::sandbox_hash(p).as_str()) {
@@ -781,18 +764,18 @@ impl Agent {
             let base = self.args.state_dir.join("containers").join(&p.uid);
             for c in p.all_containers() {
                 let dir = base.join(c.name.as_str());
-                let Some(crec) = read_record(&dir.join("agent.json")) else {
+                let Some(crec) = crate::records::read(&dir.join("agent.json")) else {
                     continue;
                 };
                 let state = dir.join("state");
-                let status = if let Some(exit) = read_record(&state.join("exit.json")) {
+                let status = if let Some(exit) = crate::records::read(&state.join("exit.json")) {
                     let now = Instant::now();
                     Status::Terminated {
                         exit_code: exit["exit_code"].as_i64().unwrap_or(255) as i32,
                         started: now,
                         finished: now,
                     }
-                } else if let Some(started) = read_record(&state.join("state.json")) {
+                } else if let Some(started) = crate::records::read(&state.join("state.json")) {
                     let pid = started["pid"].as_i64().unwrap_or(0) as i32;
                     if crate::shim::start_ticks(pid) != started["start_ticks"].as_u64() {
                         continue; // gone without an exit record (its shim died)
@@ -1030,7 +1013,7 @@ impl Agent {
                     "restart_count": restarts,
                     "crashes": crashes,
                 });
-                write_record(&h.dir.join("agent.json"), &record);
+                crate::records::write(&h.dir.join("agent.json"), record);
                 shim = Some(h.started);
                 Status::Running { since: now }
             }
@@ -1141,7 +1124,7 @@ impl Agent {
     fn probe_target(&self, (key, name): &(String, String)) -> Result<crate::probe::Target, String> {
         let uid = &self.actual.get(key).ok_or("the pod is gone")?.uid;
         let dir = crate::runtime::container_dir(&self.args.state_dir, uid, name);
-        let st: crate::shim::Started = read_record(&dir.join("state/state.json"))
+        let st: crate::shim::Started = crate::records::read(&dir.join("state/state.json"))
             .and_then(|v| serde_json::from_value(v).ok())
             .ok_or("the container is not running")?;
         let ns = std::fs::File::open(format!("/proc/{}/ns/net", st.pid))
@@ -1400,7 +1383,7 @@ impl Agent {
             self.record_exit(key, name);
             return;
         }
-        let started = read_record(&dir.join("state.json"));
+        let started = crate::records::read(&dir.join("state.json"));
         let _ = self.rt.kill_container(&uid, name);
         let message = format!("its shim (pid {pid}) died; its processes were killed");
         self.event(Kind::Warning, "ShimDied", key, Some(name), message.clone());
@@ -1413,9 +1396,9 @@ impl Agent {
             message,
             warnings: Vec::new(),
         };
-        write_record(
+        crate::records::write(
             &dir.join("exit.json"),
-            &serde_json::to_value(&exited).unwrap_or_default(),
+            serde_json::to_value(&exited).unwrap_or_default(),
         );
     }
 

@@ -21,6 +21,24 @@ pub fn stamped(mut v: serde_json::Value) -> serde_json::Value {
     v
 }
 
+/// Writes a small JSON record atomically (temp file, rename), stamped with
+/// the record version.
+pub fn write(path: &Path, v: serde_json::Value) {
+    let tmp = path.with_extension("json.tmp");
+    if std::fs::write(&tmp, stamped(v).to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// A record as JSON; none when it is missing, over 1 MiB or not JSON.
+pub fn read(path: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() > 1 << 20 {
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// A record's version: 0 when it has none.
 pub fn version_of(v: &serde_json::Value) -> u64 {
     v["version"].as_u64().unwrap_or(0)
@@ -51,10 +69,7 @@ pub fn check(state_dir: &Path) -> Result<(), String> {
         }
     }
     for f in files {
-        let Ok(bytes) = std::fs::read(&f) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        let Some(v) = read(&f) else {
             continue;
         };
         let found = version_of(&v);

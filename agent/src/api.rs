@@ -8,7 +8,7 @@
 //!
 //! Routes (GET only):
 //! - `/healthz`: `ok` once the agent has done its first pass;
-//! - `/v1/status`: pods, manifest problems and conflicts (`daemon::Status_`);
+//! - `/v1/status`: pods, manifest problems and conflicts (`status::NodeStatus`);
 //! - `/v1/events`: the event ring, oldest first;
 //! - `/v1/top`: cpu time, memory and pids of each running container;
 //! - `/v1/logs/{namespace}/{pod}/{container}` (`tail`, `previous`,
@@ -30,8 +30,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::cgroups::Cgroups;
-use crate::daemon::{ContainerStatus, PodStatus, Status_};
 use crate::events::Events;
+use crate::status::{ContainerStatus, NodeStatus, PodStatus};
 
 /// Every response's body: whole, or streamed (`logs?follow=true`).
 type Body = BoxBody<Bytes, Infallible>;
@@ -63,9 +63,12 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct View {
     pub ready: bool,
-    pub status: Option<Status_>,
+    pub status: Option<NodeStatus>,
     pub events: Events,
     pub reconcile: Histogram,
+    /// How many of each kind of thing the agent holds (`pods`,
+    /// `containers`, `shims`, ...), by kind.
+    pub tracked: Vec<(&'static str, usize)>,
 }
 
 pub type Shared = Arc<Mutex<View>>;
@@ -83,50 +86,89 @@ pub struct Server {
 /// Creates the socket at `path` (replacing a stale one) and serves it on a
 /// thread of its own until the process exits. Errors (a bad path, a socket
 /// another agent is serving) are returned before anything is served.
-pub fn serve(path: &Path, group: Option<u32>, server: Server) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| format!("{}: not a socket path", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// Why the API could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}: not a socket path", path.display())]
+    NotASocketPath { path: PathBuf },
+    #[error("{}: another agent is serving this socket", path.display())]
+    InUse { path: PathBuf },
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", path.display())]
+    Chown {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the API's {what}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
+    move |source| ApiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn serve(path: &Path, group: Option<u32>, server: Server) -> Result<(), ApiError> {
+    let dir = path.parent().ok_or_else(|| ApiError::NotASocketPath {
+        path: path.to_path_buf(),
+    })?;
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "{}: another agent is serving this socket",
-            path.display()
-        ));
+        return Err(ApiError::InUse {
+            path: path.to_path_buf(),
+        });
     }
     // Bound inside a private directory, then given its mode and renamed into
     // place: never reachable with the umask's mode.
     let private = tempfile::Builder::new()
         .prefix(".api")
         .tempdir_in(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .map_err(io_at(dir))?;
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("{}: {e}", private.path().display()))?;
+        .map_err(io_at(private.path()))?;
     let tmp = private.path().join("sock");
-    let listener = std::os::unix::net::UnixListener::bind(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(io_at(&tmp))?;
     let mode = if let Some(gid) = group {
-        nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(
+            |source| ApiError::Chown {
+                path: tmp.clone(),
+                source,
+            },
+        )?;
         0o660
     } else {
         0o600
     };
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_at(path))?;
+    listener.set_nonblocking(true).map_err(io_at(path))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .map_err(|e| format!("the API's runtime: {e}"))?;
+        .map_err(|source| ApiError::Start {
+            what: "runtime",
+            source,
+        })?;
     let server = Arc::new(server);
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || rt.block_on(accept(listener, server)))
-        .map_err(|e| format!("the API's thread: {e}"))?;
+        .map_err(|source| ApiError::Start {
+            what: "thread",
+            source,
+        })?;
     Ok(())
 }
 
@@ -230,12 +272,11 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
             (k, _) => return error(StatusCode::BAD_REQUEST, &format!("unknown parameter {k}")),
         }
     }
-    let dir =
-        match crate::cli::locate::container_dir(&server.state_dir, namespace, pod, Some(container))
-        {
-            Ok(d) => d,
-            Err(e) => return error(StatusCode::NOT_FOUND, &e),
-        };
+    let dir = match crate::locate::container_dir(&server.state_dir, namespace, pod, Some(container))
+    {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e),
+    };
     let file = dir.join(if previous {
         "previous.log"
     } else {
@@ -249,7 +290,7 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
         };
         return error(StatusCode::NOT_FOUND, what);
     };
-    let all = crate::cli::logs::lines(&text);
+    let all = crate::shim::logs::lines(&text);
     let start = tail.map_or(0, |n| all.len().saturating_sub(n));
     let mut head = String::new();
     for l in &all[start..] {
@@ -273,7 +314,7 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
             }
             let watch = first.clone();
             let mut out = ChannelWriter(first);
-            crate::cli::logs::follow(&file, offset, &mut out, &|| watch.is_closed());
+            crate::shim::logs::follow(&file, offset, &mut out, &|| watch.is_closed());
         });
     drop(tx);
     if spawned.is_err() {
@@ -415,6 +456,14 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
     );
     let _ = writeln!(out, "# TYPE podagent_container_memory_usage_bytes gauge");
     out.push_str(&memory);
+    let _ = writeln!(
+        out,
+        "# HELP podagent_tracked_objects What the agent holds in memory, by kind (none once every pod is gone)."
+    );
+    let _ = writeln!(out, "# TYPE podagent_tracked_objects gauge");
+    for (kind, n) in &view.tracked {
+        let _ = writeln!(out, "podagent_tracked_objects{{kind=\"{kind}\"}} {n}");
+    }
     let h = &view.reconcile;
     let _ = writeln!(
         out,

@@ -5,6 +5,26 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use specs::cpuset::CpuSet;
+use specs::NodeInfo;
+
+/// Where the node's seccomp profiles live by default (`--root-dir`'s
+/// `seccomp`).
+pub const DEFAULT_SECCOMP_DIR: &str = "/var/lib/podagent/seccomp";
+
+/// This node as plans are resolved against it, with the default policy:
+/// its memory, online CPUs, hostname and the profiles in `seccomp_dir`.
+pub fn info(seccomp_dir: &Path) -> NodeInfo {
+    let defaults = NodeInfo::default();
+    NodeInfo {
+        memory_bytes: mem_total(Path::new("/proc/meminfo")).unwrap_or(defaults.memory_bytes),
+        cpus: online_cpus(Path::new("/sys/devices/system/cpu/online")).ok(),
+        seccomp_profiles: seccomp_profiles(seccomp_dir),
+        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or(defaults.node_name.clone()),
+        ..defaults
+    }
+}
 
 /// `MemTotal` of a `/proc/meminfo`-shaped file, in bytes.
 pub fn mem_total(meminfo: &Path) -> std::io::Result<u64> {

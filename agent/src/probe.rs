@@ -183,6 +183,81 @@ impl ContainerProbes {
     }
 }
 
+/// Why an attempt failed: the `Unhealthy` event's message, worded as the
+/// kubelet's.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the pod is gone")]
+    PodGone,
+    #[error("the container is not running")]
+    NotRunning,
+    #[error("the container's network namespace")]
+    NetNs(#[source] std::io::Error),
+    #[error("host {0:?} is not an IP address")]
+    BadHost(String),
+    #[error("entering the pod's network namespace")]
+    EnterNetNs(#[source] nix::Error),
+    #[error("dial tcp {to}")]
+    Dial {
+        to: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the probe's thread panicked")]
+    Thread,
+    #[error("the probe's {what}")]
+    Local {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Get http://{to}{path}: timed out after {timeout:?}")]
+    HttpTimeout {
+        to: SocketAddr,
+        path: String,
+        timeout: Duration,
+    },
+    #[error("Get http://{to}{path}")]
+    Http {
+        to: SocketAddr,
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the request")]
+    Request(#[source] hyper::http::Error),
+    #[error("HTTP probe failed with statuscode: {0}")]
+    Status(u16),
+    #[error("timeout: health rpc did not complete within {0:?}")]
+    RpcTimeout(Duration),
+    #[error("failed to connect service {to}")]
+    RpcConnect {
+        to: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("health rpc failed")]
+    Rpc(#[source] hyper::Error),
+    #[error("health rpc failed: HTTP {0}")]
+    RpcHttp(hyper::StatusCode),
+    #[error("health rpc failed: grpc-status {code:?} {message}")]
+    GrpcStatus { code: String, message: String },
+    #[error("health rpc failed: the response is not a HealthCheckResponse")]
+    BadResponse,
+    #[error("service unhealthy (responded with \"{0}\")")]
+    Unhealthy(&'static str),
+    #[error("running the exec probe")]
+    Spawn(#[source] std::io::Error),
+    #[error("the exec probe's pidfd")]
+    Pidfd(#[source] nix::Error),
+    #[error("command timed out after {0:?}")]
+    ExecTimeout(Duration),
+    #[error("command exited with {code}: {output}")]
+    Exit { code: i32, output: String },
+    #[error("command was killed by a signal")]
+    Killed,
+}
+
 /// Where one attempt is made.
 #[derive(Debug)]
 pub struct Target {
@@ -197,13 +272,13 @@ pub struct Target {
 }
 
 /// Makes one attempt; `Err` says why it failed (the event's message).
-pub fn attempt(action: &ProbeAction, target: Target, timeout: Duration) -> Result<(), String> {
+pub fn attempt(action: &ProbeAction, target: Target, timeout: Duration) -> Result<(), ProbeError> {
     let timeout = timeout.max(Duration::from_secs(1));
-    let addr = |host: &Option<String>, port: u16| -> Result<SocketAddr, String> {
+    let addr = |host: &Option<String>, port: u16| -> Result<SocketAddr, ProbeError> {
         let ip = match host {
             Some(h) => h
                 .parse::<IpAddr>()
-                .map_err(|_| format!("host {h:?} is not an IP address"))?,
+                .map_err(|_| ProbeError::BadHost(h.clone()))?,
             None => target.pod_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         };
         Ok(SocketAddr::new(ip, port))
@@ -238,22 +313,23 @@ pub fn attempt(action: &ProbeAction, target: Target, timeout: Duration) -> Resul
 fn exchange<T, F, Fut>(
     stream: std::net::TcpStream,
     timeout: Duration,
-    late: String,
+    late: ProbeError,
     f: F,
-) -> Result<T, String>
+) -> Result<T, ProbeError>
 where
     F: FnOnce(tokio::net::TcpStream) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, ProbeError>>,
 {
+    let local = |what| move |source| ProbeError::Local { what, source };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(local("runtime"))?;
     rt.block_on(async {
         let go = async {
-            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+            stream.set_nonblocking(true).map_err(local("socket"))?;
+            let stream = tokio::net::TcpStream::from_std(stream).map_err(local("socket"))?;
             f(stream).await
         };
         tokio::time::timeout(timeout, go).await.map_err(|_| late)?
@@ -268,16 +344,16 @@ fn grpc_health(
     to: SocketAddr,
     service: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     use http_body_util::BodyExt;
-    let late = format!("timeout: health rpc did not complete within {timeout:?}");
+    let late = ProbeError::RpcTimeout(timeout);
     let (data, trailers) = exchange(stream, timeout, late, |stream| async move {
         let (mut send, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             hyper_util::rt::TokioIo::new(stream),
         )
         .await
-        .map_err(|e| format!("failed to connect service {to}: {e}"))?;
+        .map_err(|source| ProbeError::RpcConnect { to, source })?;
         tokio::spawn(conn);
         let req = hyper::Request::post(format!("http://{to}/grpc.health.v1.Health/Check"))
             .header(hyper::header::CONTENT_TYPE, "application/grpc")
@@ -286,21 +362,14 @@ fn grpc_health(
             .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(
                 &health_request(service),
             ))))
-            .map_err(|e| e.to_string())?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("health rpc failed: {e}"))?;
+            .map_err(ProbeError::Request)?;
+        let resp = send.send_request(req).await.map_err(ProbeError::Rpc)?;
         if resp.status() != hyper::StatusCode::OK {
-            return Err(format!("health rpc failed: HTTP {}", resp.status()));
+            return Err(ProbeError::RpcHttp(resp.status()));
         }
         // A trailers-only answer carries grpc-status in its headers.
         let head = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("health rpc failed: {e}"))?;
+        let body = resp.into_body().collect().await.map_err(ProbeError::Rpc)?;
         let trailers = body.trailers().cloned().unwrap_or(head);
         Ok((body.to_bytes(), trailers))
     })?;
@@ -313,24 +382,24 @@ fn grpc_health(
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        return Err(format!("health rpc failed: grpc-status {code:?} {message}"));
+        return Err(ProbeError::GrpcStatus {
+            code: code.to_string(),
+            message: message.to_string(),
+        });
     }
     let status = data
         .get(5..)
         .filter(|_| data.len() >= 5 && data[0] == 0)
         .and_then(health_status)
-        .ok_or("health rpc failed: the response is not a HealthCheckResponse")?;
+        .ok_or(ProbeError::BadResponse)?;
     match status {
         1 => Ok(()),
-        s => Err(format!(
-            "service unhealthy (responded with \"{}\")",
-            match s {
-                0 => "UNKNOWN",
-                2 => "NOT_SERVING",
-                3 => "SERVICE_UNKNOWN",
-                _ => "?",
-            }
-        )),
+        s => Err(ProbeError::Unhealthy(match s {
+            0 => "UNKNOWN",
+            2 => "NOT_SERVING",
+            3 => "SERVICE_UNKNOWN",
+            _ => "?",
+        })),
     }
 }
 
@@ -404,16 +473,16 @@ fn connect_in(
     net_ns: &OwnedFd,
     to: SocketAddr,
     timeout: Duration,
-) -> Result<std::net::TcpStream, String> {
+) -> Result<std::net::TcpStream, ProbeError> {
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(net_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("entering the pod's network namespace: {e}"))?;
+                .map_err(ProbeError::EnterNetNs)?;
             std::net::TcpStream::connect_timeout(&to, timeout)
-                .map_err(|e| format!("dial tcp {to}: {e}"))
+                .map_err(|source| ProbeError::Dial { to, source })
         })
         .join()
-        .unwrap_or_else(|_| Err("the probe's thread panicked".into()))
+        .unwrap_or(Err(ProbeError::Thread))
     })
 }
 
@@ -423,14 +492,23 @@ fn http_get(
     path: &str,
     headers: &[(String, String)],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     use http_body_util::BodyExt;
-    let late = format!("Get http://{to}{path}: timed out after {timeout:?}");
+    let late = ProbeError::HttpTimeout {
+        to,
+        path: path.to_string(),
+        timeout,
+    };
+    let failed = |source| ProbeError::Http {
+        to,
+        path: path.to_string(),
+        source,
+    };
     let code = exchange(stream, timeout, late, |stream| async move {
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(failed)?;
         tokio::spawn(conn);
         let mut req = hyper::Request::get(path)
             .header(hyper::header::HOST, to.to_string())
@@ -441,8 +519,8 @@ fn http_get(
         }
         let req = req
             .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Request)?;
+        let resp = send.send_request(req).await.map_err(failed)?;
         let code = resp.status().as_u16();
         // The body is read (bounded by the timeout) and dropped.
         let _ = resp.into_body().collect().await;
@@ -451,13 +529,13 @@ fn http_get(
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
+        Err(ProbeError::Status(code))
     }
 }
 
 /// Runs the command in the container; success is exit code 0. Killed at the
 /// timeout.
-fn exec(mut cmd: Command, command: &[String], timeout: Duration) -> Result<(), String> {
+fn exec(mut cmd: Command, command: &[String], timeout: Duration) -> Result<(), ProbeError> {
     let mut child = cmd
         .arg("--")
         .args(command)
@@ -465,15 +543,15 @@ fn exec(mut cmd: Command, command: &[String], timeout: Duration) -> Result<(), S
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("running the exec probe: {e}"))?;
-    let pidfd = crate::sys::pidfd_open(child.id() as i32).map_err(|e| e.to_string())?;
+        .map_err(ProbeError::Spawn)?;
+    let pidfd = crate::sys::pidfd_open(child.id() as i32).map_err(ProbeError::Pidfd)?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("command timed out after {timeout:?}"));
+            return Err(ProbeError::ExecTimeout(timeout));
         }
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
@@ -486,11 +564,14 @@ fn exec(mut cmd: Command, command: &[String], timeout: Duration) -> Result<(), S
     if let Some(o) = child.stdout.take() {
         let _ = o.take(512).read_to_string(&mut out);
     }
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(ProbeError::Spawn)?;
     match status.code() {
         Some(0) => Ok(()),
-        Some(code) => Err(format!("command exited with {code}: {}", out.trim())),
-        None => Err("command was killed by a signal".into()),
+        Some(code) => Err(ProbeError::Exit {
+            code,
+            output: out.trim().to_string(),
+        }),
+        None => Err(ProbeError::Killed),
     }
 }
 

@@ -3,8 +3,11 @@
 //! the shim until it reports the exec), so a container whose start is slow
 //! holds up no other pod, and the starts of a burst overlap. The loop hands
 //! a `Job` over and goes on; each `Done` comes back through a channel, with
-//! a byte on the loop's wake socket.
+//! a byte on the loop's wake socket. The pool knows which starts are in
+//! flight: a pod being stopped is not removed while one still writes into
+//! its directories.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -41,6 +44,9 @@ pub struct Done {
 
 #[derive(Debug)]
 pub struct Starter {
+    /// The starts handed over and not yet taken back, by (pod key,
+    /// container name), with their pod's uid.
+    in_flight: BTreeMap<(String, String), String>,
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -66,6 +72,7 @@ impl Starter {
         let _ = old.thread_set_mask();
         spawned?;
         Ok(Starter {
+            in_flight: BTreeMap::new(),
             jobs: Some(jobs),
             done,
             workers: handles,
@@ -108,21 +115,44 @@ impl Starter {
         Ok(())
     }
 
-    pub fn submit(&self, job: Job) {
+    pub fn submit(&mut self, job: Job) {
         if let Some(tx) = &self.jobs {
+            self.in_flight.insert(job.id.clone(), job.pod.uid.clone());
             // Workers only stop when the pool is dropped.
-            let _ = tx.send(job);
+            if let Err(e) = tx.send(job) {
+                self.in_flight.remove(&e.0.id);
+            }
         }
     }
 
+    /// The container's start is in flight.
+    pub fn is_starting(&self, id: &(String, String)) -> bool {
+        self.in_flight.contains_key(id)
+    }
+
+    /// A start for the pod of this uid is in flight.
+    pub fn starting_for(&self, uid: &str) -> bool {
+        self.in_flight.values().any(|u| u == uid)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// The starts finished so far, without waiting.
-    pub fn finished(&self) -> Vec<Done> {
-        self.done.try_iter().collect()
+    pub fn finished(&mut self) -> Vec<Done> {
+        let done: Vec<Done> = self.done.try_iter().collect();
+        for d in &done {
+            self.in_flight.remove(&d.job.id);
+        }
+        done
     }
 
     /// The next start to finish, waiting at most `timeout`.
-    pub fn wait(&self, timeout: Duration) -> Option<Done> {
-        self.done.recv_timeout(timeout).ok()
+    pub fn wait(&mut self, timeout: Duration) -> Option<Done> {
+        let d = self.done.recv_timeout(timeout).ok()?;
+        self.in_flight.remove(&d.job.id);
+        Some(d)
     }
 }
 

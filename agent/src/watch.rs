@@ -13,8 +13,6 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use specs::{Diagnostic, NodeInfo, PodPlan, Severity};
 
-use crate::cli::validate::is_manifest_name;
-
 /// Files larger than this are refused without being read whole.
 const MAX_FILE: u64 = specs::load::MAX_MANIFEST_BYTES as u64;
 
@@ -65,6 +63,17 @@ pub fn tree(dir: &Path, recursive: bool) -> Vec<PathBuf> {
         out.extend(subdirs);
     }
     out
+}
+
+/// `*.yaml`, `*.yml`, `*.json`, not hidden (dotfiles, editor temp files).
+pub fn is_manifest_name(p: &Path) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.')
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 /// The desired pods by `namespace/name`, with the file each came from, and
@@ -204,6 +213,19 @@ pub enum Changes {
     Resync,
 }
 
+/// The pods dir cannot be watched.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("inotify")]
+    Init(#[source] nix::Error),
+    #[error("watch {}", path.display())]
+    Add {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
 /// inotify on the pods dir and, with `recursive`, on each directory `tree`
 /// lists, kept in step as directories come and go.
 #[derive(Debug)]
@@ -215,9 +237,9 @@ pub struct DirWatch {
 }
 
 impl DirWatch {
-    pub fn new(root: &Path, recursive: bool) -> Result<Self, String> {
+    pub fn new(root: &Path, recursive: bool) -> Result<Self, WatchError> {
         let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
-            .map_err(|e| format!("inotify: {e}"))?;
+            .map_err(WatchError::Init)?;
         let mut w = DirWatch {
             ino,
             root: root.to_path_buf(),
@@ -227,7 +249,10 @@ impl DirWatch {
         let wd = w
             .ino
             .add_watch(root, watch_flags(recursive))
-            .map_err(|e| format!("watch {}: {e}", root.display()))?;
+            .map_err(|source| WatchError::Add {
+                path: root.to_path_buf(),
+                source,
+            })?;
         w.dirs.insert(wd, root.to_path_buf());
         w.rewatch();
         Ok(w)

@@ -635,6 +635,7 @@ fn a_grpc_probe_reads_the_health_service() {
                 service: (!service.is_empty()).then(|| service.to_string()),
             };
             agent::probe::attempt(&action, target, Duration::from_secs(1))
+                .map_err(|e| agent::error_chain(&e))
         };
         assert_eq!(probe("", port), Ok(()));
         assert_eq!(

@@ -358,10 +358,7 @@ impl Network {
             path: dir.clone(),
             source,
         })?;
-        let files = DnsFiles {
-            hosts: dir.join("hosts"),
-            resolv_conf: dir.join("resolv.conf"),
-        };
+        let files = self.dns_files(id)?;
         write_atomic(
             &files.hosts,
             dns::hosts_file(hostname, ip.map(Into::into), aliases).as_bytes(),
@@ -371,6 +368,17 @@ impl Network {
             dns::resolv_conf(node_resolv_conf, settings).as_bytes(),
         )?;
         Ok(files)
+    }
+
+    /// Where `write_dns_files` keeps the pod's files (a pod adopted from an
+    /// earlier agent keeps the ones it has).
+    pub fn dns_files(&self, id: &str) -> Result<DnsFiles> {
+        check_pod_id(id)?;
+        let dir = self.pod_dir(id);
+        Ok(DnsFiles {
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+        })
     }
 
     fn pod_dir(&self, id: &str) -> PathBuf {

@@ -32,7 +32,9 @@ enum Command {
 
 /// `podagent run --config FILE ...`: the file's options go before the
 /// command line's, so the command line wins.
-fn with_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+fn with_config(
+    argv: Vec<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, agent::daemon::ConfigError> {
     if argv.get(1).and_then(|a| a.to_str()) != Some("run") {
         return Ok(argv);
     }
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
     let argv = match with_config(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("podagent: --config {e}");
+            eprintln!("podagent: --config {}", agent::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
             match agent::daemon::Agent::new(args, exe).and_then(|mut a| a.run()) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("podagent: {e}");
+                    eprintln!("podagent: {}", agent::error_chain(&e));
                     1
                 }
             }

@@ -101,7 +101,7 @@ pub fn changes(
                         c.name.to_string(),
                         ContainerState {
                             hash: c.hash.clone(),
-                            resources: c.resources.clone(),
+                            resources: Some(c.resources.clone()),
                             status,
                             restart_count: 0,
                             crashes: 0,
@@ -162,7 +162,7 @@ fn load_candidate(
         return Err(Outcome::Usage);
     };
     let target = pods_dir.join(name);
-    if !crate::cli::validate::is_manifest_name(&target) {
+    if !crate::watch::is_manifest_name(&target) {
         let _ = writeln!(
             err,
             "{}: the agent reads only *.yaml, *.yml and *.json files that are not hidden",
@@ -264,7 +264,7 @@ pub fn delete(args: &DeleteArgs, out: &mut dyn Write, err: &mut dyn Write) -> Ou
         let names: Vec<String> = s.desired().pods.into_keys().collect();
         let close: Vec<&String> = names
             .iter()
-            .filter(|n| super::locate::edit_distance(n, &key) <= 2)
+            .filter(|n| crate::locate::edit_distance(n, &key) <= 2)
             .collect();
         let hint = if close.is_empty() {
             String::new()

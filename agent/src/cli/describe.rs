@@ -51,7 +51,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
             return Outcome::Invalid;
         }
     };
-    let p = match super::locate::find_pod(&status, &args.namespace, &args.pod) {
+    let p = match crate::locate::find_pod(&status, &args.namespace, &args.pod) {
         Ok(p) => p,
         Err(e) => {
             let _ = writeln!(err, "podctl describe: {e}");

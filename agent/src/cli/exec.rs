@@ -34,7 +34,7 @@ pub struct Args {
 /// Runs the command; returns its exit status, or the usage outcome when
 /// the container cannot be found.
 pub fn run(args: &Args, err: &mut dyn Write) -> Result<i32, Outcome> {
-    let dir = super::locate::container_dir(
+    let dir = crate::locate::container_dir(
         &args.state_dir,
         &args.namespace,
         &args.pod,

@@ -94,13 +94,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
 }
 
 fn fail(err: &mut dyn Write, e: &dyn std::error::Error) -> Outcome {
-    let mut msg = format!("podctl image: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    let _ = writeln!(err, "{msg}");
+    let _ = writeln!(err, "podctl image: {}", crate::error_chain(e));
     Outcome::Invalid
 }
 

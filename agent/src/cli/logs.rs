@@ -3,11 +3,10 @@
 //! agent is not running, read from the CRI log the shim writes in the state
 //! dir, as the containers go on without it.
 
-use std::io::{BufRead, Seek, Write};
-use std::path::Path;
-use std::time::Duration;
+use std::io::Write;
 
 use super::Outcome;
+use crate::shim::logs::{follow, lines};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,25 +27,6 @@ pub struct Args {
     pub previous: bool,
     #[command(flatten)]
     pub api: super::Api,
-}
-
-/// The content of CRI log records, partial records joined: what the
-/// container wrote, line by line.
-pub fn lines(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut partial = String::new();
-    for rec in text.lines() {
-        let mut f = rec.splitn(4, ' ');
-        let (_ts, _stream, tag, content) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
-        partial.push_str(content);
-        if tag != Some("P") {
-            out.push(std::mem::take(&mut partial));
-        }
-    }
-    if !partial.is_empty() {
-        out.push(partial);
-    }
-    out
 }
 
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
@@ -79,8 +59,8 @@ fn from_agent(args: &Args, out: &mut dyn Write) -> Result<(), Option<String>> {
     let (code, body) = crate::api::get(&socket, "/v1/status").map_err(down)?;
     let status: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| Some(format!("/v1/status: not JSON ({e}), code {code}")))?;
-    let pod = super::locate::find_pod(&status, &args.namespace, &args.pod)?;
-    let container = super::locate::pick_container(pod, args.container.as_deref())?;
+    let pod = crate::locate::find_pod(&status, &args.namespace, &args.pod)?;
+    let container = crate::locate::pick_container(pod, args.container.as_deref())?;
     let mut path = format!(
         "/v1/logs/{}/{}/{container}?previous={}&follow={}",
         args.namespace, args.pod, args.previous, args.follow
@@ -109,7 +89,7 @@ fn from_agent(args: &Args, out: &mut dyn Write) -> Result<(), Option<String>> {
 }
 
 fn from_state_dir(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    let dir = match super::locate::container_dir(
+    let dir = match crate::locate::container_dir(
         &args.api.state_dir,
         &args.namespace,
         &args.pod,
@@ -149,54 +129,4 @@ fn from_state_dir(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outc
         follow(&file, text.len() as u64, out, &|| false);
     }
     Outcome::Ok
-}
-
-/// Prints records appended after `offset` until the container has exited
-/// (its exit record exists) and everything is printed, or `gone` says the
-/// reader has left (asked at least once a second).
-pub fn follow(file: &Path, mut offset: u64, out: &mut dyn Write, gone: &dyn Fn() -> bool) {
-    let state = file.parent().map(|d| d.join("state")).unwrap_or_default();
-    loop {
-        if gone() {
-            return;
-        }
-        let exited = state.join("exit.json").exists();
-        if let Ok(mut f) = std::fs::File::open(file) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if len < offset {
-                offset = 0; // rotated
-            }
-            if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
-                let mut rest = String::new();
-                for line in std::io::BufReader::new(&mut f)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    offset += line.len() as u64 + 1;
-                    rest.push_str(&line);
-                    rest.push('\n');
-                }
-                for l in lines(&rest) {
-                    if writeln!(out, "{l}").is_err() {
-                        return;
-                    }
-                }
-                let _ = out.flush();
-            }
-        }
-        if exited {
-            return;
-        }
-        let dir = file.parent().unwrap_or(Path::new("."));
-        crate::runtime::wait_for_change(dir, Duration::from_secs(1));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn partial_records_are_joined() {
-        let text = "2026-01-01T00:00:00.000000000Z stdout P abc\n2026-01-01T00:00:00.000000001Z stdout F def\n2026-01-01T00:00:00.000000002Z stderr F oops\n";
-        assert_eq!(super::lines(text), ["abcdef", "oops"]);
-    }
 }

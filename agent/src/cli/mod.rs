@@ -5,7 +5,6 @@ pub mod describe;
 pub mod events;
 pub mod exec;
 pub mod image;
-pub mod locate;
 pub mod logs;
 pub mod status;
 pub mod top;

@@ -58,7 +58,7 @@ pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
             let mut found: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
-                .filter(|f| f.is_file() && is_manifest_name(f))
+                .filter(|f| f.is_file() && crate::watch::is_manifest_name(f))
                 .collect();
             found.sort();
             files.extend(found);
@@ -69,47 +69,20 @@ pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// `*.yaml`, `*.yml`, `*.json`, not hidden (dotfiles, editor temp files).
-pub fn is_manifest_name(p: &Path) -> bool {
-    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.')
-        && [".yaml", ".yml", ".json"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
-}
-
-/// What the agent resolves plans against, read from this node with the
-/// agent's default policy.
+/// What `podctl` resolves plans against: this node, read with the agent's
+/// default policy and seccomp dir.
 pub fn node_info_defaults() -> NodeInfo {
-    let defaults = NodeInfo::default();
-    NodeInfo {
-        memory_bytes: node::mem_total(Path::new("/proc/meminfo")).unwrap_or(defaults.memory_bytes),
-        cpus: node::online_cpus(Path::new("/sys/devices/system/cpu/online")).ok(),
-        seccomp_profiles: node::seccomp_profiles(Path::new("/var/lib/podagent/seccomp")),
-        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or(defaults.node_name.clone()),
-        ..defaults
-    }
+    node::info(Path::new(node::DEFAULT_SECCOMP_DIR))
 }
 
 fn node_info(args: &Args) -> NodeInfo {
-    let defaults = NodeInfo::default();
+    let read = node::info(&args.seccomp_dir);
     NodeInfo {
-        memory_bytes: args
-            .node_memory
-            .or_else(|| node::mem_total(Path::new("/proc/meminfo")).ok())
-            .unwrap_or(defaults.memory_bytes),
-        cpus: node::online_cpus(Path::new("/sys/devices/system/cpu/online")).ok(),
+        memory_bytes: args.node_memory.unwrap_or(read.memory_bytes),
         default_pids_limit: args.pids_limit,
         allow_privileged: args.allow_privileged,
         allow_unsafe_sysctls: args.allow_unsafe_sysctls,
-        seccomp_profiles: node::seccomp_profiles(&args.seccomp_dir),
-        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or(defaults.node_name),
+        ..read
     }
 }
 

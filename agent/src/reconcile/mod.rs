@@ -16,6 +16,10 @@
 //!   container alone, at once even if it was backing off; resources alone
 //!   resize it in place;
 //! - a pod no longer desired is deleted within its grace period;
+//! - a container whose start is in flight (`Starting`), or that is being
+//!   stopped to start again (`Stopping`), gets no action until that is done;
+//! - a container whose applied resources are unknown (adopted from a record
+//!   that differs) is resized to the plan's;
 //! - an unchanged pod produces no action.
 
 use std::collections::BTreeMap;
@@ -44,7 +48,14 @@ pub fn backoff(crashes: u32) -> Duration {
 pub enum Status {
     /// Created or not yet started.
     Waiting,
+    /// Its start was handed to the start pool and has not come back.
+    Starting,
     Running {
+        since: Instant,
+    },
+    /// Running, and signalled to stop so that it starts again at once with
+    /// its current spec (a changed spec, refused resources).
+    Stopping {
         since: Instant,
     },
     Terminated {
@@ -58,7 +69,9 @@ pub enum Status {
 pub struct ContainerState {
     /// The container plan hash it runs (`ContainerPlan::hash`).
     pub hash: String,
-    pub resources: ContainerResources,
+    /// The resources applied to its cgroup; none when not known (a record
+    /// that differs from the plan): it is then resized to the plan's.
+    pub resources: Option<ContainerResources>,
     pub status: Status,
     pub restart_count: u32,
     /// Consecutive crashes that count towards the back-off.
@@ -131,6 +144,30 @@ pub fn sandbox_hash(p: &PodPlan) -> String {
     let mut bytes = serde_json::to_vec(&copy).unwrap_or_default();
     bytes.extend(serde_json::to_vec(&(init, apps)).unwrap_or_default());
     sha256_hex(&bytes)
+}
+
+/// The restart policy that applies to one container of `pod`: the pod's,
+/// except that an init container restarts only on failure (Always acts as
+/// OnFailure; Never stays Never).
+pub fn effective_policy(pod: &PodPlan, container: &str) -> RestartPolicy {
+    let init = pod
+        .init_containers
+        .iter()
+        .any(|c| c.name.as_str() == container);
+    match (init, pod.restart_policy) {
+        (true, RestartPolicy::Always) => RestartPolicy::OnFailure,
+        (_, policy) => policy,
+    }
+}
+
+/// A container's next run after it exited, for the executor: its restart
+/// count goes up by one; a new spec starts its crash count again.
+pub fn next_run_counts(prev: Option<&ContainerState>, new_spec: bool) -> (u32, u32) {
+    match (prev, new_spec) {
+        (None, _) => (0, 0),
+        (Some(s), true) => (s.restart_count + 1, 0),
+        (Some(s), false) => (s.restart_count + 1, s.crashes),
+    }
 }
 
 fn should_restart(policy: RestartPolicy, exit_code: i32) -> bool {
@@ -206,7 +243,7 @@ pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>)
     let apps: Vec<Option<&ContainerState>> = pod.containers.iter().map(get).collect();
     if apps
         .iter()
-        .any(|s| s.is_none_or(|s| s.status == Status::Waiting))
+        .any(|s| s.is_none_or(|s| matches!(s.status, Status::Waiting | Status::Starting)))
     {
         return (Phase::Pending, None);
     }
@@ -269,6 +306,9 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
                     );
                     inits_done = false;
                 }
+                Some(s) if matches!(s.status, Status::Starting | Status::Stopping { .. }) => {
+                    inits_done = false;
+                }
                 Some(s) if s.hash != c.hash => {
                     act(
                         Action::RestartContainer {
@@ -281,16 +321,13 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
                 }
                 Some(s) => match s.status {
                     Status::Terminated { exit_code: 0, .. } => continue,
-                    Status::Waiting | Status::Running { .. } => inits_done = false,
+                    Status::Waiting
+                    | Status::Starting
+                    | Status::Running { .. }
+                    | Status::Stopping { .. } => inits_done = false,
                     Status::Terminated { .. } => {
                         inits_done = false;
-                        // An init container restarts on failure unless the
-                        // pod's policy is Never (Always acts as OnFailure).
-                        let policy = match pod.restart_policy {
-                            RestartPolicy::Never => RestartPolicy::Never,
-                            _ => RestartPolicy::OnFailure,
-                        };
-                        if let Some(at) = restart_at(policy, s) {
+                        if let Some(at) = restart_at(effective_policy(pod, &name), s) {
                             if at <= now {
                                 act(
                                     Action::StartContainer {
@@ -323,6 +360,9 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
                 );
                 continue;
             };
+            if matches!(s.status, Status::Starting | Status::Stopping { .. }) {
+                continue; // the executor is already on it
+            }
             if s.hash != c.hash {
                 // A new version starts at once, whatever back-off the old had.
                 act(
@@ -342,7 +382,7 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
                     },
                     &mut out,
                 ),
-                Status::Running { .. } if s.resources != c.resources => act(
+                Status::Running { .. } if s.resources.as_ref() != Some(&c.resources) => act(
                     Action::ResizeContainer {
                         pod: key.clone(),
                         container: name.clone(),
@@ -350,7 +390,7 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
                     },
                     &mut out,
                 ),
-                Status::Running { .. } => {}
+                Status::Running { .. } | Status::Starting | Status::Stopping { .. } => {}
                 Status::Terminated { .. } => {
                     if let Some(at) = restart_at(pod.restart_policy, s) {
                         if at <= now {

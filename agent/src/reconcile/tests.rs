@@ -31,7 +31,7 @@ fn desired(p: &PodPlan) -> Desired {
 fn cs(c: &ContainerPlan, status: Status) -> ContainerState {
     ContainerState {
         hash: c.hash.clone(),
-        resources: c.resources.clone(),
+        resources: Some(c.resources.clone()),
         status,
         restart_count: 0,
         crashes: 0,
@@ -421,4 +421,94 @@ fn phase_follows_kubernetes_rules() {
     assert_eq!(ph(&state(&never, bad)), (Phase::Failed, None));
     let still = vec![(ia, exit(0)), (ib, exit(0)), (app, run), (side, exit(1))];
     assert_eq!(ph(&state(&never, still)), (Phase::Running, None));
+}
+
+#[test]
+fn a_start_in_flight_or_a_stop_for_restart_gets_no_action() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    // A changed spec or resources would otherwise restart or resize it; a
+    // missing sibling is still started.
+    let q = pod(&WEB
+        .replace("command: [serve]", "command: [serve2]")
+        .replace("limits: {cpu: 500m}", "limits: {cpu: '1'}"));
+    for busy in [Status::Starting, Status::Stopping { since: t }] {
+        let mut actual = running_app(&p, busy.clone(), t);
+        assert_eq!(plan(&desired(&q), &actual, t).actions, [], "{busy:?}");
+        let s = actual.get_mut("default/web").unwrap();
+        s.containers.remove("side");
+        assert_eq!(plan(&desired(&q), &actual, t).actions, [start("side")]);
+    }
+    // An init container in flight holds the app containers back.
+    let (ia, ib) = (&p.init_containers[0], &p.init_containers[1]);
+    for busy in [Status::Starting, Status::Stopping { since: t }] {
+        let actual = state(&p, vec![(ia, done(t)), (ib, busy)]);
+        assert_eq!(plan(&desired(&p), &actual, t).actions, []);
+    }
+    // Waiting (no start handed over) is started.
+    let actual = running_app(&p, Status::Waiting, t);
+    assert_eq!(plan(&desired(&p), &actual, t).actions, [start("app")]);
+}
+
+#[test]
+fn unknown_applied_resources_are_resized_to_the_plan() {
+    let p = pod(WEB);
+    let t = Instant::now();
+    let mut actual = running_app(&p, Status::Running { since: t }, t);
+    let app = actual
+        .get_mut("default/web")
+        .unwrap()
+        .containers
+        .get_mut("app")
+        .unwrap();
+    app.resources = None;
+    let got = plan(&desired(&p), &actual, t);
+    assert_eq!(
+        got.actions,
+        [Action::ResizeContainer {
+            pod: "default/web".into(),
+            container: "app".into(),
+            resources: p.containers[0].resources.clone(),
+        }]
+    );
+}
+
+#[test]
+fn init_containers_restart_only_on_failure() {
+    use specs::plan::RestartPolicy::{Always, Never, OnFailure};
+    let table = [
+        (Always, "init-a", OnFailure),
+        (Always, "app", Always),
+        (OnFailure, "init-a", OnFailure),
+        (OnFailure, "app", OnFailure),
+        (Never, "init-b", Never),
+        (Never, "side", Never),
+        (Always, "not-a-container", Always),
+    ];
+    for (pod_policy, container, want) in table {
+        let mut p = pod(WEB);
+        p.restart_policy = pod_policy;
+        assert_eq!(
+            effective_policy(&p, container),
+            want,
+            "{pod_policy:?} {container}"
+        );
+    }
+}
+
+#[test]
+fn a_restart_counts_one_more_and_a_new_spec_resets_the_crashes() {
+    let p = pod(WEB);
+    let mut s = cs(&p.containers[0], Status::Waiting);
+    s.restart_count = 4;
+    s.crashes = 3;
+    let table = [
+        (None, false, (0, 0)),
+        (None, true, (0, 0)),
+        (Some(&s), false, (5, 3)),
+        (Some(&s), true, (5, 0)),
+    ];
+    for (prev, new_spec, want) in table {
+        assert_eq!(next_run_counts(prev, new_spec), want, "{new_spec}");
+    }
 }

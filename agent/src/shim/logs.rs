@@ -4,9 +4,9 @@
 //! one.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufRead, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -123,6 +123,66 @@ impl CriLog {
     }
 }
 
+/// The content of CRI log records, partial records joined: what the
+/// container wrote, line by line.
+pub fn lines(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut partial = String::new();
+    for rec in text.lines() {
+        let mut f = rec.splitn(4, ' ');
+        let (_ts, _stream, tag, content) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+        partial.push_str(content);
+        if tag != Some("P") {
+            out.push(std::mem::take(&mut partial));
+        }
+    }
+    if !partial.is_empty() {
+        out.push(partial);
+    }
+    out
+}
+
+/// Prints records appended after `offset` until the container has exited
+/// (its exit record exists) and everything is printed, or `gone` says the
+/// reader has left (asked at least once a second).
+pub fn follow(file: &Path, mut offset: u64, out: &mut dyn Write, gone: &dyn Fn() -> bool) {
+    let state = file.parent().map(|d| d.join("state")).unwrap_or_default();
+    loop {
+        if gone() {
+            return;
+        }
+        let exited = state.join("exit.json").exists();
+        if let Ok(mut f) = std::fs::File::open(file) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < offset {
+                offset = 0; // rotated
+            }
+            if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
+                let mut rest = String::new();
+                for line in std::io::BufReader::new(&mut f)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    offset += line.len() as u64 + 1;
+                    rest.push_str(&line);
+                    rest.push('\n');
+                }
+                for l in lines(&rest) {
+                    if writeln!(out, "{l}").is_err() {
+                        return;
+                    }
+                }
+                let _ = out.flush();
+            }
+        }
+        if exited {
+            return;
+        }
+        let dir = file.parent().unwrap_or(Path::new("."));
+        crate::runtime::wait_for_change(dir, Duration::from_secs(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +195,12 @@ mod tests {
         assert_eq!(rfc3339_nano(t), "2026-11-23T23:51:41.123456789Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert!(rfc3339_nano(leap).starts_with("2000-02-29T00:00:00"));
+    }
+
+    #[test]
+    fn partial_records_are_joined() {
+        let text = "2026-01-01T00:00:00.000000000Z stdout P abc\n2026-01-01T00:00:00.000000001Z stdout F def\n2026-01-01T00:00:00.000000002Z stderr F oops\n";
+        assert_eq!(super::lines(text), ["abcdef", "oops"]);
     }
 
     #[test]

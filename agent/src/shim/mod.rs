@@ -108,6 +108,8 @@ pub enum ShimError {
     },
     #[error("invalid config: {0}")]
     Config(String),
+    #[error(transparent)]
+    Record(#[from] crate::records::RecordError),
 }
 
 fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ShimError {
@@ -122,17 +124,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
 
 /// Writes a record atomically and durably, stamped with the record version.
 fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<(), ShimError> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let v = serde_json::to_value(v).map_err(|e| ShimError::Config(e.to_string()))?;
-    let bytes = serde_json::to_vec_pretty(&crate::records::stamped(v))
-        .map_err(|e| ShimError::Config(e.to_string()))?;
-    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-    f.write_all(&bytes)
-        .map_err(io_err(format!("write {}", tmp.display())))?;
-    f.sync_all()
-        .map_err(io_err(format!("fsync {}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))
+    crate::records::write(&dir.join(name), v).map_err(ShimError::Record)
 }
 
 fn read_config(bundle: &Path) -> Result<Spec, ShimError> {

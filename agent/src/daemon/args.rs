@@ -1,0 +1,193 @@
+//! `podagent run`'s options: the command line, and the `--config` file that
+//! stands for some of it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "/etc/pods")]
+    pub pods_dir: PathBuf,
+    /// Read manifests in subdirectories of the pods dir too (to a depth of
+    /// 8; hidden directories and symlinks are not followed).
+    #[arg(long)]
+    pub pods_dir_recursive: bool,
+    #[arg(long, default_value = "/run/podagent")]
+    pub state_dir: PathBuf,
+    /// Images and persistent data.
+    #[arg(long, default_value = "/var/lib/podagent")]
+    pub root_dir: PathBuf,
+    #[arg(long, default_value = "podagent")]
+    pub cgroup_root: String,
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    #[arg(long, default_value = "podbr0")]
+    pub bridge: String,
+    /// Run pods without networking (each gets a namespace with loopback only).
+    #[arg(long)]
+    pub no_network: bool,
+    /// Stop every pod when the agent exits (default: leave them running).
+    #[arg(long)]
+    pub stop_pods_on_exit: bool,
+    /// Containers started at once, each on a thread of its own: a slow
+    /// start holds up no other pod.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel_starts: u16,
+    /// Seconds between full resyncs of the pods directory.
+    #[arg(long, default_value_t = 60)]
+    pub resync_secs: u64,
+    /// The API's Unix socket (default: `podagent.sock` in the state dir).
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+    /// A group (name or gid) whose members may use the API (socket mode
+    /// 0660); by default it is root's alone (0600).
+    #[arg(long)]
+    pub api_group: Option<String>,
+    /// How events are logged on stderr: `text` lines or one JSON object a
+    /// line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// A YAML file of these options by their long names (`pods-dir: /srv/pods`,
+    /// `stop-pods-on-exit: true`); options on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Args {
+    pub fn api_socket(&self) -> PathBuf {
+        self.api_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("podagent.sock"))
+    }
+
+    /// The node's seccomp profiles (`Localhost` profiles are relative to
+    /// it): `seccomp` under the root dir.
+    pub fn seccomp_dir(&self) -> PathBuf {
+        self.root_dir.join("seccomp")
+    }
+}
+
+/// A config file that cannot be used; nothing of it is applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", path.display())]
+    Yaml {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{}: {key}: not an option of podagent run", path.display())]
+    UnknownOption { path: PathBuf, key: String },
+    #[error("{}: {key}: {expected} expected, not {found}", path.display())]
+    WrongType {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+}
+
+/// The command-line arguments a config file stands for, to be placed before
+/// the real ones (later ones win). Unknown keys, and values of the wrong
+/// type, are errors.
+pub fn config_args(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let map: BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let cmd = <Args as clap::Args>::augment_args(clap::Command::new("run"));
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+        else {
+            return Err(ConfigError::UnknownOption {
+                path: path.to_path_buf(),
+                key,
+            });
+        };
+        let takes_value = arg.get_action().takes_values();
+        match (value, takes_value) {
+            (serde_yaml::Value::Bool(true), false) => out.push(format!("--{key}")),
+            (serde_yaml::Value::Bool(false), false) => {}
+            (serde_yaml::Value::String(v), true) => out.extend([format!("--{key}"), v]),
+            (serde_yaml::Value::Number(n), true) => out.extend([format!("--{key}"), n.to_string()]),
+            (v, _) => {
+                return Err(ConfigError::WrongType {
+                    path: path.to_path_buf(),
+                    key,
+                    expected: if takes_value {
+                        "a value"
+                    } else {
+                        "true or false"
+                    },
+                    found: format!("{v:?}"),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(yaml: &str) -> Result<Vec<String>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        config_args(&path).map_err(|e| crate::error_chain(&e))
+    }
+
+    #[test]
+    fn a_config_file_is_options_by_their_long_names() {
+        assert_eq!(
+            args_of(
+                "pods-dir: /srv/pods\nstop-pods-on-exit: true\nno-network: false\nresync-secs: 5\n"
+            ),
+            Ok(vec![
+                "--pods-dir".to_string(),
+                "/srv/pods".into(),
+                "--resync-secs".into(),
+                "5".into(),
+                "--stop-pods-on-exit".into(),
+            ])
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors_naming_the_key() {
+        let e = args_of("pod-dir: /x\n").unwrap_err();
+        assert!(
+            e.ends_with("config.yaml: pod-dir: not an option of podagent run"),
+            "{e}"
+        );
+        let e = args_of("config: other.yaml\n").unwrap_err();
+        assert!(e.contains("config: not an option"), "{e}");
+        let e = args_of("no-network: yes please\n").unwrap_err();
+        assert!(e.contains("no-network: true or false expected"), "{e}");
+        let e = args_of("pods-dir: [a, b]\n").unwrap_err();
+        assert!(e.contains("pods-dir: a value expected"), "{e}");
+        let e = args_of("pods-dir: [unclosed\n").unwrap_err();
+        assert!(e.contains("config.yaml: "), "{e}");
+    }
+}

@@ -1,0 +1,81 @@
+//! After each pass: what the API serves. The status comes from the pure
+//! projection (`crate::status`) over the desired pods and what runs; a
+//! manifest problem or conflict seen for the first time becomes an event
+//! (once, not on every pass); the counts of what the agent holds go to
+//! `/metrics`.
+
+use std::collections::BTreeMap;
+
+use super::state::{Pod, Tracked};
+use super::Agent;
+use crate::events::Kind;
+use crate::status::{self, Clock, NodeStatus};
+use crate::watch::DesiredState;
+
+impl Agent {
+    pub(super) fn publish(&mut self, desired: &DesiredState) {
+        let clock = Clock::now();
+        let states: BTreeMap<&str, _> = self
+            .pods
+            .iter()
+            .filter_map(|(k, pod)| match pod {
+                Pod::Live(run) => Some((k.as_str(), (run, run.planner_state()))),
+                Pod::Terminating(_) => None,
+            })
+            .collect();
+        let mut pods = Vec::new();
+        for (key, (file, p)) in &desired.pods {
+            let seen = states.get(key.as_str()).map(|(run, state)| run.seen(state));
+            let terminating = matches!(self.pods.get(key), Some(Pod::Terminating(_)));
+            pods.push(status::pod_status(
+                &file.display().to_string(),
+                p,
+                seen.as_ref(),
+                terminating,
+                clock,
+            ));
+        }
+        // Pods whose file is gone are shown until they are.
+        for (key, pod) in &self.pods {
+            if let Pod::Terminating(t) = pod {
+                if !desired.pods.contains_key(key) {
+                    pods.push(status::leaving_pod_status(key, &t.uid));
+                }
+            }
+        }
+        let problems: Vec<String> = self
+            .sources
+            .files
+            .values()
+            .flat_map(|f| f.diagnostics.iter().map(|d| d.to_string()))
+            .collect();
+        for line in status::newly_seen(&self.reported, &problems) {
+            let object = line.split(':').next().unwrap_or("");
+            self.event(
+                Kind::Warning,
+                "FailedValidation",
+                object,
+                None,
+                line.clone(),
+            );
+        }
+        for c in status::newly_seen(&self.reported, &desired.conflicts) {
+            let object = c.split(':').next().unwrap_or("");
+            self.event(Kind::Warning, "Conflict", object, None, c.clone());
+        }
+        self.reported = problems.clone();
+        self.reported.extend(desired.conflicts.iter().cloned());
+        let mut tracked = Tracked::count(&self.pods);
+        tracked.starts_in_flight = self.starter.in_flight();
+        tracked.children = self.children.len();
+        let node = NodeStatus {
+            pods,
+            problems,
+            conflicts: desired.conflicts.clone(),
+        };
+        if let Ok(mut v) = self.view.lock() {
+            v.status = Some(node);
+            v.tracked = tracked.by_kind().to_vec();
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! What the agent holds of the pods it runs: one value per pod, holding one
+//! value per container. Everything the shell keeps about a container (the
+//! planner's view of it, its shim's pidfd, its exit watch, its probes, its
+//! kill deadline, its last exit) lives in its `ContainerRun`, so that
+//! forgetting a container or a pod forgets all of it in one place.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::inotify::WatchDescriptor;
+
+use crate::probe::ContainerProbes;
+use crate::reconcile::{ContainerState, PodState};
+use crate::runtime::Sandbox;
+use crate::shim::Exited;
+use crate::status::{ContainerSeen, PodSeen};
+
+/// A pidfd on a container's shim: readable once the shim has exited.
+#[derive(Debug)]
+pub struct Shim {
+    pub pidfd: OwnedFd,
+    pub pid: i32,
+}
+
+/// One container of a pod the agent runs.
+#[derive(Debug)]
+pub struct ContainerRun {
+    /// What the planner sees of it.
+    pub state: ContainerState,
+    /// When the current run started (RFC 3339).
+    pub started_at: Option<String>,
+    /// The last run's exit record (reason, message, times).
+    pub last_exit: Option<Exited>,
+    /// Its cgroup's OOM-kill count when the current run started.
+    pub oom_base: u64,
+    /// The current run's probes.
+    pub probes: Option<ContainerProbes>,
+    /// Its shim, watched through a pidfd.
+    pub shim: Option<Shim>,
+    /// The inotify watch on its state dir that sees `exit.json` arrive.
+    pub exit_watch: Option<WatchDescriptor>,
+    /// When what is left of it is SIGKILLed: its grace period after the
+    /// SIGTERM of a stop.
+    pub kill_at: Option<Instant>,
+}
+
+impl ContainerRun {
+    /// A container's first state in the agent: nothing but the planner's.
+    pub fn new(state: ContainerState) -> Self {
+        ContainerRun {
+            state,
+            started_at: None,
+            last_exit: None,
+            oom_base: 0,
+            probes: None,
+            shim: None,
+            exit_watch: None,
+            kill_at: None,
+        }
+    }
+
+    /// Stops watching its state dir for its exit.
+    pub fn unwatch_exit(&mut self, exits: &nix::sys::inotify::Inotify) {
+        if let Some(wd) = self.exit_watch.take() {
+            // EINVAL: the kernel dropped the watch already (its directory
+            // was removed); nothing is left to undo.
+            if let Err(e) = exits.rm_watch(wd) {
+                if e != nix::Error::EINVAL {
+                    eprintln!("podagent: inotify rm_watch: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A pod whose sandbox exists.
+#[derive(Debug)]
+pub struct PodRun {
+    pub uid: String,
+    /// `reconcile::sandbox_hash` of the plan the sandbox was made for.
+    pub sandbox_hash: String,
+    /// Its `terminationGracePeriodSeconds`, kept for when its file is gone.
+    pub grace: Duration,
+    pub sandbox: Sandbox,
+    pub net_ns: Option<PathBuf>,
+    pub ip: Option<String>,
+    pub created: SystemTime,
+    /// By container name.
+    pub containers: BTreeMap<String, ContainerRun>,
+}
+
+impl PodRun {
+    /// What the planner sees of the pod.
+    pub fn planner_state(&self) -> PodState {
+        PodState {
+            uid: self.uid.clone(),
+            sandbox_hash: self.sandbox_hash.clone(),
+            grace: self.grace,
+            containers: self
+                .containers
+                .iter()
+                .map(|(n, c)| (n.clone(), c.state.clone()))
+                .collect(),
+        }
+    }
+
+    /// What the status projection needs, beside the planner's `state`.
+    pub fn seen<'a>(&'a self, state: &'a PodState) -> PodSeen<'a> {
+        PodSeen {
+            state,
+            ip: self.ip.as_deref(),
+            created: self.created,
+            containers: self
+                .containers
+                .iter()
+                .map(|(n, c)| {
+                    let seen = ContainerSeen {
+                        last_exit: c.last_exit.as_ref(),
+                        started_at: c.started_at.as_deref(),
+                        probes_ready: c.probes.as_ref().is_none_or(|p| p.ready()),
+                    };
+                    (n.as_str(), seen)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A pod being stopped: its containers got SIGTERM; once all have exited
+/// (or been killed at the deadline) it is removed. The loop goes on
+/// meanwhile, so a slow pod holds up no other.
+#[derive(Debug)]
+pub struct Terminating {
+    pub uid: String,
+    pub containers: Vec<String>,
+    pub deadline: Instant,
+    pub killed: bool,
+}
+
+impl Terminating {
+    /// When the loop must look at it again: its deadline, then (once
+    /// killed) the last wait for the kill to be seen.
+    pub fn next_at(&self) -> Instant {
+        if self.killed {
+            self.deadline + KILL_WAIT
+        } else {
+            self.deadline
+        }
+    }
+}
+
+/// How long after its SIGKILL a terminating pod is removed even if an exit
+/// was never recorded.
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// A pod of the node, by `namespace/name`.
+// One value a pod, for the pod's life: a Terminating one's spare bytes are
+// not worth an allocation for every live one.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Pod {
+    Live(PodRun),
+    Terminating(Terminating),
+}
+
+/// How much the agent holds, by kind: served on `/metrics`, so that a test
+/// (or an operator) sees that deleting pods leaves nothing behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tracked {
+    pub pods: usize,
+    pub terminating: usize,
+    pub containers: usize,
+    pub shims: usize,
+    pub exit_watches: usize,
+    pub probes: usize,
+    pub kill_timers: usize,
+    pub starts_in_flight: usize,
+    pub children: usize,
+}
+
+impl Tracked {
+    pub fn count(pods: &BTreeMap<String, Pod>) -> Self {
+        let mut t = Tracked::default();
+        for pod in pods.values() {
+            match pod {
+                Pod::Terminating(_) => t.terminating += 1,
+                Pod::Live(run) => {
+                    t.pods += 1;
+                    for c in run.containers.values() {
+                        t.containers += 1;
+                        t.shims += usize::from(c.shim.is_some());
+                        t.exit_watches += usize::from(c.exit_watch.is_some());
+                        t.probes += usize::from(c.probes.is_some());
+                        t.kill_timers += usize::from(c.kill_at.is_some());
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    /// `(kind, count)` for the metric's label.
+    pub fn by_kind(&self) -> [(&'static str, usize); 9] {
+        [
+            ("pods", self.pods),
+            ("terminating", self.terminating),
+            ("containers", self.containers),
+            ("shims", self.shims),
+            ("exit_watches", self.exit_watches),
+            ("probes", self.probes),
+            ("kill_timers", self.kill_timers),
+            ("starts_in_flight", self.starts_in_flight),
+            ("children", self.children),
+        ]
+    }
+}

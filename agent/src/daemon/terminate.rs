@@ -1,0 +1,233 @@
+//! Stopping: a container stopped alone gets SIGTERM now and SIGKILL to its
+//! cgroup at its deadline (`kill_at`); a pod being deleted becomes
+//! `Terminating` (all its per-container state goes with its `PodRun`) and is
+//! removed, with its network, once its containers have exited or been
+//! killed. Nothing here waits: the loop goes on, so a slow pod holds up no
+//! other. Only the agent's own exit with `--stop-pods-on-exit` waits, one
+//! grace period for every pod.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::state::{Pod, Terminating, KILL_WAIT};
+use super::Agent;
+use crate::events::Kind;
+
+impl Agent {
+    /// SIGTERM to the container's init now, SIGKILL to its cgroup when the
+    /// grace period is over; its exit then restarts it by policy (or, when
+    /// it is `Stopping`, at once).
+    pub(super) fn stop_container(&mut self, key: &str, name: &str) {
+        let state_dir = self.args.state_dir.clone();
+        let Some(Pod::Live(run)) = self.pods.get_mut(key) else {
+            return;
+        };
+        let (uid, grace) = (run.uid.clone(), run.grace);
+        let Some(c) = run.containers.get_mut(name) else {
+            return;
+        };
+        c.probes = None;
+        c.kill_at = Some(Instant::now() + grace);
+        let dir = crate::runtime::container_dir(&state_dir, &uid, name).join("state");
+        crate::runtime::signal_init(&dir, Signal::SIGTERM);
+    }
+
+    /// SIGKILLs what is left of containers whose grace period is over.
+    pub(super) fn enforce_kills(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (key, pod) in self.pods.iter_mut() {
+            let Pod::Live(run) = pod else { continue };
+            for (name, c) in run.containers.iter_mut() {
+                if c.kill_at.is_some_and(|at| at <= now) {
+                    c.kill_at = None;
+                    due.push((key.clone(), run.uid.clone(), name.clone()));
+                }
+            }
+        }
+        for (key, uid, name) in due {
+            if let Err(e) = self.rt.kill_container(&uid, &name) {
+                let message = crate::error_chain(&e);
+                self.event(Kind::Warning, "FailedKill", &key, Some(&name), message);
+            }
+        }
+    }
+
+    /// Starts deleting a pod: SIGTERM to every container now; the loop goes
+    /// on and `progress_terminations` removes the pod once they are gone.
+    pub(super) fn begin_delete(&mut self, key: &str, grace: Duration) {
+        if !matches!(self.pods.get(key), Some(Pod::Live(_))) {
+            return;
+        }
+        let Some(Pod::Live(mut run)) = self.pods.remove(key) else {
+            return;
+        };
+        let base = self.args.state_dir.join("containers").join(&run.uid);
+        for (name, c) in run.containers.iter_mut() {
+            c.unwatch_exit(&self.exits);
+            crate::runtime::signal_init(&base.join(name).join("state"), Signal::SIGTERM);
+        }
+        self.pods.insert(
+            key.to_string(),
+            Pod::Terminating(Terminating {
+                uid: run.uid.clone(),
+                containers: run.containers.keys().cloned().collect(),
+                deadline: Instant::now() + grace,
+                killed: false,
+            }),
+        );
+    }
+
+    /// Kills what outlived its grace period and removes the pods whose
+    /// containers have all exited. Returns whether a pod was removed.
+    pub(super) fn progress_terminations(&mut self) -> bool {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        let mut kill = Vec::new();
+        for (key, pod) in self.pods.iter_mut() {
+            let Pod::Terminating(t) = pod else { continue };
+            // A start in flight still writes into the pod's directories.
+            if self.starter.starting_for(&t.uid) {
+                continue;
+            }
+            let base = self.args.state_dir.join("containers").join(&t.uid);
+            let exited = t.containers.iter().all(|n| {
+                let st = base.join(n).join("state");
+                !st.join("state.json").exists() || st.join("exit.json").exists()
+            });
+            if exited || (t.killed && now >= t.deadline + KILL_WAIT) {
+                done.push(key.clone());
+            } else if now >= t.deadline && !t.killed {
+                t.killed = true;
+                kill.push((key.clone(), t.uid.clone(), t.containers.clone()));
+            }
+        }
+        for (key, uid, names) in kill {
+            for n in names {
+                if let Err(e) = self.rt.kill_container(&uid, &n) {
+                    let message = crate::error_chain(&e);
+                    self.event(Kind::Warning, "FailedKill", &key, Some(&n), message);
+                }
+            }
+        }
+        for key in &done {
+            if let Some(Pod::Terminating(t)) = self.pods.remove(key) {
+                self.remove_pod_remains(key, &t.uid);
+            }
+        }
+        !done.is_empty()
+    }
+
+    /// Everything of that uid: processes left, mounts, cgroups,
+    /// directories, sandbox; then its network. Failures are events.
+    fn remove_pod_remains(&self, key: &str, uid: &str) {
+        if let Err(e) = self.rt.gc(&|u| u != uid) {
+            let message = crate::error_chain(&e);
+            self.event(Kind::Warning, "FailedKillPod", key, None, message);
+        }
+        if let Some(net) = &self.net {
+            if let Err(e) = net.teardown(uid) {
+                let message = crate::error_chain(&e);
+                self.event(Kind::Warning, "FailedTeardown", key, None, message);
+            }
+        }
+    }
+
+    /// The agent's exit with `--stop-pods-on-exit`: every pod gets its
+    /// SIGTERM at once, so the grace periods run together rather than one
+    /// after another; what is left is killed and removed.
+    pub(super) fn stop_every_pod(&mut self) {
+        let t0 = Instant::now();
+        let desired = self.sources.desired();
+        let live: Vec<(String, Duration)> = self
+            .pods
+            .iter()
+            .filter_map(|(k, pod)| match pod {
+                Pod::Live(run) => Some((k.clone(), run.grace)),
+                Pod::Terminating(_) => None,
+            })
+            .collect();
+        for (k, _) in &live {
+            if let Some((_, p)) = desired.pods.get(k) {
+                self.rt.terminate(p);
+            }
+        }
+        for (k, grace) in live {
+            let left = (t0 + grace).saturating_duration_since(Instant::now());
+            self.delete_pod_now(&k, left);
+        }
+        // Pods already terminating: what is left is killed now.
+        let terminating: Vec<(String, Terminating)> = std::mem::take(&mut self.pods)
+            .into_iter()
+            .filter_map(|(k, pod)| match pod {
+                Pod::Terminating(t) => Some((k, t)),
+                Pod::Live(_) => None,
+            })
+            .collect();
+        for (key, t) in terminating {
+            for n in &t.containers {
+                if let Err(e) = self.rt.kill_container(&t.uid, n) {
+                    let message = crate::error_chain(&e);
+                    self.event(Kind::Warning, "FailedKill", &key, Some(n), message);
+                }
+            }
+            self.remove_pod_remains(&key, &t.uid);
+        }
+    }
+
+    /// Stops a pod and removes it, waiting at most `grace` for its
+    /// containers (the agent's exit only).
+    fn delete_pod_now(&mut self, key: &str, grace: Duration) {
+        let Some(Pod::Live(mut run)) = self.pods.remove(key) else {
+            return;
+        };
+        for c in run.containers.values_mut() {
+            c.unwatch_exit(&self.exits);
+        }
+        // The runtime needs a plan for names and paths: the current one, or
+        // (its file gone) the signals by hand and GC's cgroup kill.
+        match self.sources.pod(key).filter(|p| p.uid == run.uid) {
+            Some(p) => {
+                self.rt.stop_all(p, grace);
+                for c in p.all_containers() {
+                    if let Err(e) = self.rt.remove(p, c) {
+                        let message = crate::error_chain(&e);
+                        self.event(
+                            Kind::Warning,
+                            "FailedRemove",
+                            key,
+                            Some(c.name.as_str()),
+                            message,
+                        );
+                    }
+                }
+                if let Err(e) = self.rt.remove_pod(p) {
+                    let message = crate::error_chain(&e);
+                    self.event(Kind::Warning, "FailedRemove", key, None, message);
+                }
+                if let Some(net) = &self.net {
+                    if let Err(e) = net.teardown(&run.uid) {
+                        let message = crate::error_chain(&e);
+                        self.event(Kind::Warning, "FailedTeardown", key, None, message);
+                    }
+                }
+            }
+            None => {
+                let base = self.args.state_dir.join("containers").join(&run.uid);
+                for name in run.containers.keys() {
+                    crate::runtime::signal_init(&base.join(name).join("state"), Signal::SIGTERM);
+                }
+                let deadline = Instant::now() + grace;
+                for name in run.containers.keys() {
+                    crate::runtime::wait_for_file(
+                        &base.join(name).join("state"),
+                        "exit.json",
+                        deadline.saturating_duration_since(Instant::now()),
+                    );
+                }
+                self.remove_pod_remains(key, &run.uid);
+            }
+        }
+    }
+}

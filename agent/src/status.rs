@@ -1,0 +1,254 @@
+//! The status projection: what the agent knows of a pod (its plan, what
+//! runs, the last exits, the probes) and the time, turned into the
+//! Kubernetes-shaped status the API serves and `podctl` shows. Pure: no I/O,
+//! both clocks are arguments, so every rule below has a table test.
+//!
+//! Rules, as the kubelet's:
+//! - a container's state is Waiting (not started, or a start in flight),
+//!   Running (also while it is being stopped to start again), or its last
+//!   termination's reason: `CrashLoopBackOff` once it crashed more than once
+//!   and a restart is due, else the reason its exit record gives
+//!   (Completed, Error, OOMKilled, StartError);
+//! - a container is ready when it runs and its probes (if any) say so;
+//! - the pod's phase is `reconcile::phase`; a pod being deleted shows
+//!   `Terminating`;
+//! - conditions: PodScheduled once it has a sandbox, Initialized once its
+//!   init containers succeeded, ContainersReady and Ready when it runs and
+//!   every container is ready.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use specs::plan::PodPlan;
+
+use crate::reconcile::{self, ContainerState, PodState, Status};
+use crate::shim::logs::rfc3339_nano;
+use crate::shim::Exited;
+
+/// One pod as `podctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub file: String,
+    pub phase: String,
+    /// What kubectl would show instead of the phase (`Init:0/1`).
+    pub reason: Option<String>,
+    pub conditions: Vec<Condition>,
+    pub ip: Option<String>,
+    pub containers: Vec<ContainerStatus>,
+    pub created: String,
+}
+
+/// A pod condition (PodScheduled, Initialized, ContainersReady, Ready).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub state: String,
+    pub restart_count: u32,
+    pub exit_code: Option<i32>,
+    pub ready: bool,
+    /// Why it last terminated (Completed, Error, OOMKilled, StartError).
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    /// When a container in back-off is tried again.
+    pub next_start: Option<String>,
+    pub image: String,
+    /// When the current run started (RFC 3339).
+    pub started_at: Option<String>,
+    /// The last exit's times (RFC 3339).
+    pub last_started_at: Option<String>,
+    pub last_finished_at: Option<String>,
+    pub last_exit_code: Option<i32>,
+}
+
+/// Everything `/v1/status` serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    pub pods: Vec<PodStatus>,
+    /// `file:line:col: path: message` of every manifest problem.
+    pub problems: Vec<String>,
+    pub conflicts: Vec<String>,
+}
+
+/// What the agent knows of one container of a pod that has a sandbox,
+/// beyond the planner's `ContainerState`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContainerSeen<'a> {
+    pub last_exit: Option<&'a Exited>,
+    /// When the current run started (RFC 3339).
+    pub started_at: Option<&'a str>,
+    /// The probes' verdict: false while a readiness or startup probe has
+    /// not succeeded; true when it has none.
+    pub probes_ready: bool,
+}
+
+/// A pod the agent runs (its sandbox exists).
+#[derive(Debug, Clone)]
+pub struct PodSeen<'a> {
+    pub state: &'a PodState,
+    pub ip: Option<&'a str>,
+    pub created: SystemTime,
+    /// By container name; a container missing here has none of it.
+    pub containers: BTreeMap<&'a str, ContainerSeen<'a>>,
+}
+
+/// The two clocks: `now` for back-off arithmetic (monotonic), `wall` for
+/// the times shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub now: Instant,
+    pub wall: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Clock {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// `at` (on the monotonic clock) as a wall-clock time.
+    fn wall_at(&self, at: Instant) -> SystemTime {
+        self.wall + at.saturating_duration_since(self.now)
+    }
+}
+
+/// A container's state word and exit code, and when it is tried again.
+fn container_state(
+    pod: &PodPlan,
+    s: Option<&ContainerState>,
+    last: Option<&Exited>,
+    clock: Clock,
+) -> (String, Option<i32>, Option<String>) {
+    let Some(s) = s else {
+        return ("Waiting".into(), None, None);
+    };
+    match s.status {
+        Status::Waiting | Status::Starting => ("Waiting".into(), None, None),
+        Status::Running { .. } | Status::Stopping { .. } => ("Running".into(), None, None),
+        Status::Terminated { exit_code, .. } => {
+            let at = reconcile::restart_at(pod.restart_policy, s);
+            let next = at.map(|at| rfc3339_nano(clock.wall_at(at)));
+            let word = if s.crashes > 1 && at.is_some() {
+                "CrashLoopBackOff".to_string()
+            } else if let Some(e) = last {
+                e.reason.clone()
+            } else if exit_code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+            (word, Some(exit_code), next)
+        }
+    }
+}
+
+fn condition(kind: &str, ok: bool) -> Condition {
+    Condition {
+        kind: kind.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+    }
+}
+
+/// One desired pod's status. `seen` is none before its sandbox exists (or
+/// while it is recreated); `terminating` while it is being stopped.
+pub fn pod_status(
+    file: &str,
+    pod: &PodPlan,
+    seen: Option<&PodSeen<'_>>,
+    terminating: bool,
+    clock: Clock,
+) -> PodStatus {
+    let state = seen.map(|s| s.state);
+    let containers: Vec<ContainerStatus> = pod
+        .containers
+        .iter()
+        .map(|c| {
+            let s = state.and_then(|s| s.containers.get(c.name.as_str()));
+            let extra = seen
+                .and_then(|p| p.containers.get(c.name.as_str()))
+                .copied()
+                .unwrap_or(ContainerSeen {
+                    probes_ready: true,
+                    ..ContainerSeen::default()
+                });
+            let last = extra.last_exit;
+            let (word, exit_code, next_start) = container_state(pod, s, last, clock);
+            ContainerStatus {
+                name: c.name.to_string(),
+                ready: word == "Running" && extra.probes_ready,
+                state: word,
+                restart_count: s.map_or(0, |s| s.restart_count),
+                exit_code,
+                reason: last.map(|e| e.reason.clone()),
+                message: last.map(|e| e.message.clone()).filter(|m| !m.is_empty()),
+                next_start,
+                image: c.image.clone(),
+                started_at: extra.started_at.map(str::to_string),
+                last_started_at: last.and_then(|e| e.started_at.clone()),
+                last_finished_at: last.map(|e| e.finished_at.clone()),
+                last_exit_code: last.map(|e| e.exit_code),
+            }
+        })
+        .collect();
+    let (phase, mut reason) = reconcile::phase(pod, state);
+    if terminating {
+        reason = Some("Terminating".into());
+    }
+    let ready = phase == reconcile::Phase::Running && containers.iter().all(|c| c.ready);
+    let initialized = reason.is_none() && state.is_some();
+    PodStatus {
+        namespace: pod.namespace.clone(),
+        name: pod.name.to_string(),
+        uid: pod.uid.clone(),
+        file: file.to_string(),
+        phase: format!("{phase:?}"),
+        reason,
+        conditions: vec![
+            condition("PodScheduled", state.is_some()),
+            condition("Initialized", initialized),
+            condition("ContainersReady", ready),
+            condition("Ready", ready),
+        ],
+        ip: seen.and_then(|s| s.ip.map(str::to_string)),
+        containers,
+        created: rfc3339_nano(seen.map_or(clock.wall, |s| s.created)),
+    }
+}
+
+/// A pod whose file is gone, shown until it is stopped.
+pub fn leaving_pod_status(key: &str, uid: &str) -> PodStatus {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    PodStatus {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        uid: uid.to_string(),
+        file: String::new(),
+        phase: "Running".into(),
+        reason: Some("Terminating".into()),
+        conditions: Vec::new(),
+        ip: None,
+        containers: Vec::new(),
+        created: String::new(),
+    }
+}
+
+/// The lines of `now` not in `reported`: each manifest problem or conflict
+/// is an event once, not on every pass.
+pub fn newly_seen<'a>(reported: &[String], now: &'a [String]) -> Vec<&'a String> {
+    now.iter().filter(|p| !reported.contains(p)).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -212,6 +212,10 @@ impl Agent {
                         if !t.containers.iter().any(|n| n == name) {
                             t.containers.push(name.to_string());
                         }
+                        let state = h.dir.join("state");
+                        if let Ok(wd) = self.exits.add_watch(&state, AddWatchFlags::IN_MOVED_TO) {
+                            t.exit_watches.push(wd);
+                        }
                         crate::runtime::signal_init(&h.dir.join("state"), Signal::SIGTERM);
                     }
                     _ => {

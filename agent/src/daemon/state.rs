@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::inotify::WatchDescriptor;
+use nix::sys::inotify::{Inotify, WatchDescriptor};
 
 use crate::probe::ContainerProbes;
 use crate::reconcile::{ContainerState, PodState};
@@ -62,15 +62,19 @@ impl ContainerRun {
     }
 
     /// Stops watching its state dir for its exit.
-    pub fn unwatch_exit(&mut self, exits: &nix::sys::inotify::Inotify) {
+    pub fn unwatch_exit(&mut self, exits: &Inotify) {
         if let Some(wd) = self.exit_watch.take() {
-            // EINVAL: the kernel dropped the watch already (its directory
-            // was removed); nothing is left to undo.
-            if let Err(e) = exits.rm_watch(wd) {
-                if e != nix::Error::EINVAL {
-                    eprintln!("podagent: inotify rm_watch: {e}");
-                }
-            }
+            rm_watch(exits, wd);
+        }
+    }
+}
+
+/// Removes an exit watch. EINVAL: the kernel dropped it already (its
+/// directory was removed); nothing is left to undo.
+pub fn rm_watch(exits: &Inotify, wd: WatchDescriptor) {
+    if let Err(e) = exits.rm_watch(wd) {
+        if e != nix::Error::EINVAL {
+            eprintln!("podagent: inotify rm_watch: {e}");
         }
     }
 }
@@ -135,6 +139,9 @@ impl PodRun {
 pub struct Terminating {
     pub uid: String,
     pub containers: Vec<String>,
+    /// The exit watches of its containers: an exit wakes the loop, which
+    /// then sees whether the pod is done. Removed with the pod.
+    pub exit_watches: Vec<WatchDescriptor>,
     pub deadline: Instant,
     pub killed: bool,
 }
@@ -185,7 +192,10 @@ impl Tracked {
         let mut t = Tracked::default();
         for pod in pods.values() {
             match pod {
-                Pod::Terminating(_) => t.terminating += 1,
+                Pod::Terminating(term) => {
+                    t.terminating += 1;
+                    t.exit_watches += term.exit_watches.len();
+                }
                 Pod::Live(run) => {
                     t.pods += 1;
                     for c in run.containers.values() {

@@ -64,8 +64,9 @@ impl Agent {
             return;
         };
         let base = self.args.state_dir.join("containers").join(&run.uid);
+        let mut exit_watches = Vec::new();
         for (name, c) in run.containers.iter_mut() {
-            c.unwatch_exit(&self.exits);
+            exit_watches.extend(c.exit_watch.take());
             crate::runtime::signal_init(&base.join(name).join("state"), Signal::SIGTERM);
         }
         self.pods.insert(
@@ -73,6 +74,7 @@ impl Agent {
             Pod::Terminating(Terminating {
                 uid: run.uid.clone(),
                 containers: run.containers.keys().cloned().collect(),
+                exit_watches,
                 deadline: Instant::now() + grace,
                 killed: false,
             }),
@@ -113,6 +115,9 @@ impl Agent {
         }
         for key in &done {
             if let Some(Pod::Terminating(t)) = self.pods.remove(key) {
+                for wd in t.exit_watches {
+                    super::state::rm_watch(&self.exits, wd);
+                }
                 self.remove_pod_remains(key, &t.uid);
             }
         }

@@ -1,6 +1,8 @@
 //! Helpers shared by the agent's privileged integration tests.
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,0 +1,13 @@
+//! The agent end to end: `podagent run` on a pods dir of the test's, in a
+//! network namespace of the test's own, observed through `podctl`, the API
+//! and the kernel. One file per feature; all share `support`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod adoption;
+mod config;
+mod failures;
+mod lifecycle;
+mod pods_dir;
+mod probes;

@@ -11,6 +11,13 @@
 //! renamed into place only when complete, so a corrupt or truncated blob is an
 //! error, never a half-unpacked rootfs. The layout's JSON is read with small
 //! serde types of our own (bounded, lenient to fields we do not use).
+//!
+//! Why one file of ~800 lines: every way into the store (import of an
+//! archive, of a layout, of a rootfs; unpacking; removal and the sweep) keeps
+//! the same guarantees with the same few helpers (the hashing reader, the
+//! atomic write, the bounded JSON read), and reading them side by side is how
+//! the guarantees are checked. Layer extraction, the hostile part, is apart in
+//! `unpack.rs`.
 
 pub mod unpack;
 

@@ -10,6 +10,10 @@
 //! ```
 //! and cgroups `<cgroup root>/pod<uid>/<name>`. Every name leads back to its
 //! pod uid and container name (DESIGN rule 5).
+//!
+//! Why one file of ~680 lines: start, stop, removal and GC are the four
+//! uses of the layout above and must agree on it line for line; the
+//! sandbox's half is apart in `sandbox.rs`.
 
 pub mod sandbox;
 

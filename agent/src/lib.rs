@@ -3,6 +3,7 @@
 //! dispatch and map errors to exit codes; behaviour lives here.
 
 pub mod api;
+pub mod by_name;
 pub mod cgroups;
 pub mod cli;
 pub mod daemon;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use specs::plan::ContainerPlan;
 use specs::PodPlan;
 
+use crate::records::{ContainerRecord, RecordError};
 use crate::runtime::sandbox::Sandbox;
 use crate::runtime::{Handle, Runtime, RuntimeError};
 
@@ -35,11 +36,27 @@ pub struct Job {
     pub crashes: u32,
 }
 
+impl Job {
+    /// The agent's record of the run (`agent.json` in the container's
+    /// directory), what a restarted agent adopts it by.
+    pub fn record(&self) -> ContainerRecord {
+        ContainerRecord {
+            hash: self.container.hash.clone(),
+            resources: serde_json::to_value(&self.container.resources).unwrap_or_default(),
+            restart_count: self.restarts,
+            crashes: self.crashes,
+        }
+    }
+}
+
 /// A start finished: the container runs, or why it does not.
 #[derive(Debug)]
 pub struct Done {
     pub job: Job,
     pub result: Result<Handle, RuntimeError>,
+    /// Writing the run's record, once it runs (written here, fsynced, so
+    /// that the loop does not wait on the disk).
+    pub recorded: Result<(), RecordError>,
 }
 
 #[derive(Debug)]
@@ -105,7 +122,18 @@ impl Starter {
                             job.net_ns.as_deref(),
                             &job.container,
                         );
-                        if done_tx.send(Done { job, result }).is_err() {
+                        let recorded = match &result {
+                            Ok(h) => {
+                                crate::records::write(&h.dir.join("agent.json"), &job.record())
+                            }
+                            Err(_) => Ok(()),
+                        };
+                        let done = Done {
+                            job,
+                            result,
+                            recorded,
+                        };
+                        if done_tx.send(done).is_err() {
                             return;
                         }
                         let _ = wake.write_all(b"s");

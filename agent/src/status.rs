@@ -16,7 +16,6 @@
 //!   init containers succeeded, ContainersReady and Ready when it runs and
 //!   every container is ready.
 
-use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -99,7 +98,7 @@ pub struct PodSeen<'a> {
     pub ip: Option<&'a str>,
     pub created: SystemTime,
     /// By container name; a container missing here has none of it.
-    pub containers: BTreeMap<&'a str, ContainerSeen<'a>>,
+    pub containers: crate::by_name::ByName<ContainerSeen<'a>, &'a str>,
 }
 
 /// The two clocks: `now` for back-off arithmetic (monotonic), `wall` for

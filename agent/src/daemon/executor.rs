@@ -13,13 +13,15 @@ use super::state::{ContainerRun, Pod};
 use super::Agent;
 use crate::events::Kind;
 use crate::reconcile::{self, Action, ContainerState, Status};
-use crate::records::ContainerRecord;
 use crate::shim::Exited;
 
 impl Agent {
     /// Plans and executes once; returns whether anything was done, and when
     /// to wake for a back-off.
-    pub(super) fn pass(&mut self) -> (bool, Option<Instant>) {
+    /// `publish`: the status is published after this pass whatever it did
+    /// (the last pass of a turn); otherwise only when it did nothing (then
+    /// the turn ends with it).
+    pub(super) fn pass(&mut self, publish: bool) -> (bool, Option<Instant>) {
         let desired = self.sources.desired();
         // A pod still terminating is left alone until it is gone.
         let plans: reconcile::Desired = desired
@@ -42,7 +44,9 @@ impl Agent {
         for action in plan.actions {
             self.execute(&action, &plans);
         }
-        self.publish(&desired);
+        if publish || !acted {
+            self.publish(&desired);
+        }
         if let Ok(mut v) = self.view.lock() {
             v.reconcile.observe(t0.elapsed().as_secs_f64());
             v.ready = true;
@@ -199,7 +203,11 @@ impl Agent {
     }
 
     pub(super) fn finish_start(&mut self, done: crate::starter::Done) {
-        let crate::starter::Done { job, result } = done;
+        let crate::starter::Done {
+            job,
+            result,
+            recorded,
+        } = done;
         let (key, name) = (job.id.0.as_str(), job.id.1.as_str());
         let (p, c) = (&job.pod, &job.container);
         if self.live(key).is_none_or(|r| r.uid != p.uid) {
@@ -267,13 +275,7 @@ impl Agent {
                         None
                     }
                 };
-                let record = ContainerRecord {
-                    hash: c.hash.clone(),
-                    resources: serde_json::to_value(&c.resources).unwrap_or_default(),
-                    restart_count: job.restarts,
-                    crashes: job.crashes,
-                };
-                if let Err(e) = crate::records::write(&h.dir.join("agent.json"), &record) {
+                if let Err(e) = &recorded {
                     // Running, but a restarted agent would not adopt it.
                     let message = crate::error_chain(&e);
                     self.event(Kind::Warning, "FailedRecord", key, Some(name), message);

@@ -266,7 +266,7 @@ impl Agent {
                 let mut fds = vec![(Token::Wake, self.wake.0.as_fd())];
                 for (key, pod) in &self.pods {
                     let Pod::Live(run) = pod else { continue };
-                    for (name, c) in &run.containers {
+                    for (name, c) in run.containers.iter() {
                         if let Some(shim) = &c.shim {
                             let token = Token::Shim {
                                 pod: key.clone(),
@@ -338,8 +338,8 @@ impl Agent {
     /// action cannot spin); when to wake for a back-off.
     fn reconcile(&mut self) -> Option<Instant> {
         let mut wake = None;
-        for _ in 0..16 {
-            let (acted, w) = self.pass();
+        for i in 0..16 {
+            let (acted, w) = self.pass(i == 15);
             wake = w;
             if !acted {
                 break;

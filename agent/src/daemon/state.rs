@@ -79,6 +79,9 @@ pub fn rm_watch(exits: &Inotify, wd: WatchDescriptor) {
     }
 }
 
+/// A pod's containers by name.
+pub type Containers = crate::by_name::ByName<ContainerRun>;
+
 /// A pod whose sandbox exists.
 #[derive(Debug)]
 pub struct PodRun {
@@ -91,8 +94,7 @@ pub struct PodRun {
     pub net_ns: Option<PathBuf>,
     pub ip: Option<String>,
     pub created: SystemTime,
-    /// By container name.
-    pub containers: BTreeMap<String, ContainerRun>,
+    pub containers: Containers,
 }
 
 impl PodRun {
@@ -224,5 +226,29 @@ impl Tracked {
             ("starts_in_flight", self.starts_in_flight),
             ("children", self.children),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleting_a_pod_leaves_nothing_counted() {
+        let mut pods = BTreeMap::new();
+        pods.insert(
+            "default/web".to_string(),
+            Pod::Terminating(Terminating {
+                uid: "u".into(),
+                containers: vec!["app".into()],
+                exit_watches: Vec::new(),
+                deadline: Instant::now(),
+                killed: false,
+            }),
+        );
+        let t = Tracked::count(&pods);
+        assert_eq!((t.terminating, t.pods, t.containers), (1, 0, 0));
+        pods.remove("default/web");
+        assert_eq!(Tracked::count(&pods), Tracked::default());
     }
 }

@@ -26,6 +26,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use specs::hash::sha256_hex;
+
+pub use crate::by_name::ByName;
 use specs::plan::{ContainerPlan, ContainerResources, PodPlan, RestartPolicy};
 
 /// The kubelet's crash back-off: 10 s, doubling, at most 5 min.
@@ -85,7 +87,7 @@ pub struct PodState {
     pub sandbox_hash: String,
     /// Its `terminationGracePeriodSeconds`, kept for when its file is gone.
     pub grace: Duration,
-    pub containers: BTreeMap<String, ContainerState>,
+    pub containers: ByName<ContainerState>,
 }
 
 /// Desired: every valid pod by `namespace/name`; actual: what runs.

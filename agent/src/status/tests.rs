@@ -1,6 +1,5 @@
 //! Table tests of the status projection, with both clocks injected.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use super::*;
@@ -57,7 +56,7 @@ fn seen<'a>(state: &'a PodState, extra: Vec<(&'a str, ContainerSeen<'a>)>) -> Po
         state,
         ip: Some("10.88.0.5"),
         created: UNIX_EPOCH + Duration::from_secs(1_779_999_000),
-        containers: extra.into_iter().collect::<BTreeMap<_, _>>(),
+        containers: extra.into_iter().collect(),
     }
 }
 

@@ -143,15 +143,13 @@ fn after_a_reboot_the_agent_recreates_the_pods_from_the_state_dir() {
         let events = podctl(&["events", "--state-dir", &state_s]).1;
         assert!(!events.contains("Warning"), "{events}");
         // Made again, not adopted twice: one of each.
-        let held = tracked(&state.join("podagent.sock"));
-        for (kind, n) in [
+        let one = [
             ("pods", 1),
             ("containers", 1),
             ("shims", 1),
             ("exit_watches", 1),
-        ] {
-            assert_eq!(held.get(kind), Some(&n), "{kind}: {held:?}");
-        }
+        ];
+        assert_tracked(&state.join("podagent.sock"), &one);
         drop(agent);
         fx.assert_no_mounts();
     });
@@ -265,14 +263,9 @@ fn sigkill_during_a_burst_converges_with_no_leak_and_no_duplicate() {
             .count();
         assert_eq!(shims, wanted.len());
         // The adopting agent holds one of each thing a pod, no more.
-        let held = tracked(&state.join("podagent.sock"));
-        for kind in ["pods", "containers", "exit_watches"] {
-            assert_eq!(
-                held.get(kind),
-                Some(&(wanted.len() as u64)),
-                "{kind}: {held:?}"
-            );
-        }
+        let n = wanted.len() as u64;
+        let each = [("pods", n), ("containers", n), ("exit_watches", n)];
+        assert_tracked(&state.join("podagent.sock"), &each);
 
         // Everything removed: nothing left.
         for n in &wanted {
@@ -289,8 +282,7 @@ fn sigkill_during_a_burst_converges_with_no_leak_and_no_duplicate() {
             ipam["allocations"].as_object().unwrap().is_empty(),
             "{ipam}"
         );
-        let held = tracked(&state.join("podagent.sock"));
-        assert!(held.values().all(|n| *n == 0), "{held:?}");
+        assert_nothing_tracked(&state.join("podagent.sock"));
         assert_eq!(inotify_watches(agent.0.id()), 1, "the pods dir's alone");
         drop(agent);
         fx.assert_no_mounts();

@@ -185,15 +185,13 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
 
         // After the restarts the agent holds one of each thing for its one
         // container, and the kernel one exit watch beside the pods dir's.
-        let held = tracked(&socket);
-        for (kind, n) in [
+        let one = [
             ("pods", 1),
             ("containers", 1),
             ("shims", 1),
             ("exit_watches", 1),
-        ] {
-            assert_eq!(held.get(kind), Some(&n), "{kind}: {held:?}");
-        }
+        ];
+        assert_tracked(&socket, &one);
         assert_eq!(inotify_watches(agent.0.id()), 2);
 
         // A broken file keeps the last good pod running and says why.
@@ -226,9 +224,7 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
         assert!(!serves("second"));
         // Deleted: nothing of the pod is left in the agent, nor in the
         // kernel's list of its inotify watches (the pods dir's alone).
-        let held = tracked(&socket);
-        assert!(held.len() >= 9, "{held:?}");
-        assert!(held.values().all(|n| *n == 0), "{held:?}");
+        assert_nothing_tracked(&socket);
         assert_eq!(inotify_watches(agent.0.id()), 1);
 
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();

@@ -240,3 +240,18 @@ pub fn inotify_watches(pid: u32) -> usize {
         })
         .sum()
 }
+
+/// The agent holds exactly `n` of each `kind` named.
+pub fn assert_tracked(socket: &Path, want: &[(&str, u64)]) {
+    let held = tracked(socket);
+    for (kind, n) in want {
+        assert_eq!(held.get(*kind), Some(n), "{kind}: {held:?}");
+    }
+}
+
+/// The agent holds nothing of any kind (every pod is gone).
+pub fn assert_nothing_tracked(socket: &Path) {
+    let held = tracked(socket);
+    assert!(held.len() >= 9, "every kind is listed: {held:?}");
+    assert!(held.values().all(|n| *n == 0), "{held:?}");
+}

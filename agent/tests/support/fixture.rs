@@ -24,6 +24,28 @@ impl Drop for Fixture {
     /// mounts, cgroups, directories.
     fn drop(&mut self) {
         let _ = self.rt.gc(&|_| false);
+        // What an agent test's agent left (one SIGKILLed before the test
+        // failed): its pods' processes, mounts, cgroups and network
+        // namespaces, from its own state dir and cgroup root.
+        let agent_state = self.dir.path().join("agent-state");
+        if agent_state.exists() {
+            if let (Ok(images), Ok(found)) = (
+                ImageStore::open(&self.dir.path().join("store")),
+                detect(Path::new("/proc/self/mountinfo")),
+            ) {
+                let agent_rt = Runtime {
+                    state_dir: agent_state.clone(),
+                    images,
+                    cgroups: found.driver(),
+                    cgroup_root: format!("{}/agent", self.cg_root.as_path().display()),
+                    podagent: self.rt.podagent.clone(),
+                };
+                let _ = agent_rt.gc(&|_| false);
+            }
+            if let Ok(net) = netplug::Network::new(netplug::Config::new(agent_state.join("net"))) {
+                let _ = net.gc(&|_| false);
+            }
+        }
         // The agent test's own cgroup root lives below the fixture's.
         if let Ok(agent_root) = self.cg_root.join("agent") {
             let _ = self.rt.cgroups.kill_all(&agent_root);

@@ -275,7 +275,7 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
     let dir = match crate::locate::container_dir(&server.state_dir, namespace, pod, Some(container))
     {
         Ok(d) => d,
-        Err(e) => return error(StatusCode::NOT_FOUND, &e),
+        Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
     };
     let file = dir.join(if previous {
         "previous.log"

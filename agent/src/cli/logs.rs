@@ -59,8 +59,10 @@ fn from_agent(args: &Args, out: &mut dyn Write) -> Result<(), Option<String>> {
     let (code, body) = crate::api::get(&socket, "/v1/status").map_err(down)?;
     let status: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| Some(format!("/v1/status: not JSON ({e}), code {code}")))?;
-    let pod = crate::locate::find_pod(&status, &args.namespace, &args.pod)?;
-    let container = crate::locate::pick_container(pod, args.container.as_deref())?;
+    let pod = crate::locate::find_pod(&status, &args.namespace, &args.pod)
+        .map_err(|e| Some(e.to_string()))?;
+    let container = crate::locate::pick_container(pod, args.container.as_deref())
+        .map_err(|e| Some(e.to_string()))?;
     let mut path = format!(
         "/v1/logs/{}/{}/{container}?previous={}&follow={}",
         args.namespace, args.pod, args.previous, args.follow

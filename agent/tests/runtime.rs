@@ -26,7 +26,7 @@ spec:
   containers:
   - name: writer
     image: busybox
-    command: [sh, -c, 'hostname > /data/host; echo $$$$ > /data/pid; echo shared > /dev/shm/note; exec sleep 1000']
+    command: [sh, -c, 'echo shared > /dev/shm/note; echo $$$$ > /data/pid; hostname > /data/host; exec sleep 1000']
     volumeMounts: [{name: data, mountPath: /data}]
     resources: {limits: {cpu: 200m, memory: 32Mi}}
   - name: reader
@@ -48,7 +48,8 @@ fn a_pod_runs_from_its_plan_and_stopping_it_leaves_nothing() {
     let reader = rt.start(&pod, &sb, None, &pod.containers[1]).unwrap();
     assert!(writer.started.pid > 1 && writer.started.start_ticks > 0);
 
-    // The reader saw the writer's volume and the pod's shared /dev/shm.
+    // The reader saw the writer's volume and the pod's shared /dev/shm (the
+    // writer writes /data/host last: the reader waits for it).
     let log = reader.dir.join("container.log");
     assert!(
         eventually(Duration::from_secs(10), || std::fs::read_to_string(&log)

@@ -50,7 +50,7 @@ fn verbose_output_shows_the_resolved_numbers() {
     for line in [
         "examples/cpu-pinned-worker.yaml: pod default/pinned-worker: qos Guaranteed, restart Always, hostname pinned-worker, pids limit 4096",
         "  pod cgroup: cpu.shares 1024, cfs quota 100000 / period 100000, memory limit 67108864",
-        "    cpu: request 1000m, limit 1000m, shares 1024, weight 39, cfs quota 100000 / period 100000 (cpu.max \"100000 100000\")",
+        "    cpu: request 1000m, limit 1000m, shares 1024, weight 100, cfs quota 100000 / period 100000 (cpu.max \"100000 100000\")",
         "    memory: request 67108864, limit 67108864, swap -, oom_score_adj -997, oom kill disabled false",
         "    cpuset: 1, capabilities: AUDIT_WRITE,CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,MKNOD,NET_BIND_SERVICE,NET_RAW,SETFCAP,SETGID,SETPCAP,SETUID,SYS_CHROOT, no_new_privs true, seccomp RuntimeDefault",
     ] {

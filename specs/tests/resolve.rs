@@ -55,7 +55,7 @@ fn cpu_request_of_100m_gets_102_shares_and_no_quota() {
     let p = one_pod(&pod_with_resources("      requests: {cpu: 100m}\n"));
     let r = &p.containers[0].resources;
     assert_eq!(r.cpu_shares, 102);
-    assert_eq!(r.cpu_weight, 4);
+    assert_eq!(r.cpu_weight, 17);
     assert_eq!(r.cfs_quota_us, None);
     assert_eq!(p.qos_class, QosClass::Burstable);
     assert_eq!(

@@ -33,15 +33,30 @@ pub fn cfs_quota_us(milli_cpu_limit: Option<u64>, period_us: u64) -> Option<u64>
     }
 }
 
-/// runc's and crun's conversion of cgroup v1 shares to cgroup v2 `cpu.weight`
-/// (`ConvertCPUSharesToCgroupV2Value`): maps [2, 262144] linearly onto
-/// [1, 10000].
+/// The cgroup v2 `cpu.weight` for cgroup v1 `cpu.shares` (which the
+/// kubelet computes, `cpu_shares` above), as current runtimes convert them:
+/// runc 1.3.2 and later, crun 1.23 and later and opencontainers/cgroups
+/// (`ConvertCPUSharesToCgroupV2Value`). A quadratic in log2 of the shares
+/// that maps the minimum, the default and the maximum onto each other:
+/// 2 → 1, 1024 → 100, 262144 → 10000, so a container with one CPU's
+/// request weighs what an unconfigured cgroup does. (The linear map that
+/// runc used before, 1 + (shares − 2) × 9999 / 262142, gave 1024 → 39: a
+/// pod's containers weighed less than the node's own services.) Computed in
+/// f64 as the runtimes do; 0 stays 0 (unset).
 pub fn cpu_weight(shares: u64) -> u64 {
     if shares == 0 {
         return 0;
     }
-    let s = shares.clamp(MIN_SHARES, MAX_SHARES);
-    1 + ((s - 2) * 9999) / 262_142
+    if shares <= MIN_SHARES {
+        return 1;
+    }
+    if shares >= MAX_SHARES {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    // Within [1, 10000] for shares within (2, 262144): the cast cannot wrap.
+    10f64.powf(exponent).ceil() as u64
 }
 
 /// What a QoS class is computed from: each container's effective cpu and memory
@@ -119,11 +134,43 @@ mod tests {
     }
 
     #[test]
-    fn weight_is_runcs_linear_map_of_shares() {
-        assert_eq!(cpu_weight(2), 1);
-        assert_eq!(cpu_weight(102), 4);
-        assert_eq!(cpu_weight(1024), 39);
-        assert_eq!(cpu_weight(262_144), 10_000);
+    fn weight_is_the_current_runtimes_quadratic_map_of_shares() {
+        // (shares, weight): the kubelet's shares for 0, 10m, 50m, 100m,
+        // 250m, 500m, 1, 2, 4, 10 and 64 CPUs and the extremes; the weights
+        // as runc >= 1.3.2 and crun >= 1.23 compute them (the formula
+        // evaluated independently in IEEE double precision).
+        let table = [
+            (0, 0),
+            (1, 1),
+            (2, 1),
+            (3, 2),
+            (10, 4),
+            (51, 11),
+            (102, 17),
+            (256, 35),
+            (512, 59),
+            (1024, 100),
+            (2048, 174),
+            (4096, 303),
+            (10_240, 639),
+            (65_536, 3023),
+            (262_143, 10_000),
+            (262_144, 10_000),
+            (1 << 20, 10_000),
+        ];
+        for (shares, weight) in table {
+            assert_eq!(cpu_weight(shares), weight, "shares {shares}");
+        }
+        // Monotonic over the whole range, and within [1, 10000].
+        let mut last = 1;
+        for shares in 2..=MAX_SHARES {
+            let w = cpu_weight(shares);
+            assert!(
+                (last..=10_000).contains(&w),
+                "shares {shares}: {w} after {last}"
+            );
+            last = w;
+        }
     }
 
     fn q(cr: Option<u64>, cl: Option<u64>, mr: Option<u64>, ml: Option<u64>) -> QosInput {

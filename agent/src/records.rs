@@ -120,6 +120,12 @@ pub fn write(path: &Path, record: &impl Serialize) -> Result<(), RecordError> {
 
 /// A record's JSON; none when the file is missing.
 pub fn read_value(path: &Path) -> Result<Option<serde_json::Value>, RecordError> {
+    read(path)
+}
+
+/// A typed record, parsed from the file's bytes (read through the size
+/// cap); none when the file is missing.
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> {
     let io = |source| RecordError::Io {
         path: path.to_path_buf(),
         source,
@@ -137,19 +143,6 @@ pub fn read_value(path: &Path) -> Result<Option<serde_json::Value>, RecordError>
         });
     }
     serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| RecordError::Json {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// A typed record; none when the file is missing.
-pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> {
-    let Some(v) = read_value(path)? else {
-        return Ok(None);
-    };
-    serde_json::from_value(v)
         .map(Some)
         .map_err(|source| RecordError::Json {
             path: path.to_path_buf(),

@@ -246,13 +246,8 @@ pub async fn create_veth(
 
 /// Inside the pod's namespace: `lo` up, `peer` renamed `eth0` and up, the
 /// address, the default route via the gateway.
-pub async fn configure_pod_side(
-    h: &Handle,
-    peer: &str,
-    ip: Ipv4Network,
-    gateway: Ipv4Addr,
-    mtu: u32,
-) -> Result<()> {
+/// Sets `lo` up (a new network namespace has it down).
+pub async fn loopback_up(h: &Handle) -> Result<()> {
     if let Some(lo) = find(h, "lo").await? {
         h.link()
             .set(LinkUnspec::new_with_index(lo.header.index).up().build())
@@ -260,6 +255,17 @@ pub async fn configure_pod_side(
             .await
             .map_err(nl("set up", "lo"))?;
     }
+    Ok(())
+}
+
+pub async fn configure_pod_side(
+    h: &Handle,
+    peer: &str,
+    ip: Ipv4Network,
+    gateway: Ipv4Addr,
+    mtu: u32,
+) -> Result<()> {
+    loopback_up(h).await?;
     let link = match find(h, peer).await? {
         Some(l) => l,
         // Already renamed by an earlier, interrupted attempt.

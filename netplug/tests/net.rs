@@ -76,22 +76,10 @@ fn on_private_node<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-            netplug::link::netlink(None, |h| async move {
-                let lo = netplug::link::find(&h, "lo").await?.expect("lo");
-                h.link()
-                    .set(
-                        rtnetlink::LinkUnspec::new_with_index(lo.header.index)
-                            .up()
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .map_err(|source| NetError::Netlink {
-                        op: "up",
-                        target: "lo".into(),
-                        source,
-                    })
-            })
+            netplug::link::netlink(
+                None,
+                |h| async move { netplug::link::loopback_up(&h).await },
+            )
             .unwrap();
             f()
         })

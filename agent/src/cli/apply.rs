@@ -97,16 +97,7 @@ pub fn changes(
                     } else {
                         Status::Running { since: t }
                     };
-                    (
-                        c.name.to_string(),
-                        ContainerState {
-                            hash: c.hash.clone(),
-                            resources: Some(c.resources.clone()),
-                            status,
-                            restart_count: 0,
-                            crashes: 0,
-                        },
-                    )
+                    (c.name.to_string(), ContainerState::of(c, status, 0, 0))
                 })
                 .collect();
             (

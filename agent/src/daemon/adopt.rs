@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::inotify::AddWatchFlags;
 use specs::plan::PodPlan;
 
 use super::state::{ContainerRun, Pod};
@@ -144,16 +143,7 @@ impl Agent {
             for f in found.containers {
                 let mut c = ContainerRun::new(f.state);
                 if let Some(st) = f.started {
-                    match self
-                        .exits
-                        .add_watch(&f.state_dir, AddWatchFlags::IN_MOVED_TO)
-                    {
-                        Ok(wd) => c.exit_watch = Some(wd),
-                        Err(e) => {
-                            let message = format!("watching its state dir: {e}");
-                            self.event(Kind::Warning, "Degraded", key, Some(&f.name), message);
-                        }
-                    }
+                    c.exit_watch = self.watch_exit(key, &f.name, &f.state_dir);
                     if let Some(plan) = p.all_containers().find(|c| c.name.as_str() == f.name) {
                         let mut probes = crate::probe::ContainerProbes::new(plan, now);
                         probes.pid = st.pid;

@@ -172,13 +172,7 @@ impl Agent {
             restarts,
             crashes,
         };
-        let state = ContainerState {
-            hash: c.hash.clone(),
-            resources: Some(c.resources.clone()),
-            status: Status::Starting,
-            restart_count: restarts,
-            crashes,
-        };
+        let state = ContainerState::of(c, Status::Starting, restarts, crashes);
         let Some(Pod::Live(run)) = self.pods.get_mut(key) else {
             return;
         };
@@ -221,29 +215,20 @@ impl Agent {
                             t.containers.push(name.to_string());
                         }
                         let state = h.dir.join("state");
+                        // Its exit wakes the loop, as its pod's others do.
                         if let Ok(wd) = self.exits.add_watch(&state, AddWatchFlags::IN_MOVED_TO) {
                             t.exit_watches.push(wd);
                         }
-                        crate::runtime::signal_init(&h.dir.join("state"), Signal::SIGTERM);
+                        crate::runtime::signal_init(&state, Signal::SIGTERM);
                     }
-                    _ => {
-                        if let Err(e) = self.rt.kill_container(&p.uid, name) {
-                            let message = crate::error_chain(&e);
-                            self.event(Kind::Warning, "FailedKill", key, Some(name), message);
-                        }
-                    }
+                    _ => self.kill(key, &p.uid, name),
                 }
             }
             return;
         }
         let now = Instant::now();
-        let mut state = ContainerState {
-            hash: c.hash.clone(),
-            resources: Some(c.resources.clone()),
-            status: Status::Running { since: now },
-            restart_count: job.restarts,
-            crashes: job.crashes,
-        };
+        let running = Status::Running { since: now };
+        let mut state = ContainerState::of(c, running, job.restarts, job.crashes);
         match result {
             Ok(h) => {
                 self.event(
@@ -263,23 +248,10 @@ impl Agent {
                 self.children.push(h.started.shim_pid);
                 let mut probes = crate::probe::ContainerProbes::new(c, now);
                 probes.pid = h.started.pid;
-                let exit_watch = match self
-                    .exits
-                    .add_watch(&h.dir.join("state"), AddWatchFlags::IN_MOVED_TO)
-                {
-                    Ok(wd) => Some(wd),
-                    Err(e) => {
-                        // Its exit is still seen, through its shim's pidfd.
-                        let message = format!("watching its state dir: {e}");
-                        self.event(Kind::Warning, "Degraded", key, Some(name), message);
-                        None
-                    }
-                };
-                if let Err(e) = &recorded {
-                    // Running, but a restarted agent would not adopt it.
-                    let message = crate::error_chain(&e);
-                    self.event(Kind::Warning, "FailedRecord", key, Some(name), message);
-                }
+                let exit_watch = self.watch_exit(key, name, &h.dir.join("state"));
+                // Without its record it runs, but a restarted agent would
+                // not adopt it.
+                self.report(recorded, "FailedRecord", key, Some(name));
                 if let Some(run) = self.container_mut(key, name) {
                     run.state = state;
                     run.oom_base = oom_base;

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::inotify::{InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use specs::NodeInfo;
@@ -258,7 +258,7 @@ impl Agent {
                 continue; // a pod is gone: plan again (it may be recreated)
             }
             let resync_at = last_resync + resync;
-            let until = event_loop::wake_at(self.timers().chain(wake), resync_at);
+            let until = event_loop::wake_at(self.next_timer().into_iter().chain(wake), resync_at);
             let ms = event_loop::timeout_ms(Instant::now(), until);
             let ready = {
                 // In the order they are handled: results first, then the
@@ -348,25 +348,23 @@ impl Agent {
         wake
     }
 
-    /// Every timer the loop must wake for: probes due, kill deadlines,
-    /// terminations.
-    fn timers(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.pods.values().flat_map(|pod| -> Vec<Instant> {
+    /// The first timer the loop must wake for: a probe due, a kill
+    /// deadline, a termination's.
+    fn next_timer(&self) -> Option<Instant> {
+        let mut first: Option<Instant> = None;
+        let mut at = |t: Instant| first = Some(first.map_or(t, |f| f.min(t)));
+        for pod in self.pods.values() {
             match pod {
-                Pod::Terminating(t) => vec![t.next_at()],
-                Pod::Live(run) => run
-                    .containers
-                    .values()
-                    .flat_map(|c| {
-                        c.probes
-                            .as_ref()
-                            .and_then(|p| p.next_at())
-                            .into_iter()
-                            .chain(c.kill_at)
-                    })
-                    .collect(),
+                Pod::Terminating(t) => at(t.next_at()),
+                Pod::Live(run) => {
+                    for c in run.containers.values() {
+                        let probe = c.probes.as_ref().and_then(|p| p.next_at());
+                        probe.into_iter().chain(c.kill_at).for_each(&mut at);
+                    }
+                }
             }
-        })
+        }
+        first
     }
 
     /// Empties the wake socket (its bytes only say "look").
@@ -391,6 +389,49 @@ impl Agent {
 
     fn container_mut(&mut self, key: &str, name: &str) -> Option<&mut ContainerRun> {
         self.live_mut(key)?.containers.get_mut(name)
+    }
+
+    /// A failure the loop lives with: a warning event (and its log line)
+    /// with the whole error chain; the value when there is none.
+    fn report<T, E: std::error::Error>(
+        &self,
+        result: Result<T, E>,
+        reason: &str,
+        key: &str,
+        container: Option<&str>,
+    ) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                self.event(Kind::Warning, reason, key, container, message);
+                None
+            }
+        }
+    }
+
+    /// SIGKILL to everything in a container's cgroup.
+    fn kill(&self, key: &str, uid: &str, name: &str) {
+        self.report(
+            self.rt.kill_container(uid, name),
+            "FailedKill",
+            key,
+            Some(name),
+        );
+    }
+
+    /// Watches a container's state dir for its `exit.json`. Without the
+    /// watch its exit is still seen through its shim's pidfd: a failure is
+    /// an event, not an error.
+    fn watch_exit(&self, key: &str, name: &str, state: &Path) -> Option<WatchDescriptor> {
+        match self.exits.add_watch(state, AddWatchFlags::IN_MOVED_TO) {
+            Ok(wd) => Some(wd),
+            Err(e) => {
+                let message = format!("watching its state dir: {e}");
+                self.event(Kind::Warning, "Degraded", key, Some(name), message);
+                None
+            }
+        }
     }
 
     fn event(

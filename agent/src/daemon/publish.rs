@@ -4,8 +4,6 @@
 //! (once, not on every pass); the counts of what the agent holds go to
 //! `/metrics`.
 
-use std::collections::BTreeMap;
-
 use super::state::{Pod, Tracked};
 use super::Agent;
 use crate::events::Kind;
@@ -15,25 +13,17 @@ use crate::watch::DesiredState;
 impl Agent {
     pub(super) fn publish(&mut self, desired: &DesiredState) {
         let clock = Clock::now();
-        let states: BTreeMap<&str, _> = self
-            .pods
-            .iter()
-            .filter_map(|(k, pod)| match pod {
-                Pod::Live(run) => Some((k.as_str(), (run, run.planner_state()))),
-                Pod::Terminating(_) => None,
-            })
-            .collect();
         let mut pods = Vec::new();
         for (key, (file, p)) in &desired.pods {
-            let seen = states.get(key.as_str()).map(|(run, state)| run.seen(state));
-            let terminating = matches!(self.pods.get(key), Some(Pod::Terminating(_)));
-            pods.push(status::pod_status(
-                &file.display().to_string(),
-                p,
-                seen.as_ref(),
-                terminating,
-                clock,
-            ));
+            let file = file.display().to_string();
+            pods.push(match self.pods.get(key) {
+                Some(Pod::Live(run)) => {
+                    let state = run.planner_state();
+                    status::pod_status(&file, p, Some(&run.seen(&state)), false, clock)
+                }
+                Some(Pod::Terminating(_)) => status::pod_status(&file, p, None, true, clock),
+                None => status::pod_status(&file, p, None, false, clock),
+            });
         }
         // Pods whose file is gone are shown until they are.
         for (key, pod) in &self.pods {

@@ -84,10 +84,7 @@ impl Agent {
         let started = crate::records::read::<Started>(&dir.join("state.json"))
             .ok()
             .flatten();
-        if let Err(e) = self.rt.kill_container(&uid, name) {
-            let message = crate::error_chain(&e);
-            self.event(Kind::Warning, "FailedKill", key, Some(name), message);
-        }
+        self.kill(key, &uid, name);
         let message = format!("its shim (pid {pid}) died; its processes were killed");
         self.event(Kind::Warning, "ShimDied", key, Some(name), message.clone());
         let exited = Exited {
@@ -99,23 +96,11 @@ impl Agent {
             message,
             warnings: Vec::new(),
         };
-        match crate::records::write(&dir.join("exit.json"), &exited) {
-            // The exit watch sees it; without one, it is recorded now.
-            Ok(()) => {
-                if self
-                    .live(key)
-                    .and_then(|r| r.containers.get(name))
-                    .is_some_and(|c| c.exit_watch.is_none())
-                {
-                    self.record_exit(key, name);
-                }
-            }
-            Err(e) => {
-                let message = crate::error_chain(&e);
-                self.event(Kind::Warning, "FailedRecord", key, Some(name), message);
-                self.record_exit(key, name);
-            }
-        }
+        let written = crate::records::write(&dir.join("exit.json"), &exited);
+        self.report(written, "FailedRecord", key, Some(name));
+        // Recorded now; the exit watch, if it fires, finds it no longer
+        // running.
+        self.record_exit(key, name);
     }
 
     /// Records the exits the shims wrote.

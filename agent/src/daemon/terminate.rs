@@ -12,7 +12,6 @@ use nix::sys::signal::Signal;
 
 use super::state::{Pod, Terminating, KILL_WAIT};
 use super::Agent;
-use crate::events::Kind;
 
 impl Agent {
     /// SIGTERM to the container's init now, SIGKILL to its cgroup when the
@@ -47,10 +46,7 @@ impl Agent {
             }
         }
         for (key, uid, name) in due {
-            if let Err(e) = self.rt.kill_container(&uid, &name) {
-                let message = crate::error_chain(&e);
-                self.event(Kind::Warning, "FailedKill", &key, Some(&name), message);
-            }
+            self.kill(&key, &uid, &name);
         }
     }
 
@@ -107,10 +103,7 @@ impl Agent {
         }
         for (key, uid, names) in kill {
             for n in names {
-                if let Err(e) = self.rt.kill_container(&uid, &n) {
-                    let message = crate::error_chain(&e);
-                    self.event(Kind::Warning, "FailedKill", &key, Some(&n), message);
-                }
+                self.kill(&key, &uid, &n);
             }
         }
         for key in &done {
@@ -127,15 +120,14 @@ impl Agent {
     /// Everything of that uid: processes left, mounts, cgroups,
     /// directories, sandbox; then its network. Failures are events.
     fn remove_pod_remains(&self, key: &str, uid: &str) {
-        if let Err(e) = self.rt.gc(&|u| u != uid) {
-            let message = crate::error_chain(&e);
-            self.event(Kind::Warning, "FailedKillPod", key, None, message);
-        }
+        self.report(self.rt.gc(&|u| u != uid), "FailedKillPod", key, None);
+        self.teardown_network(key, uid);
+    }
+
+    /// The pod's veth, address, host ports and network namespace.
+    fn teardown_network(&self, key: &str, uid: &str) {
         if let Some(net) = &self.net {
-            if let Err(e) = net.teardown(uid) {
-                let message = crate::error_chain(&e);
-                self.event(Kind::Warning, "FailedTeardown", key, None, message);
-            }
+            self.report(net.teardown(uid), "FailedTeardown", key, None);
         }
     }
 
@@ -172,10 +164,7 @@ impl Agent {
             .collect();
         for (key, t) in terminating {
             for n in &t.containers {
-                if let Err(e) = self.rt.kill_container(&t.uid, n) {
-                    let message = crate::error_chain(&e);
-                    self.event(Kind::Warning, "FailedKill", &key, Some(n), message);
-                }
+                self.kill(&key, &t.uid, n);
             }
             self.remove_pod_remains(&key, &t.uid);
         }
@@ -196,27 +185,11 @@ impl Agent {
             Some(p) => {
                 self.rt.stop_all(p, grace);
                 for c in p.all_containers() {
-                    if let Err(e) = self.rt.remove(p, c) {
-                        let message = crate::error_chain(&e);
-                        self.event(
-                            Kind::Warning,
-                            "FailedRemove",
-                            key,
-                            Some(c.name.as_str()),
-                            message,
-                        );
-                    }
+                    let removed = self.rt.remove(p, c);
+                    self.report(removed, "FailedRemove", key, Some(c.name.as_str()));
                 }
-                if let Err(e) = self.rt.remove_pod(p) {
-                    let message = crate::error_chain(&e);
-                    self.event(Kind::Warning, "FailedRemove", key, None, message);
-                }
-                if let Some(net) = &self.net {
-                    if let Err(e) = net.teardown(&run.uid) {
-                        let message = crate::error_chain(&e);
-                        self.event(Kind::Warning, "FailedTeardown", key, None, message);
-                    }
-                }
+                self.report(self.rt.remove_pod(p), "FailedRemove", key, None);
+                self.teardown_network(key, &run.uid);
             }
             None => {
                 let base = self.args.state_dir.join("containers").join(&run.uid);

@@ -80,6 +80,19 @@ pub struct ContainerState {
     pub crashes: u32,
 }
 
+impl ContainerState {
+    /// A run of `c` with its plan's spec and resources.
+    pub fn of(c: &ContainerPlan, status: Status, restart_count: u32, crashes: u32) -> Self {
+        ContainerState {
+            hash: c.hash.clone(),
+            resources: Some(c.resources.clone()),
+            status,
+            restart_count,
+            crashes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodState {
     pub uid: String,

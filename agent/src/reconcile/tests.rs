@@ -29,13 +29,7 @@ fn desired(p: &PodPlan) -> Desired {
 }
 
 fn cs(c: &ContainerPlan, status: Status) -> ContainerState {
-    ContainerState {
-        hash: c.hash.clone(),
-        resources: Some(c.resources.clone()),
-        status,
-        restart_count: 0,
-        crashes: 0,
-    }
+    ContainerState::of(c, status, 0, 0)
 }
 
 /// The pod's state with the given containers, the sandbox made from `p`.

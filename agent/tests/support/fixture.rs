@@ -136,22 +136,10 @@ pub fn on_private_node<T: Send>(f: impl FnOnce() -> T + Send) -> T {
         s.spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("unshare(CLONE_NEWNET)");
-            netplug::link::netlink(None, |h| async move {
-                let lo = netplug::link::find(&h, "lo").await?.expect("lo");
-                h.link()
-                    .set(
-                        rtnetlink::LinkUnspec::new_with_index(lo.header.index)
-                            .up()
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .map_err(|source| netplug::NetError::Netlink {
-                        op: "up",
-                        target: "lo".into(),
-                        source,
-                    })
-            })
+            netplug::link::netlink(
+                None,
+                |h| async move { netplug::link::loopback_up(&h).await },
+            )
             .unwrap();
             f()
         })

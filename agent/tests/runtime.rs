@@ -210,6 +210,66 @@ fn the_device_cgroup_denies_devices_outside_the_allowlist() {
 }
 
 #[test]
+fn a_container_reads_its_own_limits_from_a_read_only_sys_fs_cgroup() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("own-limits");
+    let rt = &fx.rt;
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: limits}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    resources: {limits: {cpu: 500m, memory: 48Mi}}\n    command: [sh, -c, 'sed s/^/cgroup=/ /proc/self/cgroup; cd /sys/fs/cgroup; if [ -f memory.max ]; then echo memory=$(cat memory.max) cpu=$(cat cpu.max | tr \" \" /) procs=$(grep -cx 1 cgroup.procs); else echo memory=$(cat memory/memory.limit_in_bytes) cpu=$(cat cpu/cpu.cfs_quota_us)/$(cat cpu/cpu.cfs_period_us) procs=$(grep -cx 1 pids/cgroup.procs); fi; if echo 1 > cgroup.procs 2>/dev/null || echo 1 > memory/cgroup.procs 2>/dev/null; then echo write=allowed; else echo write=refused; fi; grep -c \" /sys/fs/cgroup.* ro,\" /proc/self/mountinfo | sed s/^/ro_mounts=/']\n",
+    );
+    let sb = fx.sandbox(&pod);
+    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    assert!(agent::runtime::wait_for_file(
+        &h.dir.join("state"),
+        "exit.json",
+        Duration::from_secs(10)
+    ));
+    let log = std::fs::read_to_string(h.dir.join("container.log")).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
+        .collect();
+    let has = |want: &str| lines.iter().any(|l| l.split(' ').any(|w| w == want));
+    // Its own limits, whatever the hierarchy, and PID 1 (its init) is the
+    // only process of the cgroup it sees.
+    assert!(has("memory=50331648"), "{log}");
+    assert!(has("cpu=50000/100000"), "{log}");
+    assert!(has("procs=1"), "{log}");
+    assert!(has("write=refused"), "{log}");
+    match detect(Path::new("/proc/self/mountinfo")).unwrap().name() {
+        "v2" => {
+            // Its cgroup is its root, and the hierarchy one read-only mount.
+            assert!(has("cgroup=0::/"), "{log}");
+            assert!(has("ro_mounts=1"), "{log}");
+        }
+        _ => {
+            // The host's paths, each leading to a read-only bind of its own
+            // directory (the tmpfs holding them is read-only too).
+            let own = format!("/pod{}/c", pod.uid);
+            assert!(
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with("cgroup=") && l.contains(":memory:"))
+                    .all(|l| l.ends_with(&own)),
+                "{log}"
+            );
+            let ro: usize = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("ro_mounts="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            assert!(
+                ro >= 5,
+                "tmpfs and one bind per hierarchy, read-only: {log}"
+            );
+        }
+    }
+    fx.tear_down(&pod);
+}
+
+#[test]
 fn podctl_logs_shows_the_current_and_the_previous_run() {
     if !require() {
         return;
@@ -303,7 +363,7 @@ fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
             == "marker\n"),
         "the container's own filesystem"
     );
-    let (code, out, err) = exec("hostname; echo $GREETING; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t'; tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/self/cgroup | grep -cE 'pod'");
+    let (code, out, err) = exec("hostname; echo $GREETING; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t'; tr '\\0' ' ' < /proc/1/cmdline; echo; [ \"$(cat /proc/self/cgroup)\" = \"$(cat /proc/1/cgroup)\" ] && echo same-cgroup");
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -315,7 +375,12 @@ fn podctl_exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
         lines[4], "sleep 1000 ",
         "PID 1 is the container's init (its PID namespace): {out}"
     );
-    assert_ne!(lines[5], "0", "it runs in the container's cgroup: {out}");
+    // Read in its own cgroup namespace (v2) or the host's (v1): the same
+    // text only when it is in the same cgroup (and, on v2, namespace).
+    assert_eq!(
+        lines[5], "same-cgroup",
+        "it runs in the container's cgroup: {out}"
+    );
     // The command's exit status is podctl's.
     assert_eq!(exec("exit 7").0, 7);
 

@@ -174,6 +174,10 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn kill_all(&self, path: &CgroupPath) -> Result<()>;
     /// Removes the cgroup (innermost first); absent is fine.
     fn remove(&self, path: &CgroupPath) -> Result<()>;
+    /// Whether containers get a private cgroup namespace (v2: they see their
+    /// own cgroup as `/` and mount the hierarchy from there; v1: they keep
+    /// the host's, and their own directories are bound per hierarchy).
+    fn private_namespace(&self) -> bool;
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {

@@ -202,4 +202,8 @@ impl Cgroups for V1 {
         }
         Ok(())
     }
+
+    fn private_namespace(&self) -> bool {
+        false
+    }
 }

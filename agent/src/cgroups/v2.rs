@@ -149,4 +149,8 @@ impl Cgroups for V2 {
     fn remove(&self, path: &CgroupPath) -> Result<()> {
         remove_dir(&self.dir(path))
     }
+
+    fn private_namespace(&self) -> bool {
+        true
+    }
 }

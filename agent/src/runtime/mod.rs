@@ -373,6 +373,7 @@ impl Runtime {
             .as_deref()
             .filter(|u| !u.is_empty())
             .and_then(|u| image_user(&rootfs, u));
+        let cg = self.container_cgroup(pod, c)?;
         let inputs = OciInputs {
             rootfs: rootfs.clone(),
             image: ImageConfig {
@@ -390,7 +391,8 @@ impl Runtime {
             ipc_ns: sandbox.ipc_ns.clone(),
             uts_ns: sandbox.uts_ns.clone(),
             pid_ns: sandbox.pid_ns.clone(),
-            cgroups_path: None,
+            cgroups_path: Some(Path::new("/").join(cg.as_path())),
+            cgroup_namespace: self.cgroups.private_namespace(),
             volume_dirs: sandbox.volumes.iter().cloned().collect(),
             shm_dir: sandbox.shm.clone(),
             files: sandbox.files.clone(),
@@ -415,7 +417,6 @@ impl Runtime {
             .iter()
             .map(DeviceRule::from_oci)
             .collect();
-        let cg = self.container_cgroup(pod, c)?;
         self.cgroups.create(&cg)?;
         let r = &c.resources;
         self.cgroups.apply(

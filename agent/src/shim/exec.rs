@@ -110,6 +110,7 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
         ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ] {
         let f = ns(name).map_err(|e| ShimError::Io {

@@ -73,10 +73,11 @@ enum Never {}
 fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     make_undumpable()?;
     enter_cgroup(cx.cgroup_join)?;
+    enter_cgroup_namespace(cx.spec)?;
     let old_umask = nix::sys::stat::umask(Mode::empty());
     isolate_mounts()?;
     let root = mount_rootfs(&cx.rootfs)?;
-    mount_all(cx.spec, &root)?;
+    mount_all(cx.spec, &root, cx.cgroup_join)?;
     create_devices(&root)?;
     create_cwd(cx.spec, &root)?;
     let null = host_dev_null()?;
@@ -140,6 +141,27 @@ fn enter_cgroup(files: &[PathBuf]) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Whether the spec asks for a new cgroup namespace.
+fn private_cgroup_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
+        })
+}
+
+/// Once in its cgroup, a private cgroup namespace makes that cgroup the
+/// container's `/` (`/proc/self/cgroup` reads `0::/`).
+fn enter_cgroup_namespace(spec: &Spec) -> Result<(), InitError> {
+    if private_cgroup_namespace(spec) {
+        unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(errno("cgroup_namespace", "unshare".into()))?;
+    }
+    Ok(())
+}
+
 fn isolate_mounts() -> Result<(), InitError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(errno("mount_namespace", "unshare".into()))?;
     mount(
@@ -179,15 +201,14 @@ fn mount_rootfs(rootfs: &Path) -> Result<OwnedFd, InitError> {
     .map_err(errno("rootfs", format!("open {}", rootfs.display())))
 }
 
-fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
+fn mount_all(spec: &Spec, root: &OwnedFd, cgroup_join: &[PathBuf]) -> Result<(), InitError> {
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination();
         let opts = mounts::parse(m.options().as_deref().unwrap_or(&[]));
         let typ = m.typ().as_deref().unwrap_or("bind");
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-        // cgroupfs needs per-controller handling (v1) or a cgroup namespace
-        // (v2): not mounted yet.
         if typ == "cgroup" || typ == "cgroup2" {
+            mount_cgroups(spec, root, dest, &opts, cgroup_join)?;
             continue;
         }
         let bind = opts.bind || typ == "bind";
@@ -253,6 +274,115 @@ fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
                     .map_err(errno("mount", format!("propagation of {shown}")))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `/sys/fs/cgroup` as the container sees it, so that it can read its own
+/// limits (the JVM, Go's automaxprocs, .NET and Node size themselves from
+/// them). With a private cgroup namespace (v2) the hierarchy itself, whose
+/// root is then the container's cgroup. Without one (v1), as runc does: a
+/// tmpfs holding a bind of the container's own directory of each hierarchy
+/// it joined, under the hierarchy's name (`cpu,cpuacct`, with a link per
+/// controller), so `/proc/self/cgroup`'s host paths still lead to it.
+fn mount_cgroups(
+    spec: &Spec,
+    root: &OwnedFd,
+    dest: &Path,
+    opts: &mounts::Options,
+    joined: &[PathBuf],
+) -> Result<(), InitError> {
+    let shown = dest.display().to_string();
+    let flags = opts.flags - MsFlags::MS_REC;
+    let ro = if opts.readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    let target = mounts::target(root, dest, false).map_err(fail("cgroup"))?;
+    if private_cgroup_namespace(spec) {
+        return mount(
+            Some("cgroup2"),
+            &mounts::fd_path(&target),
+            Some("cgroup2"),
+            flags | ro,
+            None::<&str>,
+        )
+        .map_err(errno("cgroup", format!("cgroup2 on {shown}")));
+    }
+    mount(
+        Some("tmpfs"),
+        &mounts::fd_path(&target),
+        Some("tmpfs"),
+        flags,
+        Some("mode=755,size=64k"),
+    )
+    .map_err(errno("cgroup", format!("tmpfs on {shown}")))?;
+    let reopen = |dest: &Path| {
+        mounts::existing(root, dest)
+            .map_err(fail("cgroup"))?
+            .ok_or_else(|| fail("cgroup")(format!("{} vanished", dest.display())))
+    };
+    let tmpfs = reopen(dest)?;
+    let own_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .ok_or_else(|| fail("cgroup")("the spec has no cgroupsPath".into()))?;
+    let own_path = own_path.strip_prefix("/").unwrap_or(&own_path);
+    for file in joined {
+        // `<hierarchy>/<own path>/tasks`: the hierarchy is what is above.
+        let own = file.parent().unwrap_or(file);
+        let hierarchy = own
+            .ancestors()
+            .nth(own_path.components().count())
+            .filter(|_| own.ends_with(own_path));
+        let Some(name) = hierarchy.and_then(Path::file_name) else {
+            return Err(fail("cgroup")(format!(
+                "{} is not under {}",
+                own.display(),
+                own_path.display()
+            )));
+        };
+        let sub = dest.join(name);
+        let at = mounts::target(root, &sub, false).map_err(fail("cgroup"))?;
+        let shown_sub = sub.display().to_string();
+        mount(
+            Some(own),
+            &mounts::fd_path(&at),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(errno(
+            "cgroup",
+            format!("bind {} on {shown_sub}", own.display()),
+        ))?;
+        mount(
+            None::<&str>,
+            &mounts::fd_path(&reopen(&sub)?),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | ro,
+            None::<&str>,
+        )
+        .map_err(errno("cgroup", format!("remount {shown_sub}")))?;
+        let name = name.to_string_lossy();
+        for controller in name.split(',').filter(|c| *c != name) {
+            match nix::unistd::symlinkat(name.as_ref(), &tmpfs, controller) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => return Err(errno("cgroup", format!("link {controller}"))(e)),
+            }
+        }
+    }
+    if opts.readonly {
+        mount(
+            None::<&str>,
+            &mounts::fd_path(&tmpfs),
+            None::<&str>,
+            MsFlags::MS_REMOUNT | flags | MsFlags::MS_RDONLY,
+            Some("mode=755,size=64k"),
+        )
+        .map_err(errno("cgroup", format!("remount {shown} read-only")))?;
     }
     Ok(())
 }

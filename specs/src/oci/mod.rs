@@ -94,7 +94,14 @@ pub struct OciInputs {
     pub uts_ns: Option<PathBuf>,
     /// The pod's PID namespace when `shareProcessNamespace` is true.
     pub pid_ns: Option<PathBuf>,
+    /// The container's cgroup below the hierarchy root(s), absolute
+    /// (`/podagent/pod<uid>/web`); the init finds its own directories
+    /// through it.
     pub cgroups_path: Option<PathBuf>,
+    /// A private cgroup namespace, so the container sees its own cgroup as
+    /// `/` (what containerd and the kubelet give every container on cgroup
+    /// v2; on v1 the host's, with the container's own directories bound).
+    pub cgroup_namespace: bool,
     /// Host directory of each volume (an emptyDir's directory, a hostPath).
     pub volume_dirs: BTreeMap<String, PathBuf>,
     /// The pod's shared /dev/shm directory; a private tmpfs when `None`.
@@ -486,6 +493,7 @@ pub fn container_spec(
         None
     };
     ns(LinuxNamespaceType::Pid, pod.host_pid, &shared_pid)?;
+    ns(LinuxNamespaceType::Cgroup, !inputs.cgroup_namespace, &None)?;
 
     let r = &c.resources;
     let mut cpu = LinuxCpuBuilder::default()

@@ -19,11 +19,33 @@ pub fn info(seccomp_dir: &Path) -> NodeInfo {
         memory_bytes: mem_total(Path::new("/proc/meminfo")).unwrap_or(defaults.memory_bytes),
         cpus: online_cpus(Path::new("/sys/devices/system/cpu/online")).ok(),
         seccomp_profiles: seccomp_profiles(seccomp_dir),
+        block_devices: specs::io::BlockDevices::new(block_device),
         node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or(defaults.node_name.clone()),
         ..defaults
     }
+}
+
+/// A block device's numbers by its path (a link, as `/dev/disk/by-id/...`,
+/// is followed), looked up when a manifest names it.
+pub fn block_device(path: &str) -> Result<(u32, u32), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !path.starts_with("/dev/") {
+        return Err("not under /dev".into());
+    }
+    let md = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        _ => e.to_string(),
+    })?;
+    if !md.file_type().is_block_device() {
+        return Err("not a block device".into());
+    }
+    let rdev = md.rdev();
+    Ok((
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    ))
 }
 
 /// `MemTotal` of a `/proc/meminfo`-shaped file, in bytes.

@@ -25,6 +25,7 @@ fn limits() -> Limits {
         oom_group: true,
         pids_limit: Some(64),
         devices: Vec::new(),
+        io: None,
     }
 }
 

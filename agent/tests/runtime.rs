@@ -599,3 +599,169 @@ fn a_subpath_symlink_out_of_its_volume_is_refused() {
     }
     fx.tear_down(&pod);
 }
+
+/// An ext4 filesystem on a loop device, mounted on a temporary directory;
+/// unmounted, detached and removed when dropped.
+struct LoopFs {
+    dir: tempfile::TempDir,
+    dev: String,
+}
+
+impl LoopFs {
+    fn new() -> LoopFs {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image));
+        let fs = LoopFs { dir, dev };
+        std::fs::create_dir(fs.mnt()).unwrap();
+        run(Command::new("mount").arg(&fs.dev).arg(fs.mnt()));
+        fs
+    }
+
+    fn mnt(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mnt(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+#[test]
+fn an_io_annotation_throttles_direct_writes_to_about_its_rate() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("io");
+    let rt = &fx.rt;
+    let disk = LoopFs::new();
+    // Two writers of the same 3 MiB with O_DIRECT on a filesystem of the
+    // loop device: one under wbps=1Mi, one free.
+    // (busybox's dd reports no rate: the kernel's uptime around it does.)
+    let dd = "read a x < /proc/uptime; dd if=/dev/zero of=/data/$0 bs=64k count=48 oflag=direct && read b x < /proc/uptime && echo $a $b";
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: io\n  annotations: {{io.podagent.io/limited: '{dev} wbps=1Mi riops=5000'}}\nspec:\n  restartPolicy: Never\n  volumes: [{{name: data, hostPath: {{path: {mnt}}}}}]\n  containers:\n  - {{name: limited, image: busybox, command: [sh, -c, '{dd}', limited], volumeMounts: [{{name: data, mountPath: /data}}]}}\n  - {{name: free, image: busybox, command: [sh, -c, '{dd}', free], volumeMounts: [{{name: data, mountPath: /data}}]}}\n",
+        dev = disk.dev,
+        mnt = disk.mnt().display(),
+    );
+    let node = specs::NodeInfo {
+        block_devices: specs::io::BlockDevices::new(agent::node::block_device),
+        ..specs::NodeInfo::default()
+    };
+    let r = specs::load("pod.yaml", yaml.as_bytes(), &node);
+    assert!(!r.has_errors(), "{:#?}", r.diagnostics);
+    let pod = r.pods.into_iter().next().unwrap();
+    let sb = fx.sandbox(&pod);
+    let v2 = detect(Path::new("/proc/self/mountinfo")).unwrap().name() == "v2";
+    let (major, minor) = agent::node::block_device(&disk.dev).unwrap();
+    let dev = format!("{major}:{minor}");
+
+    // One writer after the other: the device is not shared while measured.
+    let mut seconds = Vec::new();
+    for c in &pod.containers {
+        let h = rt.start(&pod, &sb, None, c).unwrap();
+        let cg = rt.pod_cgroup(&pod).unwrap().join(c.name.as_str()).unwrap();
+        let dir = rt.cgroups.procs_files(&cg)[0]
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        if c.name.as_str() == "limited" {
+            // The files the kernel holds, read back.
+            let (file, want) = if v2 {
+                (
+                    "io.max",
+                    format!("{dev} rbps=max wbps=1048576 riops=5000 wiops=max"),
+                )
+            } else {
+                ("blkio.throttle.write_bps_device", format!("{dev} 1048576"))
+            };
+            let mut held = String::new();
+            for d in rt.cgroups.procs_files(&cg) {
+                let f = d.parent().unwrap().join(file);
+                if f.exists() {
+                    held = std::fs::read_to_string(f).unwrap();
+                }
+            }
+            assert_eq!(held.trim(), want, "{}", dir.display());
+        }
+        assert!(agent::runtime::wait_for_file(
+            &h.dir.join("state"),
+            "exit.json",
+            Duration::from_secs(60)
+        ));
+        let log = std::fs::read_to_string(h.dir.join("container.log")).unwrap();
+        let s: f64 = log
+            .lines()
+            .find_map(|l| {
+                let (_, t) = l.split_once(" stdout F ")?;
+                let (a, b) = t.split_once(' ')?;
+                Some(b.parse::<f64>().ok()? - a.parse::<f64>().ok()?)
+            })
+            .unwrap_or_else(|| panic!("{}: no times: {log}", c.name));
+        seconds.push(s);
+    }
+    // /proc/uptime counts hundredths of a second.
+    let rate = |s: f64| 3.0 / s.max(0.01);
+    eprintln!(
+        "3 MiB O_DIRECT: limited {:.3} s ({:.2} MiB/s), free {:.3} s ({:.2} MiB/s)",
+        seconds[0],
+        rate(seconds[0]),
+        seconds[1],
+        rate(seconds[1])
+    );
+    assert!(
+        (0.7..=1.3).contains(&rate(seconds[0])),
+        "under wbps=1Mi: {:.2} MiB/s",
+        rate(seconds[0])
+    );
+    assert!(
+        rate(seconds[1]) > 3.0 * rate(seconds[0]),
+        "the free writer is not held to the rate: {:.2} MiB/s",
+        rate(seconds[1])
+    );
+
+    // A resize to no IO limits lifts them.
+    let cg = rt.pod_cgroup(&pod).unwrap().join("limited").unwrap();
+    rt.cgroups
+        .apply(
+            &cg,
+            &agent::cgroups::Limits {
+                io: Some(agent::cgroups::IoLimits::NONE),
+                ..agent::cgroups::Limits::default()
+            },
+        )
+        .unwrap();
+    for d in rt.cgroups.procs_files(&cg) {
+        for file in [
+            "io.max",
+            "blkio.throttle.write_bps_device",
+            "blkio.throttle.read_iops_device",
+        ] {
+            let f = d.parent().unwrap().join(file);
+            if f.exists() {
+                assert_eq!(
+                    std::fs::read_to_string(&f).unwrap().trim(),
+                    "",
+                    "{}",
+                    f.display()
+                );
+            }
+        }
+    }
+    fx.tear_down(&pod);
+}

@@ -64,6 +64,12 @@ const INVALID: &[(&str, &[&str])] = &[
         "6:29: metadata.annotations[\"cpuset.podagent.io/app\"]: range \"3-1\" is reversed (start must not exceed end)",
         "7:31: metadata.annotations[\"cpuset.podagent.io/other\"]: names container \"other\", which this pod does not have",
     ]),
+    ("bad-io-annotation.yaml", &[
+        "8:25: metadata.annotations[\"io.podagent.io/app\"]: segment 1: /dev/null: not a block device",
+        "8:25: metadata.annotations[\"io.podagent.io/app\"]: segment 2: /dev/nope: no such file",
+        "8:25: metadata.annotations[\"io.podagent.io/app\"]: segment 2: unknown key \"rbs\" (known: rbps, wbps, riops, wiops)",
+        "8:25: metadata.annotations[\"io.podagent.io/app\"]: segment 3: weight \"5\" is not a number from 10 to 1000",
+    ]),
     ("bad-pod-name.yaml", &[
         "4:9: metadata.name: \"Web_Server\" has an invalid character 'W' at index 0: a DNS-1123 subdomain has lower case letters, digits, '-' and '.', each part starting and ending with a letter or digit (e.g. \"web.example\")",
     ]),

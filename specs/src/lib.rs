@@ -8,6 +8,7 @@
 pub mod cpuset;
 pub mod diag;
 pub mod hash;
+pub mod io;
 pub mod load;
 pub mod manifest;
 pub mod names;

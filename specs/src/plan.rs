@@ -182,6 +182,8 @@ pub struct ContainerResources {
     pub oom_score_adj: i32,
     pub oom_kill_disable: bool,
     pub ephemeral_storage_limit_bytes: Option<u64>,
+    /// Block IO throttles and weight (annotation); empty: none.
+    pub io: crate::io::IoLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

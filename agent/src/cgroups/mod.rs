@@ -12,6 +12,8 @@ mod v2;
 
 use std::path::{Path, PathBuf};
 
+pub use specs::io::IoLimits;
+
 pub use detect::{detect, Layout};
 pub use v1::V1;
 pub use v2::V2;
@@ -30,6 +32,12 @@ pub enum CgroupError {
     MissingController {
         controller: &'static str,
         what: &'static str,
+    },
+    #[error("{what} needs {needs}, which {} does not have", path.display())]
+    Unsupported {
+        what: &'static str,
+        needs: &'static str,
+        path: PathBuf,
     },
     #[error("cgroup path {0:?} must be relative, without '..' or empty components")]
     BadPath(String),
@@ -100,6 +108,9 @@ pub struct Limits {
     /// Device access rules, in order (v1 `devices.deny`/`devices.allow`);
     /// empty: left as they are.
     pub devices: Vec<DeviceRule>,
+    /// Block IO throttles and weight, exactly these (a device or weight not
+    /// named is reset); `None`: left as they are.
+    pub io: Option<IoLimits>,
 }
 
 /// One device cgroup rule: `allow` or deny `kind` (`a`, `c`, `b`) `major:minor`
@@ -217,6 +228,22 @@ fn keyed(path: &Path, key: &str) -> Result<u64> {
             path: path.to_path_buf(),
             content: s,
         })
+}
+
+/// The `major:minor` keys of the lines of a per-device file
+/// (`blkio.throttle.*`, `io.max`).
+fn listed_devices(path: &Path) -> Result<Vec<String>> {
+    Ok(read(path)?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|k| k.contains(':'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The first of `names` present in `dir`.
+fn first_present(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.exists())
 }
 
 fn pids_in(file: &Path) -> Result<Vec<u32>> {

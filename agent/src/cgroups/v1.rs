@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    io, keyed, kill_until_empty, pids_in, read, read_u64, remove_dir, write, CgroupError,
-    CgroupPath, Cgroups, Limits, Result, Usage,
+    first_present, io, keyed, kill_until_empty, listed_devices, pids_in, read, read_u64,
+    remove_dir, write, CgroupError, CgroupPath, Cgroups, IoLimits, Limits, Result, Usage,
 };
 
 /// The controllers podagent needs, and what for.
@@ -84,6 +84,64 @@ impl V1 {
     }
 }
 
+impl V1 {
+    /// `blkio.throttle.*_device` per device ("0" lifts a limit) and the
+    /// weight in `blkio.weight` (CFQ) or `blkio.bfq.weight` (BFQ), as runc.
+    fn set_io(&self, path: &CgroupPath, io: &IoLimits) -> Result<()> {
+        let Some(mount) = self.controllers.get("blkio") else {
+            return if io.is_empty() {
+                Ok(())
+            } else {
+                Err(CgroupError::MissingController {
+                    controller: "blkio",
+                    what: "io limits",
+                })
+            };
+        };
+        let dir = mount.join(path.as_path());
+        for (key, file) in [
+            ("rbps", "blkio.throttle.read_bps_device"),
+            ("wbps", "blkio.throttle.write_bps_device"),
+            ("riops", "blkio.throttle.read_iops_device"),
+            ("wiops", "blkio.throttle.write_iops_device"),
+        ] {
+            let file = dir.join(file);
+            let wanted: Vec<(String, u64)> = io
+                .devices
+                .iter()
+                .filter_map(|d| {
+                    let v = d.limits().into_iter().find(|(k, _)| *k == key)?.1?;
+                    Some((format!("{}:{}", d.major, d.minor), v))
+                })
+                .collect();
+            for old in listed_devices(&file)? {
+                if !wanted.iter().any(|(dev, _)| *dev == old) {
+                    write(&file, &format!("{old} 0"))?;
+                }
+            }
+            for (dev, v) in wanted {
+                write(&file, &format!("{dev} {v}"))?;
+            }
+        }
+        let weight_file = first_present(&dir, &["blkio.bfq.weight", "blkio.weight"]);
+        match (io.weight, weight_file) {
+            (Some(w), Some(f)) => write(&f, &w.to_string())?,
+            (Some(_), None) => {
+                return Err(CgroupError::Unsupported {
+                    what: "an io weight",
+                    needs: "blkio.bfq.weight (the BFQ scheduler) or blkio.weight (CFQ)",
+                    path: dir,
+                })
+            }
+            // The kernel's defaults: BFQ 100, CFQ 500.
+            (None, Some(f)) if f.ends_with("blkio.bfq.weight") => write(&f, "100")?,
+            (None, Some(f)) => write(&f, "500")?,
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
 impl Cgroups for V1 {
     fn create(&self, path: &CgroupPath) -> Result<()> {
         for (c, what) in REQUIRED {
@@ -137,6 +195,9 @@ impl Cgroups for V1 {
                 p.to_string()
             };
             write(&self.dir("pids", "pids limits", path)?.join("pids.max"), &v)?;
+        }
+        if let Some(io) = &l.io {
+            self.set_io(path, io)?;
         }
         Ok(())
     }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::{
-    io, keyed, kill_until_empty, pids_in, read, read_u64, remove_dir, write, CgroupError,
-    CgroupPath, Cgroups, Limits, Result, Usage,
+    first_present, io, keyed, kill_until_empty, listed_devices, pids_in, read, read_u64,
+    remove_dir, write, CgroupError, CgroupPath, Cgroups, IoLimits, Limits, Result, Usage,
 };
 
 const REQUIRED: [(&str, &str); 4] = [
@@ -27,6 +27,63 @@ impl V2 {
 
     fn dir(&self, path: &CgroupPath) -> PathBuf {
         self.root.join(path.as_path())
+    }
+
+    /// One `io.max` line per device (`max` lifts a limit) and the weight in
+    /// `io.bfq.weight` (BFQ, as given) or `io.weight` (converted onto
+    /// 1..10000 as runc does), as runc.
+    fn set_io(&self, path: &CgroupPath, io: &IoLimits) -> Result<()> {
+        let dir = self.dir(path);
+        let max = dir.join("io.max");
+        if !max.exists() {
+            return if io.is_empty() {
+                Ok(())
+            } else {
+                Err(CgroupError::MissingController {
+                    controller: "io",
+                    what: "io limits",
+                })
+            };
+        }
+        for old in listed_devices(&max)? {
+            if !io
+                .devices
+                .iter()
+                .any(|d| format!("{}:{}", d.major, d.minor) == old)
+            {
+                write(
+                    &max,
+                    &format!("{old} rbps=max wbps=max riops=max wiops=max"),
+                )?;
+            }
+        }
+        for d in &io.devices {
+            let limits: Vec<String> = d
+                .limits()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.map_or("max".to_string(), |v| v.to_string())))
+                .collect();
+            write(
+                &max,
+                &format!("{}:{} {}", d.major, d.minor, limits.join(" ")),
+            )?;
+        }
+        let weight_file = first_present(&dir, &["io.bfq.weight", "io.weight"]);
+        match (io.weight, weight_file) {
+            (Some(w), Some(f)) if f.ends_with("io.bfq.weight") => write(&f, &w.to_string())?,
+            (Some(w), Some(f)) => write(&f, &format!("default {}", specs::io::v2_weight(w)))?,
+            (Some(_), None) => {
+                return Err(CgroupError::Unsupported {
+                    what: "an io weight",
+                    needs: "io.bfq.weight (the BFQ scheduler) or io.weight (blk-iocost)",
+                    path: dir,
+                })
+            }
+            (None, Some(f)) if f.ends_with("io.bfq.weight") => write(&f, "100")?,
+            (None, Some(f)) => write(&f, "default 100")?,
+            (None, None) => {}
+        }
+        Ok(())
     }
 }
 
@@ -98,6 +155,9 @@ impl Cgroups for V2 {
                 p.to_string()
             };
             write(&dir.join("pids.max"), &v)?;
+        }
+        if let Some(io) = &l.io {
+            self.set_io(path, io)?;
         }
         if !l.devices.is_empty() {
             // v2 has no devices files: an eBPF program holds the allowlist.

@@ -274,6 +274,30 @@ fn print_container(kind: &str, c: &ContainerPlan, out: &mut dyn Write) -> std::i
         r.oom_score_adj,
         r.oom_kill_disable
     )?;
+    if !r.io.is_empty() {
+        let devices: Vec<String> =
+            r.io.devices
+                .iter()
+                .map(|d| {
+                    let limits: Vec<String> = d
+                        .limits()
+                        .iter()
+                        .filter_map(|(k, v)| Some(format!("{k}={}", (*v)?)))
+                        .collect();
+                    format!("{} ({}:{}) {}", d.path, d.major, d.minor, limits.join(" "))
+                })
+                .collect();
+        writeln!(
+            out,
+            "    io: weight {}, devices: {}",
+            r.io.weight.map_or("-".into(), |w| w.to_string()),
+            if devices.is_empty() {
+                "-".into()
+            } else {
+                devices.join("; ")
+            }
+        )?;
+    }
     writeln!(
         out,
         "    cpuset: {}, capabilities: {}, no_new_privs {}, seccomp {:?}",

@@ -216,6 +216,7 @@ pub fn container_limits(r: &specs::plan::ContainerResources) -> Limits {
         swap_limit: r.swap_limit_bytes,
         oom_kill_disable: r.oom_kill_disable,
         oom_group: true,
+        io: Some(r.io.clone()),
         ..Limits::default()
     }
 }
@@ -424,6 +425,8 @@ impl Runtime {
             &Limits {
                 pids_limit: Some(pod.pod_resources.pids_limit),
                 devices,
+                // A new cgroup has no IO limits to lift.
+                io: (!r.io.is_empty()).then(|| r.io.clone()),
                 ..container_limits(r)
             },
         )?;

@@ -330,6 +330,37 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
 /// must resolve beneath (symlinks included): `x-podagent-beneath=<dir>`.
 pub const SUBPATH_BENEATH: &str = "x-podagent-beneath=";
 
+/// The IO annotation as OCI's `blockIO` (the runtime's own driver writes the
+/// same values; this keeps the bundle's meaning whole for runc).
+fn block_io(
+    io: &crate::io::IoLimits,
+) -> Result<oci_spec::runtime::LinuxBlockIo, oci_spec::OciSpecError> {
+    use oci_spec::runtime::{LinuxBlockIoBuilder, LinuxThrottleDeviceBuilder};
+    let throttles = |pick: fn(&crate::io::IoDevice) -> Option<u64>| {
+        io.devices
+            .iter()
+            .filter_map(|d| {
+                pick(d).map(|rate| {
+                    LinuxThrottleDeviceBuilder::default()
+                        .major(i64::from(d.major))
+                        .minor(i64::from(d.minor))
+                        .rate(rate)
+                        .build()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut b = LinuxBlockIoBuilder::default()
+        .throttle_read_bps_device(throttles(|d| d.rbps)?)
+        .throttle_write_bps_device(throttles(|d| d.wbps)?)
+        .throttle_read_iops_device(throttles(|d| d.riops)?)
+        .throttle_write_iops_device(throttles(|d| d.wiops)?);
+    if let Some(w) = io.weight {
+        b = b.weight(w);
+    }
+    b.build()
+}
+
 /// The device cgroup: deny everything, then allow what /dev holds (null, zero,
 /// full, random, urandom, tty, console, ptmx, pts) and mknod of any device.
 fn device_rules(
@@ -514,7 +545,11 @@ pub fn container_spec(
     if r.oom_kill_disable {
         memory = memory.disable_oom_killer(true);
     }
-    let resources = LinuxResourcesBuilder::default()
+    let mut resources = LinuxResourcesBuilder::default();
+    if !r.io.is_empty() {
+        resources = resources.block_io(block_io(&r.io).map_err(build)?);
+    }
+    let resources = resources
         .cpu(cpu.build().map_err(build)?)
         .memory(memory.build().map_err(build)?)
         .pids(

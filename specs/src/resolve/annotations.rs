@@ -17,6 +17,9 @@ pub const OOM_SCORE_ADJ: &str = "oom-score-adj.podagent.io";
 pub const OOM_KILL_DISABLE: &str = "oom-kill-disable.podagent.io";
 /// `swap.podagent.io/<container>: "256Mi"`: swap allowed beyond the memory limit.
 pub const SWAP: &str = "swap.podagent.io";
+/// `io.podagent.io/<container>: "/dev/sda wbps=1Mi; weight=500"`: block IO
+/// throttles and weight (`crate::io`).
+pub const IO: &str = "io.podagent.io";
 /// `podagent.io/pids-limit: "1024"`: the pod's pids limit.
 pub const PIDS_LIMIT: &str = "podagent.io/pids-limit";
 
@@ -27,6 +30,7 @@ pub struct ContainerOverrides {
     pub oom_score_adj: Option<i32>,
     pub oom_kill_disable: bool,
     pub swap_bytes: Option<u64>,
+    pub io: crate::io::IoLimits,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +65,7 @@ pub fn overrides(
         let Some((prefix, container)) = key.split_once('/') else {
             continue;
         };
-        let known = [CPUSET, OOM_SCORE_ADJ, OOM_KILL_DISABLE, SWAP];
+        let known = [CPUSET, OOM_SCORE_ADJ, OOM_KILL_DISABLE, SWAP, IO];
         if !known.contains(&prefix) {
             if prefix == "podagent.io" || prefix.ends_with(".podagent.io") {
                 issues.warn(
@@ -122,6 +126,14 @@ pub fn overrides(
                 Ok(b) => o.swap_bytes = Some(b),
                 Err(e) => issues.error(path, e.to_string()),
             },
+            IO => match crate::io::IoLimits::parse(value, &node.block_devices) {
+                Ok(io) => o.io = io,
+                Err(errors) => {
+                    for e in errors {
+                        issues.error(path.clone(), e);
+                    }
+                }
+            },
             _ => {}
         }
     }
@@ -135,6 +147,7 @@ mod tests {
     fn node() -> NodeInfo {
         NodeInfo {
             cpus: Some(CpuSet::parse("0-3").unwrap()),
+            block_devices: crate::io::BlockDevices::table(&[("/dev/sda", 8, 0)]),
             ..NodeInfo::default()
         }
     }
@@ -158,6 +171,7 @@ mod tests {
             ("oom-kill-disable.podagent.io/web", "true"),
             ("swap.podagent.io/web", "64Mi"),
             ("podagent.io/pids-limit", "256"),
+            ("io.podagent.io/web", "/dev/sda wbps=1Mi; weight=300"),
             ("example.com/other", "x"),
         ]);
         assert!(issues.is_empty(), "{issues:?}");
@@ -169,6 +183,13 @@ mod tests {
         assert_eq!(o.containers["web"].swap_bytes, Some(64 << 20));
         assert_eq!(o.containers["log"].oom_score_adj, Some(-500));
         assert_eq!(o.pids_limit, Some(256));
+        let io = &o.containers["web"].io;
+        assert_eq!(io.weight, Some(300));
+        assert_eq!(
+            (io.devices[0].major, io.devices[0].wbps),
+            (8, Some(1 << 20))
+        );
+        assert!(o.containers["log"].io.is_empty());
     }
 
     #[test]
@@ -178,6 +199,7 @@ mod tests {
             ("cpuset.podagent.io/nope", "1"),
             ("oom-score-adj.podagent.io/web", "-1001"),
             ("cpusett.podagent.io/web", "1"),
+            ("io.podagent.io/log", "/dev/sdz wbps=1; /dev/sda rbs=2"),
         ]);
         let msgs: Vec<_> = issues
             .iter()
@@ -191,6 +213,13 @@ mod tests {
             .iter()
             .any(|(p, m)| p.contains("nope") && m.contains("does not have")));
         assert!(msgs.iter().any(|(p, _)| p.contains("oom-score-adj")));
+        // Every problem of the IO annotation, each at its key.
+        let io = "metadata.annotations[\"io.podagent.io/log\"]";
+        assert!(msgs.contains(&(io, "segment 1: /dev/sdz: not a block device")));
+        assert!(msgs.contains(&(
+            io,
+            "segment 2: unknown key \"rbs\" (known: rbps, wbps, riops, wiops)"
+        )));
         assert!(issues
             .iter()
             .any(|i| i.path.contains("cpusett") && i.severity == crate::diag::Severity::Warning));

@@ -44,6 +44,8 @@ pub struct NodeInfo {
     pub allow_unsafe_sysctls: bool,
     /// Relative paths of the profiles in the agent's seccomp profile directory.
     pub seccomp_profiles: BTreeSet<String>,
+    /// Finds the block devices the IO annotation names.
+    pub block_devices: crate::io::BlockDevices,
 }
 
 impl Default for NodeInfo {
@@ -56,6 +58,7 @@ impl Default for NodeInfo {
             allow_privileged: false,
             allow_unsafe_sysctls: false,
             seccomp_profiles: BTreeSet::new(),
+            block_devices: crate::io::BlockDevices::default(),
         }
     }
 }
@@ -378,6 +381,7 @@ fn resolve_spec<'a>(
                     }),
                     oom_kill_disable: o.oom_kill_disable,
                     ephemeral_storage_limit_bytes: r.ephemeral_limit,
+                    io: o.io,
                 };
                 let env = pc
                     .env
@@ -771,6 +775,7 @@ const EMPTY_RESOURCES: ContainerResources = ContainerResources {
     oom_score_adj: 0,
     oom_kill_disable: false,
     ephemeral_storage_limit_bytes: None,
+    io: crate::io::IoLimits::NONE,
 };
 
 fn pod_hash(p: &PodPlan) -> String {

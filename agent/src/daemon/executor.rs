@@ -12,6 +12,7 @@ use specs::plan::{ContainerResources, PodPlan};
 use super::state::{ContainerRun, Pod};
 use super::Agent;
 use crate::events::Kind;
+use crate::records::ContainerRecord;
 use crate::reconcile::{self, Action, ContainerState, Status};
 use crate::shim::Exited;
 
@@ -131,6 +132,21 @@ impl Agent {
                 if let Some(c) = self.container_mut(key, name) {
                     c.state.resources = Some(resources.clone());
                 }
+                // The run's record follows: an agent that restarts adopts it
+                // as resized instead of applying the same resize again.
+                let record = self
+                    .rt
+                    .state_dir
+                    .join("containers")
+                    .join(&p.uid)
+                    .join(name)
+                    .join("agent.json");
+                let updated = crate::records::read::<ContainerRecord>(&record).and_then(|r| {
+                    let Some(mut r) = r else { return Ok(()) };
+                    r.resources = serde_json::to_value(resources).unwrap_or_default();
+                    crate::records::write(&record, &r)
+                });
+                self.report(updated, "FailedRecord", key, Some(name));
             }
             Err(e) => {
                 self.event(

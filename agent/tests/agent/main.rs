@@ -8,6 +8,7 @@ mod support;
 mod adoption;
 mod config;
 mod failures;
+mod hierarchy;
 mod lifecycle;
 mod pods_dir;
 mod probes;

@@ -106,6 +106,7 @@ impl Drop for RuncIds {
 
 thread_local! {
     static JOIN: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    static INTO: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
 fn shim(bundle: &Path, state: &Path) -> Command {
@@ -117,8 +118,14 @@ fn shim(bundle: &Path, state: &Path) -> Command {
         .arg(state)
         .arg("--log")
         .arg(state.join("log"));
-    // As the runtime runs it: the container joins its cgroup (one
-    // `tasks` per v1 hierarchy, see `Driver::join_files`) before exec.
+    // As the runtime runs it: on v2 the init is cloned into its cgroup
+    // (`Cgroups::clone_into`); on v1 it joins before exec (one `tasks` per
+    // hierarchy, `Cgroups::join_files`).
+    INTO.with(|p| {
+        if let Some(dir) = p.borrow().as_ref() {
+            c.arg("--cgroup-into").arg(dir);
+        }
+    });
     JOIN.with(|p| {
         for f in p.borrow().iter() {
             c.arg("--cgroup-join").arg(f);
@@ -156,7 +163,11 @@ fn main() -> std::process::ExitCode {
         driver,
     };
     cg.driver.create(&cg.path).unwrap();
-    JOIN.with(|p| *p.borrow_mut() = cg.driver.join_files(&cg.path));
+    let into = cg.driver.clone_into(&cg.path);
+    match &into {
+        Some(dir) => INTO.with(|p| *p.borrow_mut() = Some(dir.clone())),
+        None => JOIN.with(|p| *p.borrow_mut() = cg.driver.join_files(&cg.path)),
+    }
     println!(
         "container start, {runs} runs, {} CPUs, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -177,7 +188,32 @@ fn main() -> std::process::ExitCode {
         ours.push(t.elapsed());
         assert!(s.success());
     }
-    report("podagent shim: start to exit", ours);
+    if into.is_some() {
+        report(
+            "podagent shim (clone3 into the cgroup): start to exit",
+            ours,
+        );
+        // The same start joining by a write to cgroup.procs after fork.
+        INTO.with(|p| *p.borrow_mut() = None);
+        JOIN.with(|p| *p.borrow_mut() = cg.driver.join_files(&cg.path));
+        let mut written = Vec::new();
+        for i in 0..runs {
+            let state = dir.path().join(format!("state-write-{i}"));
+            std::fs::create_dir_all(&state).unwrap();
+            let t = Instant::now();
+            let s = shim(&b_true, &state).status().unwrap();
+            written.push(t.elapsed());
+            assert!(s.success());
+        }
+        report(
+            "podagent shim (fork, cgroup.procs write): start to exit",
+            written,
+        );
+        JOIN.with(|p| p.borrow_mut().clear());
+        INTO.with(|p| *p.borrow_mut() = into.clone());
+    } else {
+        report("podagent shim: start to exit", ours);
+    }
 
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
         .into_iter()

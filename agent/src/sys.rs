@@ -11,6 +11,67 @@ pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
+/// Forks the calling process straight into the cgroup v2 directory
+/// `cgroup`: `clone3` with `CLONE_INTO_CGROUP` (Linux 5.7), so the child is
+/// never migrated (no write to `cgroup.procs`, no threadgroup lock). `None`
+/// when the kernel has no such clone (ENOSYS before 5.3, E2BIG before 5.7,
+/// EINVAL): the caller forks and joins by writing instead.
+///
+/// The same rules as [`fork`]: only the single-threaded shim calls it.
+pub fn fork_into_cgroup(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<Option<nix::unistd::ForkResult>> {
+    use std::os::fd::AsRawFd;
+    /// The kernel's `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: nix::libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: as for `fork`: the shim has no other thread, and without
+    // CLONE_VM or a stack the child runs on its own copy of the parent's
+    // memory, exactly as after fork(2). glibc's fork wrapper is bypassed,
+    // which only skips its atfork handlers (none are registered) and lock
+    // resets (no lock can be held with one thread). `args` lives across the
+    // call and its size is the one passed; the kernel reads no further.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        -1 => match nix::errno::Errno::last() {
+            nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG | nix::errno::Errno::EINVAL => {
+                Ok(None)
+            }
+            e => Err(e),
+        },
+        0 => Ok(Some(nix::unistd::ForkResult::Child)),
+        pid => Ok(Some(nix::unistd::ForkResult::Parent {
+            child: nix::unistd::Pid::from_raw(pid as i32),
+        })),
+    }
+}
+
 /// Ends the calling process at once, without running exit handlers: what a
 /// forked child does when it cannot exec.
 pub fn exit_now(code: i32) -> ! {

@@ -30,6 +30,32 @@ impl Layout {
         }
     }
 
+    /// The cgroups a `/proc/<pid>/cgroup` text names, as (hierarchy mount
+    /// point, the process's directory there), one per hierarchy podagent
+    /// drives (v2: the unified one; v1 and hybrid: each controller
+    /// hierarchy, not systemd's named one nor the hybrid's unified one).
+    pub fn dirs_of(&self, proc_cgroup: &str) -> Vec<(PathBuf, PathBuf)> {
+        let mut out: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for line in proc_cgroup.lines() {
+            let mut f = line.splitn(3, ':');
+            let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+            let mount = match self {
+                Layout::V2 { root } if ctrls.is_empty() => Some(root),
+                Layout::V1 { controllers } | Layout::Hybrid { controllers, .. } => {
+                    ctrls.split(',').find_map(|c| controllers.get(c))
+                }
+                _ => None,
+            };
+            if let Some(m) = mount {
+                let dir = m.join(path.trim_start_matches('/'));
+                if !out.iter().any(|(_, d)| *d == dir) {
+                    out.push((m.clone(), dir));
+                }
+            }
+        }
+        out
+    }
+
     /// The driver for this layout: v1 for v1 and hybrid (the controllers are
     /// on the v1 side), v2 for v2.
     pub fn driver(&self) -> Box<dyn Cgroups> {

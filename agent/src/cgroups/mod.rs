@@ -179,6 +179,9 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     /// Where a single-threaded process writes "0" to join the cgroup before
     /// exec (one file per v1 hierarchy, one for v2).
     fn join_files(&self, path: &CgroupPath) -> Vec<PathBuf>;
+    /// The directory a process can be cloned straight into
+    /// (`CLONE_INTO_CGROUP`: v2 only); `None`: join through `join_files`.
+    fn clone_into(&self, path: &CgroupPath) -> Option<PathBuf>;
     fn pids(&self, path: &CgroupPath) -> Result<Vec<u32>>;
     fn usage(&self, path: &CgroupPath) -> Result<Usage>;
     /// SIGKILLs every process in the cgroup until it is empty.

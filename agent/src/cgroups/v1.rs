@@ -264,6 +264,10 @@ impl Cgroups for V1 {
         Ok(())
     }
 
+    fn clone_into(&self, _path: &CgroupPath) -> Option<PathBuf> {
+        None
+    }
+
     fn private_namespace(&self) -> bool {
         false
     }

@@ -210,6 +210,10 @@ impl Cgroups for V2 {
         remove_dir(&self.dir(path))
     }
 
+    fn clone_into(&self, path: &CgroupPath) -> Option<PathBuf> {
+        Some(self.dir(path))
+    }
+
     fn private_namespace(&self) -> bool {
         true
     }

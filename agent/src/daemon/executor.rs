@@ -12,8 +12,8 @@ use specs::plan::{ContainerResources, PodPlan};
 use super::state::{ContainerRun, Pod};
 use super::Agent;
 use crate::events::Kind;
-use crate::records::ContainerRecord;
 use crate::reconcile::{self, Action, ContainerState, Status};
+use crate::records::ContainerRecord;
 use crate::shim::Exited;
 
 impl Agent {

@@ -448,8 +448,15 @@ impl Runtime {
         cmd.arg("--log").arg(dir.join("container.log"));
         cmd.arg("--seccomp-cache")
             .arg(self.state_dir.join("seccomp-cache"));
-        for f in self.cgroups.join_files(&cg) {
-            cmd.arg("--cgroup-join").arg(f);
+        match self.cgroups.clone_into(&cg) {
+            Some(dir) => {
+                cmd.arg("--cgroup-into").arg(dir);
+            }
+            None => {
+                for f in self.cgroups.join_files(&cg) {
+                    cmd.arg("--cgroup-join").arg(f);
+                }
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -47,26 +47,11 @@ fn cgroup_procs(pid: i32, layout: &Layout) -> Result<Vec<PathBuf>, ShimError> {
             what: format!("read /proc/{pid}/cgroup"),
             source: e,
         })?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut f = line.splitn(3, ':');
-        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
-        let rel = path.trim_start_matches('/');
-        let mount = match layout {
-            Layout::V2 { root } if ctrls.is_empty() => Some(root.clone()),
-            Layout::V1 { controllers } | Layout::Hybrid { controllers, .. } => {
-                ctrls.split(',').find_map(|c| controllers.get(c)).cloned()
-            }
-            _ => None,
-        };
-        if let Some(m) = mount {
-            let file = m.join(rel).join("cgroup.procs");
-            if !out.contains(&file) {
-                out.push(file);
-            }
-        }
-    }
-    Ok(out)
+    Ok(layout
+        .dirs_of(&text)
+        .into_iter()
+        .map(|(_, dir)| dir.join("cgroup.procs"))
+        .collect())
 }
 
 pub fn run(args: &Args) -> i32 {

@@ -77,7 +77,7 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     let old_umask = nix::sys::stat::umask(Mode::empty());
     isolate_mounts()?;
     let root = mount_rootfs(&cx.rootfs)?;
-    mount_all(cx.spec, &root, cx.cgroup_join)?;
+    mount_all(cx.spec, &root)?;
     create_devices(&root)?;
     create_cwd(cx.spec, &root)?;
     let null = host_dev_null()?;
@@ -201,14 +201,14 @@ fn mount_rootfs(rootfs: &Path) -> Result<OwnedFd, InitError> {
     .map_err(errno("rootfs", format!("open {}", rootfs.display())))
 }
 
-fn mount_all(spec: &Spec, root: &OwnedFd, cgroup_join: &[PathBuf]) -> Result<(), InitError> {
+fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination();
         let opts = mounts::parse(m.options().as_deref().unwrap_or(&[]));
         let typ = m.typ().as_deref().unwrap_or("bind");
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
         if typ == "cgroup" || typ == "cgroup2" {
-            mount_cgroups(spec, root, dest, &opts, cgroup_join)?;
+            mount_cgroups(spec, root, dest, &opts)?;
             continue;
         }
         let bind = opts.bind || typ == "bind";
@@ -283,14 +283,14 @@ fn mount_all(spec: &Spec, root: &OwnedFd, cgroup_join: &[PathBuf]) -> Result<(),
 /// them). With a private cgroup namespace (v2) the hierarchy itself, whose
 /// root is then the container's cgroup. Without one (v1), as runc does: a
 /// tmpfs holding a bind of the container's own directory of each hierarchy
-/// it joined, under the hierarchy's name (`cpu,cpuacct`, with a link per
-/// controller), so `/proc/self/cgroup`'s host paths still lead to it.
+/// (read from `/proc/self/cgroup`, so whatever cgroup it is in), under the
+/// hierarchy's name (`cpu,cpuacct`, with a link per controller), so
+/// `/proc/self/cgroup`'s host paths still lead to it.
 fn mount_cgroups(
     spec: &Spec,
     root: &OwnedFd,
     dest: &Path,
     opts: &mounts::Options,
-    joined: &[PathBuf],
 ) -> Result<(), InitError> {
     let shown = dest.display().to_string();
     let flags = opts.flags - MsFlags::MS_REC;
@@ -310,43 +310,14 @@ fn mount_cgroups(
         )
         .map_err(errno("cgroup", format!("cgroup2 on {shown}")));
     }
-    mount(
-        Some("tmpfs"),
-        &mounts::fd_path(&target),
-        Some("tmpfs"),
-        flags,
-        Some("mode=755,size=64k"),
-    )
-    .map_err(errno("cgroup", format!("tmpfs on {shown}")))?;
     let reopen = |dest: &Path| {
         mounts::existing(root, dest)
             .map_err(fail("cgroup"))?
             .ok_or_else(|| fail("cgroup")(format!("{} vanished", dest.display())))
     };
-    let tmpfs = reopen(dest)?;
-    let own_path = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().clone())
-        .ok_or_else(|| fail("cgroup")("the spec has no cgroupsPath".into()))?;
-    let own_path = own_path.strip_prefix("/").unwrap_or(&own_path);
-    for file in joined {
-        // `<hierarchy>/<own path>/tasks`: the hierarchy is what is above.
-        let own = file.parent().unwrap_or(file);
-        let hierarchy = own
-            .ancestors()
-            .nth(own_path.components().count())
-            .filter(|_| own.ends_with(own_path));
-        let Some(name) = hierarchy.and_then(Path::file_name) else {
-            return Err(fail("cgroup")(format!(
-                "{} is not under {}",
-                own.display(),
-                own_path.display()
-            )));
-        };
-        let sub = dest.join(name);
-        let at = mounts::target(root, &sub, false).map_err(fail("cgroup"))?;
-        let shown_sub = sub.display().to_string();
+    let bind_readonly = |own: &Path, dest: &Path| {
+        let at = mounts::target(root, dest, false).map_err(fail("cgroup"))?;
+        let shown = dest.display().to_string();
         mount(
             Some(own),
             &mounts::fd_path(&at),
@@ -356,16 +327,44 @@ fn mount_cgroups(
         )
         .map_err(errno(
             "cgroup",
-            format!("bind {} on {shown_sub}", own.display()),
+            format!("bind {} on {shown}", own.display()),
         ))?;
         mount(
             None::<&str>,
-            &mounts::fd_path(&reopen(&sub)?),
+            &mounts::fd_path(&reopen(dest)?),
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | ro,
             None::<&str>,
         )
-        .map_err(errno("cgroup", format!("remount {shown_sub}")))?;
+        .map_err(errno("cgroup", format!("remount {shown}")))
+    };
+    // The host's mounts are still in view (the root is not pivoted yet).
+    let layout = crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
+        .map_err(|e| fail("cgroup")(e.to_string()))?;
+    let mine = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| fail("cgroup")(format!("read /proc/self/cgroup: {e}")))?;
+    let dirs = layout.dirs_of(&mine);
+    if let crate::cgroups::Layout::V2 { .. } = layout {
+        // v2 in the host's cgroup namespace: its own directory alone.
+        return match dirs.first() {
+            Some((_, own)) => bind_readonly(own, dest),
+            None => Ok(()),
+        };
+    }
+    mount(
+        Some("tmpfs"),
+        &mounts::fd_path(&target),
+        Some("tmpfs"),
+        flags,
+        Some("mode=755,size=64k"),
+    )
+    .map_err(errno("cgroup", format!("tmpfs on {shown}")))?;
+    let tmpfs = reopen(dest)?;
+    for (hierarchy, own) in dirs {
+        let Some(name) = hierarchy.file_name() else {
+            continue;
+        };
+        bind_readonly(&own, &dest.join(name))?;
         let name = name.to_string_lossy();
         for controller in name.split(',').filter(|c| *c != name) {
             match nix::unistd::symlinkat(name.as_ref(), &tmpfs, controller) {

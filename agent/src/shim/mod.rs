@@ -55,6 +55,11 @@ pub struct Args {
     /// (`Driver::join_files`: one per v1 hierarchy, one for v2).
     #[arg(long = "cgroup-join")]
     pub cgroup_join: Vec<PathBuf>,
+    /// cgroup v2: the container's cgroup directory, which the init is
+    /// cloned straight into (`clone3` with `CLONE_INTO_CGROUP`); on a kernel
+    /// without it, joined through its `cgroup.procs` after a plain fork.
+    #[arg(long = "cgroup-into")]
+    pub cgroup_into: Option<PathBuf>,
     /// The container's log file.
     #[arg(long)]
     pub log: PathBuf,
@@ -79,6 +84,10 @@ pub struct Started {
     pub shim_pid: i32,
     #[serde(default)]
     pub shim_start_ticks: u64,
+    /// The init was cloned straight into its cgroup (`--cgroup-into` on a
+    /// kernel with `CLONE_INTO_CGROUP`), not moved there by a write.
+    #[serde(default)]
+    pub cloned_into_cgroup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,7 +260,35 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     chld.thread_block().map_err(sys_err("block SIGCHLD"))?;
     let sigfd = SignalFd::new(&chld).map_err(sys_err("signalfd"))?;
 
-    let child = match sys::fork().map_err(sys_err("fork"))? {
+    let into = match &args.cgroup_into {
+        Some(dir) => Some(
+            nix::fcntl::open(
+                dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(sys_err(format!("open {}", dir.display())))?,
+        ),
+        None => None,
+    };
+    let mut cgroup_join = args.cgroup_join.clone();
+    let mut cloned_into_cgroup = false;
+    let forked = match (&into, &args.cgroup_into) {
+        (Some(fd), Some(dir)) => match sys::fork_into_cgroup(fd.as_fd())
+            .map_err(sys_err(format!("clone3 into {}", dir.display())))?
+        {
+            Some(forked) => {
+                cloned_into_cgroup = true;
+                forked
+            }
+            None => {
+                cgroup_join.push(dir.join("cgroup.procs"));
+                sys::fork().map_err(sys_err("fork"))?
+            }
+        },
+        _ => sys::fork().map_err(sys_err("fork"))?,
+    };
+    let child = match forked {
         ForkResult::Child => {
             drop((report_r, out_r, err_r));
             let _ = nix::sys::signal::sigprocmask(
@@ -271,7 +308,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
                 spec: &spec,
                 seccomp: seccomp.as_deref(),
                 rootfs,
-                cgroup_join: &args.cgroup_join,
+                cgroup_join: &cgroup_join,
                 report: &mut report,
             };
             let e = init::run(&mut cx);
@@ -280,7 +317,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
         }
         ForkResult::Parent { child } => child,
     };
-    drop((report_w, out_w, err_w, null));
+    drop((report_w, out_w, err_w, null, into));
 
     // EOF on the report pipe: the process was exec'd (or the init died).
     let mut report = String::new();
@@ -315,6 +352,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
         warnings: warnings.clone(),
         shim_pid: nix::unistd::getpid().as_raw(),
         shim_start_ticks: start_ticks(nix::unistd::getpid().as_raw()).unwrap_or(0),
+        cloned_into_cgroup,
     };
     write_json(&args.state, "state.json", &started)?;
     tell_spawner("started");

@@ -148,7 +148,8 @@ fn on_the_nodes_hierarchy_limits_oom_resize_readoption_and_the_cgroup_kill() {
         assert!(!before.is_empty());
         put_manifest(&pods_dir, "pods.yaml", &pods("250m", "96Mi"));
         assert!(
-            eventually(WAIT, || read(node_file(memory)) == (96u64 << 20).to_string()),
+            eventually(WAIT, || read(node_file(memory))
+                == (96u64 << 20).to_string()),
             "{:#}",
             pod("limited")
         );

@@ -95,8 +95,7 @@ pub struct OciInputs {
     /// The pod's PID namespace when `shareProcessNamespace` is true.
     pub pid_ns: Option<PathBuf>,
     /// The container's cgroup below the hierarchy root(s), absolute
-    /// (`/podagent/pod<uid>/web`); the init finds its own directories
-    /// through it.
+    /// (`/podagent/pod<uid>/web`), as runc reads `cgroupsPath`.
     pub cgroups_path: Option<PathBuf>,
     /// A private cgroup namespace, so the container sees its own cgroup as
     /// `/` (what containerd and the kubelet give every container on cgroup

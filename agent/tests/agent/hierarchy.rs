@@ -128,6 +128,15 @@ fn on_the_nodes_hierarchy_limits_oom_resize_readoption_and_the_cgroup_kill() {
             assert_eq!(read(node_file("memory.oom.group")), "1");
             assert_eq!(read(node_file("cpu.weight")), "59", "500m: 512 shares");
         }
+        // No process above a leaf: the pod's cgroup and the agent's root
+        // (which enable controllers for their children) hold none, in every
+        // hierarchy.
+        for procs in fx.rt.cgroups.procs_files(&cg) {
+            let pod_dir = procs.parent().unwrap().parent().unwrap();
+            for dir in [pod_dir, pod_dir.parent().unwrap()] {
+                assert_eq!(read(dir.join("cgroup.procs")), "", "{}", dir.display());
+            }
+        }
         // The container reads the same values from its own /sys/fs/cgroup.
         assert_eq!(inside(memory), (64u64 << 20).to_string());
         assert_eq!(inside(cpu), quota(50_000));

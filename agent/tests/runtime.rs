@@ -774,3 +774,76 @@ fn an_io_annotation_throttles_direct_writes_to_about_its_rate() {
     }
     fx.tear_down(&pod);
 }
+
+/// What the kernel holds for each resource of a Burstable pod, on the node's
+/// hierarchy, against the values the kubelet (with runc >= 1.3.2) gives the
+/// same manifest. The README's fidelity table is this table.
+#[test]
+fn resource_files_match_the_kubelets_values() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("fidelity");
+    let rt = &fx.rt;
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fidelity}\nspec:\n  containers:\n  - {name: burst, image: busybox, command: [sleep, '1000'], resources: {requests: {cpu: 250m, memory: 64Mi}, limits: {cpu: 500m, memory: 128Mi}}}\n  - {name: none, image: busybox, command: [sleep, '1000']}\n  - {name: whole, image: busybox, command: [sleep, '1000'], resources: {limits: {cpu: '1', memory: 256Mi}}}\n",
+    );
+    let v2 = detect(Path::new("/proc/self/mountinfo")).unwrap().name() == "v2";
+    // (cgroup, file on v1, file on v2, value on v1, value on v2): the
+    // kubelet's, except pids (see the README).
+    const UNLIMITED_V1: &str = "9223372036854771712";
+    let want: &[(&str, &str, &str, &str, &str)] = &[
+        ("burst", "cpu.shares", "cpu.weight", "256", "35"),
+        ("burst", "cpu.cfs_quota_us", "cpu.max", "50000", "50000 100000"),
+        ("burst", "cpu.cfs_period_us", "", "100000", ""),
+        ("burst", "memory.limit_in_bytes", "memory.max", "134217728", "134217728"),
+        ("burst", "memory.memsw.limit_in_bytes", "memory.swap.max", "134217728", "0"),
+        ("burst", "", "memory.oom.group", "", "1"),
+        ("burst", "pids.max", "pids.max", "4096", "4096"),
+        ("none", "cpu.shares", "cpu.weight", "2", "1"),
+        ("none", "cpu.cfs_quota_us", "cpu.max", "-1", "max 100000"),
+        ("none", "memory.limit_in_bytes", "memory.max", UNLIMITED_V1, "max"),
+        ("none", "memory.memsw.limit_in_bytes", "memory.swap.max", UNLIMITED_V1, "max"),
+        ("whole", "cpu.shares", "cpu.weight", "1024", "100"),
+        ("whole", "cpu.cfs_quota_us", "cpu.max", "100000", "100000 100000"),
+        ("whole", "memory.limit_in_bytes", "memory.max", "268435456", "268435456"),
+        ("whole", "memory.memsw.limit_in_bytes", "memory.swap.max", "268435456", "0"),
+        // The pod: shares of the summed requests (1250m), no quota or
+        // memory limit (a container has none).
+        ("", "cpu.shares", "cpu.weight", "1280", "120"),
+        ("", "cpu.cfs_quota_us", "cpu.max", "-1", "max 100000"),
+        ("", "memory.limit_in_bytes", "memory.max", UNLIMITED_V1, "max"),
+        ("", "pids.max", "pids.max", "4096", "4096"),
+    ];
+    let sb = fx.sandbox(&pod);
+    for c in &pod.containers {
+        rt.start(&pod, &sb, None, c).unwrap();
+    }
+    let mut checked = 0;
+    for (container, f1, f2, v1_value, v2_value) in want {
+        let (file, value) = if v2 { (f2, v2_value) } else { (f1, v1_value) };
+        if file.is_empty() {
+            continue;
+        }
+        let mut cg = rt.pod_cgroup(&pod).unwrap();
+        if !container.is_empty() {
+            cg = cg.join(container).unwrap();
+        }
+        let path = rt
+            .cgroups
+            .procs_files(&cg)
+            .iter()
+            .map(|p| p.parent().unwrap().join(file))
+            .find(|p| p.exists());
+        // memsw exists only with swap accounting on.
+        let Some(path) = path else {
+            assert!(file.contains("memsw"), "{container}: no {file}");
+            continue;
+        };
+        let held = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(held.trim(), *value, "{container} {file}");
+        checked += 1;
+    }
+    assert!(checked >= 15, "{checked}");
+    fx.tear_down(&pod);
+}

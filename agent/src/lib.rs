@@ -6,6 +6,7 @@ pub mod api;
 pub mod by_name;
 pub mod cgroups;
 pub mod cli;
+pub mod cpu_manager;
 pub mod daemon;
 pub mod events;
 pub mod image;

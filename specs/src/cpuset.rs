@@ -61,6 +61,12 @@ impl CpuSet {
         Ok(CpuSet(set))
     }
 
+    /// The set of `cpus`; `None` when there are none (a set is never empty).
+    pub fn from_cpus(cpus: impl IntoIterator<Item = u32>) -> Option<Self> {
+        let set: BTreeSet<u32> = cpus.into_iter().collect();
+        (!set.is_empty()).then_some(CpuSet(set))
+    }
+
     pub fn contains(&self, cpu: u32) -> bool {
         self.0.contains(&cpu)
     }

@@ -171,6 +171,8 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn create(&self, path: &CgroupPath) -> Result<()>;
     /// Writes the limits; values not set are left as they are.
     fn apply(&self, path: &CgroupPath, limits: &Limits) -> Result<()>;
+    /// Writes `cpuset.cpus` alone (the CPU manager's pool changed).
+    fn set_cpus(&self, path: &CgroupPath, cpus: &str) -> Result<()>;
     /// Moves a process into the cgroup.
     fn add_process(&self, path: &CgroupPath, pid: u32) -> Result<()>;
     /// The `cgroup.procs` files (one per v1 hierarchy, one for v2): the

@@ -202,6 +202,13 @@ impl Cgroups for V1 {
         Ok(())
     }
 
+    fn set_cpus(&self, path: &CgroupPath, cpus: &str) -> Result<()> {
+        write(
+            &self.dir("cpuset", "cpu pinning", path)?.join("cpuset.cpus"),
+            cpus,
+        )
+    }
+
     fn add_process(&self, path: &CgroupPath, pid: u32) -> Result<()> {
         for f in self.procs_files(path) {
             write(&f, &pid.to_string())?;

@@ -170,6 +170,10 @@ impl Cgroups for V2 {
         Ok(())
     }
 
+    fn set_cpus(&self, path: &CgroupPath, cpus: &str) -> Result<()> {
+        write(&self.dir(path).join("cpuset.cpus"), cpus)
+    }
+
     fn add_process(&self, path: &CgroupPath, pid: u32) -> Result<()> {
         write(&self.dir(path).join("cgroup.procs"), &pid.to_string())
     }

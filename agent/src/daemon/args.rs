@@ -43,6 +43,15 @@ pub struct Args {
     /// 0660); by default it is root's alone (0600).
     #[arg(long)]
     pub api_group: Option<String>,
+    /// The CPU manager's policy, as the kubelet's `--cpu-manager-policy`:
+    /// `none`, or `static` (whole CPUs of their own for the containers of
+    /// Guaranteed pods with whole-number CPU requests).
+    #[arg(long, value_enum, default_value_t = CpuManagerPolicy::None)]
+    pub cpu_manager_policy: CpuManagerPolicy,
+    /// CPUs never given to a container of its own (the system's), as
+    /// `0-1,4`; required by the static policy.
+    #[arg(long)]
+    pub reserved_cpus: Option<String>,
     /// How events are logged on stderr: `text` lines or one JSON object a
     /// line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -51,6 +60,12 @@ pub struct Args {
     /// `stop-pods-on-exit: true`); options on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuManagerPolicy {
+    None,
+    Static,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

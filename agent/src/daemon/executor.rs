@@ -119,8 +119,11 @@ impl Agent {
                 return;
             }
         };
-        let limits = crate::runtime::container_limits(resources);
-        match self.rt.cgroups.apply(&cg, &limits) {
+        let applied = self
+            .rt
+            .resize_limits(p, name, resources)
+            .and_then(|limits| Ok(self.rt.cgroups.apply(&cg, &limits)?));
+        match applied {
             Ok(()) => {
                 self.event(
                     Kind::Normal,

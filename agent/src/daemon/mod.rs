@@ -67,6 +67,10 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--reserved-cpus {0:?}: {1}")]
+    ReservedCpus(String, String),
+    #[error("the CPU manager")]
+    CpuManager(#[source] crate::cpu_manager::CpuManagerError),
     #[error("--pod-cidr {cidr}: {reason}")]
     PodCidr { cidr: String, reason: String },
     #[error("--api-group {0}: no such group")]
@@ -152,12 +156,36 @@ impl Agent {
             path: args.state_dir.clone(),
             source,
         })?;
+        let cpus = match args.cpu_manager_policy {
+            args::CpuManagerPolicy::None => None,
+            args::CpuManagerPolicy::Static => {
+                // The kubelet refuses the static policy without a reservation.
+                let reserved = args.reserved_cpus.clone().unwrap_or_default();
+                let parsed = specs::cpuset::CpuSet::parse(&reserved).map_err(|e| {
+                    DaemonError::ReservedCpus(
+                        reserved.clone(),
+                        format!("{e} (the static policy needs CPUs reserved for the system)"),
+                    )
+                })?;
+                let online = node.cpus.clone().ok_or_else(|| {
+                    DaemonError::ReservedCpus(
+                        reserved.clone(),
+                        "the online CPUs are unknown".into(),
+                    )
+                })?;
+                Some(
+                    crate::cpu_manager::CpuManager::open(&args.state_dir, online, parsed)
+                        .map_err(DaemonError::CpuManager)?,
+                )
+            }
+        };
         let rt = Arc::new(Runtime {
             state_dir: args.state_dir.clone(),
             images,
             cgroups,
             cgroup_root: args.cgroup_root.clone(),
             podagent,
+            cpus,
         });
         let net = if args.no_network {
             None

@@ -50,6 +50,17 @@ pub enum RuntimeError {
     Image(#[from] crate::image::ImageError),
     #[error("cgroups")]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error("cpu manager")]
+    Cpus(#[from] crate::cpu_manager::CpuManagerError),
+    #[error(
+        "{container} holds {held} CPUs of its own and now wants {wanted}: \
+         it restarts to be placed again"
+    )]
+    Replace {
+        container: String,
+        held: usize,
+        wanted: String,
+    },
     #[error("OCI spec")]
     Spec(#[from] specs::oci::OciError),
     #[error("container {container} did not start: {message}")]
@@ -96,6 +107,8 @@ pub struct Runtime {
     pub cgroup_root: String,
     /// The `podagent` binary that runs shims.
     pub podagent: PathBuf,
+    /// The static CPU manager policy; `None`: the `none` policy.
+    pub cpus: Option<crate::cpu_manager::CpuManager>,
 }
 
 /// A container the runtime started.
@@ -221,6 +234,92 @@ pub fn container_limits(r: &specs::plan::ContainerResources) -> Limits {
     }
 }
 
+impl Runtime {
+    /// The limits a resize writes: the plan's, and, for a container on CPUs
+    /// of its own, no quota. A change in how many CPUs of its own it gets is
+    /// not a resize: the container restarts and is placed again.
+    pub fn resize_limits(
+        &self,
+        pod: &PodPlan,
+        name: &str,
+        resources: &specs::plan::ContainerResources,
+    ) -> Result<Limits, RuntimeError> {
+        let mut limits = container_limits(resources);
+        let Some(m) = &self.cpus else {
+            return Ok(limits);
+        };
+        let a = m.lock();
+        let held = m.exclusive_of(&a, &pod.uid, name);
+        let wanted = pod
+            .containers
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .and_then(|c| crate::cpu_manager::exclusive_count(pod, c));
+        match (held, wanted) {
+            (None, None) => Ok(limits),
+            (Some(h), Some(w)) if h.len() == w => {
+                limits.cfs_quota_us = None;
+                Ok(limits)
+            }
+            (held, wanted) => Err(RuntimeError::Replace {
+                container: format!("{}/{}:{name}", pod.namespace, pod.name),
+                held: held.map_or(0, |h| h.len()),
+                wanted: wanted.map_or("none".into(), |w| w.to_string()),
+            }),
+        }
+    }
+
+    /// Forgets the CPU assignments of pods `keep` does not name and, if the
+    /// shared pool grew, writes it to the shared containers.
+    fn release_cpus(&self, keep: &dyn Fn(&str) -> bool) -> Result<(), RuntimeError> {
+        let Some(m) = &self.cpus else {
+            return Ok(());
+        };
+        let mut a = m.lock();
+        if m.retain(&mut a, keep)? {
+            self.rewrite_shared(m, &a)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the shared pool to the cpuset of every container that is not
+    /// on CPUs of its own or its annotation's (the pool changed). Called
+    /// with the manager's lock held.
+    fn rewrite_shared(
+        &self,
+        m: &crate::cpu_manager::CpuManager,
+        a: &crate::cpu_manager::Assignments,
+    ) -> Result<(), RuntimeError> {
+        let pool = m.shared_pool(a).to_string();
+        let containers = self.state_dir.join("containers");
+        for pod in std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let uid = pod.file_name().to_string_lossy().into_owned();
+            for c in std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = c.file_name().to_string_lossy().into_owned();
+                if a.is_fixed(&uid, &name) {
+                    continue;
+                }
+                let cg = container_cgroup(&self.cgroup_root, &uid, &name)?;
+                // A container whose cgroup is not made yet gets the pool
+                // when it is (under the same lock).
+                if !self.cgroups.procs_files(&cg).iter().all(|f| f.exists()) {
+                    continue;
+                }
+                self.cgroups.set_cpus(&cg, &pool)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Blocks until `ino` has an event or `timeout` passes.
 fn wait_inotify(ino: &Inotify, timeout: Duration) {
     let ms = u16::try_from(timeout.as_millis().min(60_000))
@@ -339,13 +438,19 @@ impl Runtime {
         let path = self.pod_cgroup(pod)?;
         self.cgroups.create(&path)?;
         let r = &pod.pod_resources;
+        // With CPUs of its own, no quota for the pod either, as the kubelet.
+        let exclusive = self.cpus.is_some()
+            && pod
+                .containers
+                .iter()
+                .any(|c| crate::cpu_manager::exclusive_count(pod, c).is_some());
         self.cgroups.apply(
             &path,
             &Limits {
                 cpu_shares: Some(r.cpu_shares),
                 cpu_weight: Some(specs::resolve::resources::cpu_weight(r.cpu_shares)),
                 cfs_period_us: Some(r.cfs_period_us),
-                cfs_quota_us: r.cfs_quota_us,
+                cfs_quota_us: r.cfs_quota_us.filter(|_| !exclusive),
                 memory_limit: r.memory_limit_bytes,
                 pids_limit: Some(r.pids_limit),
                 ..Limits::default()
@@ -418,18 +523,32 @@ impl Runtime {
             .iter()
             .map(DeviceRule::from_oci)
             .collect();
-        self.cgroups.create(&cg)?;
         let r = &c.resources;
-        self.cgroups.apply(
-            &cg,
-            &Limits {
-                pids_limit: Some(pod.pod_resources.pids_limit),
-                devices,
-                // A new cgroup has no IO limits to lift.
-                io: (!r.io.is_empty()).then(|| r.io.clone()),
-                ..container_limits(r)
-            },
-        )?;
+        let mut limits = Limits {
+            pids_limit: Some(pod.pod_resources.pids_limit),
+            devices,
+            // A new cgroup has no IO limits to lift.
+            io: (!r.io.is_empty()).then(|| r.io.clone()),
+            ..container_limits(r)
+        };
+        // The CPU manager's lock is held until the cpusets it implies are
+        // written, so that no other start sees a pool in between.
+        let mut placed = None;
+        if let Some(m) = &self.cpus {
+            let mut a = m.lock();
+            let (placement, pool_changed) = m.place(&mut a, pod, c)?;
+            limits.cpuset_cpus = Some(placement.cpus().to_string());
+            if let crate::cpu_manager::Placement::Exclusive(_) = placement {
+                limits.cfs_quota_us = None;
+            }
+            placed = Some((m, a, pool_changed));
+        }
+        self.cgroups.create(&cg)?;
+        self.cgroups.apply(&cg, &limits)?;
+        if let Some((m, a, true)) = &placed {
+            self.rewrite_shared(m, a)?;
+        }
+        drop(placed);
 
         let state = dir.join("state");
         // A restart keeps the previous run's log and records (`--previous`).
@@ -550,9 +669,11 @@ impl Runtime {
         }
     }
 
-    /// Removes the pod's cgroup and sandbox once its containers are removed.
+    /// Removes the pod's cgroup and sandbox once its containers are removed;
+    /// its CPUs go back to the shared pool.
     pub fn remove_pod(&self, pod: &PodPlan) -> Result<(), RuntimeError> {
         self.cgroups.remove(&self.pod_cgroup(pod)?)?;
+        self.release_cpus(&|uid| uid != pod.uid)?;
         let _ = std::fs::remove_dir(self.state_dir.join("containers").join(&pod.uid));
         sandbox::remove(&self.state_dir, &pod.uid)
     }
@@ -603,6 +724,7 @@ impl Runtime {
             sandbox::remove(&self.state_dir, &uid)?;
             removed.push(uid);
         }
+        self.release_cpus(known)?;
         Ok(removed)
     }
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod adoption;
 mod config;
+mod cpu_manager;
 mod failures;
 mod hierarchy;
 mod lifecycle;

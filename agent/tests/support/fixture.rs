@@ -39,6 +39,7 @@ impl Drop for Fixture {
                     cgroups: found.driver(),
                     cgroup_root: format!("{}/agent", self.cg_root.as_path().display()),
                     podagent: self.rt.podagent.clone(),
+                    cpus: None,
                 };
                 let _ = agent_rt.gc(&|_| false);
             }
@@ -108,6 +109,7 @@ pub fn fixture(name: &str) -> Fixture {
         cgroups: detect(Path::new("/proc/self/mountinfo")).unwrap().driver(),
         cgroup_root: cg_root.as_path().display().to_string(),
         podagent: PathBuf::from(env!("CARGO_BIN_EXE_podagent")),
+        cpus: None,
     };
     Fixture { rt, cg_root, dir }
 }

@@ -146,19 +146,39 @@ fn the_static_policy_gives_whole_cpus_keeps_them_across_restarts_and_gives_them_
             assert_eq!(allowed(pid), pool, "pid {pid}");
         }
 
-        // A second pod wanting a whole CPU does not fit (the reserved one
-        // is never given): it waits, saying why.
+        // A second pod wanting a whole CPU: on two CPUs it does not fit
+        // (the reserved one is never given) and waits, saying why; on more
+        // it gets the next CPU at once, and the pool shrinks again.
         put_manifest(&pods, "second.yaml", &guaranteed("second"));
         let events = || podctl(&["events", "--state-dir", &state_s]).1;
-        let refused = "not enough exclusive CPUs for default/second:c: it needs 1, 0 free";
-        if online.len() == 2 {
-            assert!(
-                eventually(WAIT, || events().contains(refused)),
-                "{}",
-                events()
-            );
-            assert_eq!(pod("second")["containers"][0]["state"], "StartError");
-        }
+        let without = |taken: &[u32]| {
+            CpuSet::from_cpus(online.iter().filter(|c| !taken.contains(c)))
+                .unwrap()
+                .to_string()
+        };
+        let next = online.iter().nth(2);
+        let pool = match next {
+            None => {
+                let refused = "not enough exclusive CPUs for default/second:c: it needs 1, 0 free";
+                assert!(
+                    eventually(WAIT, || events().contains(refused)),
+                    "{}",
+                    events()
+                );
+                assert_eq!(pod("second")["containers"][0]["state"], "StartError");
+                pool
+            }
+            Some(n) => {
+                assert!(eventually(WAIT, || running("second")), "{:#}", status());
+                assert_eq!(cpus(&cg("second")), n.to_string());
+                let pool = without(&[mine, n]);
+                assert!(eventually(WAIT, || cpus(&sh) == pool), "{}", cpus(&sh));
+                for pid in pids(&sh) {
+                    assert_eq!(allowed(pid), pool, "pid {pid}");
+                }
+                pool
+            }
+        };
 
         // SIGKILL the agent: the new one keeps the assignment.
         let before = (pids(&ex), pids(&sh));
@@ -180,7 +200,7 @@ fn the_static_policy_gives_whole_cpus_keeps_them_across_restarts_and_gives_them_
         let record = std::fs::read_to_string(state.join("cpu_manager.json")).unwrap();
         assert!(record.contains(&format!("\"c\": \"{mine}\"")), "{record}");
 
-        // Deleted: its CPU goes back to the pool, and the pod that waited
+        // Deleted: its CPU goes back to the pool, and a pod that waited
         // gets it (at its next try).
         std::fs::remove_file(pods.join("exclusive.yaml")).unwrap();
         assert!(
@@ -189,9 +209,12 @@ fn the_static_policy_gives_whole_cpus_keeps_them_across_restarts_and_gives_them_
             status(),
             events()
         );
-        let second = cg("second");
-        assert_eq!(cpus(&second), mine.to_string());
-        assert_eq!(cpus(&sh), pool);
+        let (second_cpu, pool) = match next {
+            None => (mine, without(&[mine])),
+            Some(n) => (n, without(&[n])),
+        };
+        assert_eq!(cpus(&cg("second")), second_cpu.to_string());
+        assert!(eventually(WAIT, || cpus(&sh) == pool), "{}", cpus(&sh));
         std::fs::remove_file(pods.join("second.yaml")).unwrap();
         let whole = online.to_string();
         assert!(

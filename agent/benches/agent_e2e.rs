@@ -232,8 +232,10 @@ fn main() -> std::process::ExitCode {
             .unwrap(),
         socket: state.join("podagent.sock"),
     };
+    // Minutes, not seconds: in an emulated VM the first nftables batch
+    // alone takes ~9 s (the wait ends once the agent answers).
     assert!(
-        agent.until(Duration::from_secs(10), |v| v["pods"].is_array()),
+        agent.until(Duration::from_secs(180), |v| v["pods"].is_array()),
         "the agent did not come up"
     );
 

@@ -17,6 +17,26 @@ use agent::runtime::{sandbox, RuntimeError};
 use support::fixture::*;
 use support::{eventually, podctl, require};
 
+/// Starts the pod's first container in a new sandbox and waits for it to
+/// exit; its log.
+fn run_to_exit(fx: &Fixture, pod: &specs::PodPlan) -> String {
+    let sb = fx.sandbox(pod);
+    let h = fx.rt.start(pod, &sb, None, &pod.containers[0]).unwrap();
+    assert!(agent::runtime::wait_for_file(
+        &h.dir.join("state"),
+        "exit.json",
+        Duration::from_secs(10)
+    ));
+    std::fs::read_to_string(h.dir.join("container.log")).unwrap()
+}
+
+/// The stdout lines of a CRI log, without their time and stream.
+fn stdout_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
+        .collect()
+}
+
 const POD: &str = r#"apiVersion: v1
 kind: Pod
 metadata: {name: web}
@@ -185,20 +205,12 @@ fn the_device_cgroup_denies_devices_outside_the_allowlist() {
         return;
     }
     let fx = fixture("devices");
-    let rt = &fx.rt;
     // CAP_MKNOD is a default capability and `c *:* m` is allowed, as with
     // runc: the node can be made, but not opened.
     let pod = plan(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: devices}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'mknod /tmp/mem c 1 1 && echo mknod=ok; if head -c 1 /tmp/mem > /dev/null 2>&1; then echo mem=readable; else echo mem=denied; fi; echo zero=$(head -c 3 /dev/zero | wc -c)']\n",
     );
-    let sb = fx.sandbox(&pod);
-    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
-    assert!(agent::runtime::wait_for_file(
-        &h.dir.join("state"),
-        "exit.json",
-        Duration::from_secs(10)
-    ));
-    let log = std::fs::read_to_string(h.dir.join("container.log")).unwrap();
+    let log = run_to_exit(&fx, &pod);
     assert!(log.contains(" stdout F mknod=ok\n"), "{log}");
     assert!(
         log.contains(" stdout F zero=3\n"),
@@ -222,22 +234,11 @@ fn a_container_reads_its_own_limits_from_a_read_only_sys_fs_cgroup() {
         return;
     }
     let fx = fixture("own-limits");
-    let rt = &fx.rt;
     let pod = plan(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: limits}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    resources: {limits: {cpu: 500m, memory: 48Mi}}\n    command: [sh, -c, 'sed s/^/cgroup=/ /proc/self/cgroup; cd /sys/fs/cgroup; if [ -f memory.max ]; then echo memory=$(cat memory.max) cpu=$(cat cpu.max | tr \" \" /) procs=$(grep -cx 1 cgroup.procs); else echo memory=$(cat memory/memory.limit_in_bytes) cpu=$(cat cpu/cpu.cfs_quota_us)/$(cat cpu/cpu.cfs_period_us) procs=$(grep -cx 1 pids/cgroup.procs); fi; if echo 1 > cgroup.procs 2>/dev/null || echo 1 > memory/cgroup.procs 2>/dev/null; then echo write=allowed; else echo write=refused; fi; grep -c \" /sys/fs/cgroup.* ro,\" /proc/self/mountinfo | sed s/^/ro_mounts=/']\n",
     );
-    let sb = fx.sandbox(&pod);
-    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
-    assert!(agent::runtime::wait_for_file(
-        &h.dir.join("state"),
-        "exit.json",
-        Duration::from_secs(10)
-    ));
-    let log = std::fs::read_to_string(h.dir.join("container.log")).unwrap();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
-        .collect();
+    let log = run_to_exit(&fx, &pod);
+    let lines = stdout_lines(&log);
     let has = |want: &str| lines.iter().any(|l| l.split(' ').any(|w| w == want));
     // Its own limits, whatever the hierarchy, and PID 1 (its init) is the
     // only process of the cgroup it sees.

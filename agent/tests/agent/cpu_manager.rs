@@ -6,7 +6,7 @@
 //! at start. Runs on the host (v1) and in the cgroup v2 VM.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use agent::cgroups::{detect, CgroupPath};
@@ -67,19 +67,8 @@ fn the_static_policy_gives_whole_cpus_keeps_them_across_restarts_and_gives_them_
             "shared.yaml",
             "apiVersion: v1\nkind: Pod\nmetadata: {name: shared}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '100000']}\n",
         );
-        let status = || {
-            let out = podctl(&["status", "-o", "raw", "--state-dir", &state_s]).1;
-            serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
-        };
-        let pod = |name: &str| -> serde_json::Value {
-            status()["pods"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p["name"] == name)
-                .cloned()
-                .unwrap_or_default()
-        };
+        let status = || raw_status(&state_s);
+        let pod = |name: &str| pod_status(&state_s, name);
         // Its container runs (a pod whose container cannot start is Running
         // too, restarting, as with the kubelet).
         let running = |name: &str| pod(name)["containers"][0]["state"] == "Running";
@@ -239,21 +228,17 @@ fn the_static_policy_gives_whole_cpus_keeps_them_across_restarts_and_gives_them_
 
         // Another reservation over the same state is refused, saying how
         // to change it.
-        let cg_root = format!("{}/agent", fx.cg_root.as_path().display());
-        let out = Command::new(env!("CARGO_BIN_EXE_podagent"))
-            .arg("run")
-            .arg("--pods-dir")
-            .arg(&pods)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--root-dir")
-            .arg(fx.dir.path())
-            .args(["--cgroup-root", &cg_root, "--no-network"])
-            .args(["--cpu-manager-policy", "static", "--reserved-cpus"])
-            .arg(mine.to_string())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let other = mine.to_string();
+        let out = agent_command(
+            &fx,
+            &pods,
+            &state,
+            &["--no-network", "--cpu-manager-policy", "static"],
+        )
+        .args(["--reserved-cpus", &other])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(

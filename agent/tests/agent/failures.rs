@@ -56,19 +56,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         let (pods, state, state_s) = fx.agent_dirs();
         let agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
         put_manifest(&pods, "failing.yaml", FAILING);
-        let status = || {
-            let out = podctl(&["status", "-o", "raw", "--state-dir", &state_s]).1;
-            serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
-        };
-        let pod = |name: &str| -> serde_json::Value {
-            status()["pods"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p["name"] == name)
-                .cloned()
-                .unwrap_or_default()
-        };
+        let pod = |name: &str| pod_status(&state_s, name);
         let events = || -> Vec<serde_json::Value> {
             let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
             serde_json::from_str(&out).unwrap_or_default()

@@ -55,19 +55,8 @@ fn on_the_nodes_hierarchy_limits_oom_resize_readoption_and_the_cgroup_kill() {
         let mut agent = spawn();
         put_manifest(&pods_dir, "pods.yaml", &pods("500m", "64Mi"));
 
-        let status = || {
-            let out = podctl(&["status", "-o", "raw", "--state-dir", &state_s]).1;
-            serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
-        };
-        let pod = |name: &str| -> serde_json::Value {
-            status()["pods"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p["name"] == name)
-                .cloned()
-                .unwrap_or_default()
-        };
+        let status = || raw_status(&state_s);
+        let pod = |name: &str| pod_status(&state_s, name);
         let running = || pod("limited")["phase"] == "Running";
         assert!(eventually(WAIT, running), "{:#}", pod("limited"));
         let uid = pod("limited")["uid"].as_str().unwrap().to_string();

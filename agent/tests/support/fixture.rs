@@ -188,21 +188,46 @@ impl Drop for Running {
 
 /// `podagent run` on `pods` with its state in `state`, its images in the
 /// fixture's store and its cgroups below the fixture's root.
-pub fn spawn_agent(fx: &Fixture, pods: &Path, state: &Path, extra: &[&str]) -> std::process::Child {
+pub fn agent_command(fx: &Fixture, pods: &Path, state: &Path, extra: &[&str]) -> Command {
     let cg = format!("{}/agent", fx.cg_root.as_path().display());
-    Command::new(env!("CARGO_BIN_EXE_podagent"))
-        .arg("run")
+    let mut c = Command::new(env!("CARGO_BIN_EXE_podagent"));
+    c.arg("run")
         .arg("--pods-dir")
         .arg(pods)
         .arg("--state-dir")
         .arg(state)
         .arg("--root-dir")
         .arg(fx.dir.path())
-        .args(["--cgroup-root", &cg, "--stop-pods-on-exit"])
-        .args(extra)
+        .args(["--cgroup-root", &cg])
+        .args(extra);
+    c
+}
+
+/// The agent of [`agent_command`], stopping its pods when it exits.
+pub fn spawn_agent(fx: &Fixture, pods: &Path, state: &Path, extra: &[&str]) -> std::process::Child {
+    agent_command(fx, pods, state, extra)
+        .arg("--stop-pods-on-exit")
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// `podctl status -o raw` of the agent with state dir `state` (null when
+/// it does not answer).
+pub fn raw_status(state: &str) -> serde_json::Value {
+    let out = crate::support::podctl(&["status", "-o", "raw", "--state-dir", state]).1;
+    serde_json::from_str(&out).unwrap_or_default()
+}
+
+/// One pod of [`raw_status`] by name (null when it is not listed).
+pub fn pod_status(state: &str, name: &str) -> serde_json::Value {
+    raw_status(state)["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// A pod that exits on SIGTERM at once.

@@ -215,13 +215,7 @@ fn the_static_policy_gives_whole_cpus_keeps_them_across_restarts_and_gives_them_
             assert_eq!(allowed(pid), whole, "pid {pid}");
         }
         std::fs::remove_file(pods.join("shared.yaml")).unwrap();
-        assert!(
-            eventually(WAIT, || status()["pods"]
-                .as_array()
-                .is_some_and(|p| p.is_empty())),
-            "{:#}",
-            status()
-        );
+        assert!(eventually(WAIT, || no_pods(&state_s)), "{:#}", status());
         let record = std::fs::read_to_string(state.join("cpu_manager.json")).unwrap();
         assert!(!record.contains("\"c\""), "released: {record}");
         drop(agent);

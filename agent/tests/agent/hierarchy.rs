@@ -183,13 +183,7 @@ fn on_the_nodes_hierarchy_limits_oom_resize_readoption_and_the_cgroup_kill() {
         // Deleted: sh and its sleep ignore SIGTERM; when the second of grace
         // ends the cgroup is killed whole, and nothing of the pod is left.
         std::fs::remove_file(pods_dir.join("pods.yaml")).unwrap();
-        assert!(
-            eventually(WAIT, || status()["pods"]
-                .as_array()
-                .is_some_and(|p| p.is_empty())),
-            "{:#}",
-            status()
-        );
+        assert!(eventually(WAIT, || no_pods(&state_s)), "{:#}", status());
         for pid in &before {
             assert!(
                 !Path::new(&format!("/proc/{pid}")).exists(),

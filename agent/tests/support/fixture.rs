@@ -219,6 +219,13 @@ pub fn raw_status(state: &str) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_default()
 }
 
+/// The agent answers and lists no pod.
+pub fn no_pods(state: &str) -> bool {
+    raw_status(state)["pods"]
+        .as_array()
+        .is_some_and(|p| p.is_empty())
+}
+
 /// One pod of [`raw_status`] by name (null when it is not listed).
 pub fn pod_status(state: &str, name: &str) -> serde_json::Value {
     raw_status(state)["pods"]

@@ -141,12 +141,27 @@ impl Assignments {
 }
 
 /// How many CPUs of its own a container gets under the static policy:
-/// app containers of Guaranteed pods with a whole-number CPU request.
+/// app containers of Guaranteed pods with a whole-number CPU request, unless
+/// an annotation pins them.
 pub fn exclusive_count(pod: &PodPlan, c: &ContainerPlan) -> Option<usize> {
     let milli = c.resources.cpu_request_milli;
     let app = pod.containers.iter().any(|a| a.name == c.name);
-    (app && pod.qos_class == QosClass::Guaranteed && milli > 0 && milli % 1000 == 0)
-        .then_some((milli / 1000) as usize)
+    let eligible = app
+        && c.resources.cpuset.is_none()
+        && pod.qos_class == QosClass::Guaranteed
+        && milli > 0
+        && milli % 1000 == 0;
+    eligible.then_some((milli / 1000) as usize)
+}
+
+/// Drops `(uid, name)` from a map of assignments (and its pod when empty).
+fn remove(map: &mut BTreeMap<String, BTreeMap<String, String>>, uid: &str, name: &str) {
+    if let Some(cs) = map.get_mut(uid) {
+        cs.remove(name);
+        if cs.is_empty() {
+            map.remove(uid);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -211,10 +226,12 @@ impl CpuManager {
         Ok(())
     }
 
-    /// Where container `c` of `pod` runs, assigning CPUs of its own when the
-    /// policy gives them (its assignment kept if it has one of the right
-    /// size). Returns the placement and whether the shared pool changed (the
-    /// shared containers' cpusets must then be rewritten).
+    /// Where container `c` of `pod` runs. The first exclusive container of a
+    /// pod to start assigns CPUs to every exclusive app container of the pod
+    /// at once, all or none (the kubelet admits a pod whole: no half-placed
+    /// pod holds CPUs another waits for); an assignment of the right size is
+    /// kept across restarts. Returns the placement and whether the shared
+    /// pool changed. The record is written before anything is returned.
     pub fn place(
         &self,
         a: &mut Assignments,
@@ -224,7 +241,10 @@ impl CpuManager {
         let uid = pod.uid.as_str();
         let name = c.name.as_str();
         let shown = format!("{}/{}:{}", pod.namespace, pod.name, name);
-        if let Some(pin) = &c.resources.cpuset {
+        // Work on a copy: `a` changes only once the record holds the change.
+        let mut next = a.clone();
+        let held = Assignments::get(&a.exclusive, uid, name);
+        let placement = if let Some(pin) = &c.resources.cpuset {
             let owner = Assignments::cpus_of(&a.exclusive)
                 .into_iter()
                 .find(|(u, n, s)| (u != uid || n != name) && s.iter().any(|cpu| pin.contains(cpu)));
@@ -235,42 +255,81 @@ impl CpuManager {
                     owner: format!("pod {u} container {n}"),
                 });
             }
-            if Assignments::get(&a.pinned, uid, name).as_ref() != Some(pin) {
-                a.pinned
-                    .entry(uid.to_string())
-                    .or_default()
-                    .insert(name.to_string(), pin.to_string());
-                self.save(a)?;
+            remove(&mut next.exclusive, uid, name);
+            next.pinned
+                .entry(uid.to_string())
+                .or_default()
+                .insert(name.to_string(), pin.to_string());
+            Placement::Pinned(pin.clone())
+        } else if let Some(wanted) = exclusive_count(pod, c) {
+            remove(&mut next.pinned, uid, name);
+            match held {
+                Some(mine) if mine.len() == wanted => Placement::Exclusive(mine),
+                _ => Placement::Exclusive(
+                    self.admit(&mut next, pod, &shown)?
+                        .remove(name)
+                        .unwrap_or_else(|| {
+                            unreachable!("admit assigns every exclusive container of the pod")
+                        }),
+                ),
             }
-            return Ok((Placement::Pinned(pin.clone()), false));
-        }
-        let Some(wanted) = exclusive_count(pod, c) else {
-            return Ok((Placement::Shared(self.shared_pool(a)), false));
+        } else {
+            // No longer exclusive or pinned (a restart after a change): what
+            // it held goes back.
+            remove(&mut next.exclusive, uid, name);
+            remove(&mut next.pinned, uid, name);
+            Placement::Shared(self.shared_pool(&next))
         };
-        if let Some(mine) = Assignments::get(&a.exclusive, uid, name) {
-            if mine.len() == wanted {
-                return Ok((Placement::Exclusive(mine), false));
-            }
+        let pool_changed = next.exclusive != a.exclusive;
+        if next != *a {
+            self.save(&next)?;
+            *a = next;
         }
-        // Free: in the pool, not reserved, not pinned by a running
-        // container; this container's old assignment (another size) is free.
-        let mut without_mine = a.clone();
-        if let Some(cs) = without_mine.exclusive.get_mut(uid) {
-            cs.remove(name);
+        let placement = match placement {
+            Placement::Shared(_) => Placement::Shared(self.shared_pool(a)),
+            p => p,
+        };
+        Ok((placement, pool_changed))
+    }
+
+    /// Assigns CPUs to every exclusive app container of `pod` without an
+    /// assignment of the right size, all or none, lowest first: never
+    /// reserved, pinned or another's.
+    fn admit(
+        &self,
+        a: &mut Assignments,
+        pod: &PodPlan,
+        shown: &str,
+    ) -> Result<BTreeMap<String, CpuSet>, CpuManagerError> {
+        let uid = pod.uid.as_str();
+        let wanting: Vec<(String, usize)> = pod
+            .containers
+            .iter()
+            .filter_map(|c| Some((c.name.to_string(), exclusive_count(pod, c)?)))
+            .filter(|(n, w)| Assignments::get(&a.exclusive, uid, n).is_none_or(|s| s.len() != *w))
+            .collect();
+        for (n, _) in &wanting {
+            remove(&mut a.exclusive, uid, n);
         }
         let pinned: Vec<u32> = Assignments::cpus_of(&a.pinned)
             .iter()
             .flat_map(|(_, _, s)| s.iter().collect::<Vec<_>>())
             .collect();
-        let free: Vec<u32> = self
-            .shared_pool(&without_mine)
+        let mut free = self
+            .shared_pool(a)
             .iter()
             .filter(|cpu| !self.reserved.contains(*cpu) && !pinned.contains(cpu))
-            .collect();
-        if free.len() < wanted {
+            .collect::<Vec<u32>>()
+            .into_iter();
+        let total: usize = wanting.iter().map(|(_, w)| w).sum();
+        if free.len() < total {
             return Err(CpuManagerError::NotEnough {
-                container: shown,
-                wanted,
+                container: if wanting.len() > 1 {
+                    format!("{shown} and the rest of its pod")
+                } else {
+                    shown.to_string()
+                },
+                wanted: total,
                 free: free.len(),
                 online: self.online.to_string(),
                 reserved: self.reserved.to_string(),
@@ -278,22 +337,33 @@ impl CpuManager {
                     .map_or("none".into(), |s| s.to_string()),
             });
         }
-        let mine =
-            CpuSet::from_cpus(free.into_iter().take(wanted)).expect("wanted is at least one CPU");
-        without_mine
-            .exclusive
-            .entry(uid.to_string())
-            .or_default()
-            .insert(name.to_string(), mine.to_string());
-        // Recorded before any cgroup holds it.
-        self.save(&without_mine)?;
-        *a = without_mine;
-        Ok((Placement::Exclusive(mine), true))
+        let mut out = BTreeMap::new();
+        for (n, w) in wanting {
+            let set =
+                CpuSet::from_cpus(free.by_ref().take(w)).expect("a count is at least one CPU");
+            a.exclusive
+                .entry(uid.to_string())
+                .or_default()
+                .insert(n.clone(), set.to_string());
+            out.insert(n, set);
+        }
+        // Those already assigned keep theirs.
+        for (n, set) in a.exclusive.get(uid).into_iter().flatten() {
+            if let (false, Ok(s)) = (out.contains_key(n), CpuSet::parse(set)) {
+                out.insert(n.clone(), s);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `(uid, name)` holds CPUs of its own, and how many.
     pub fn exclusive_of(&self, a: &Assignments, uid: &str, name: &str) -> Option<CpuSet> {
         Assignments::get(&a.exclusive, uid, name)
+    }
+
+    /// The annotation's CPUs `(uid, name)` was placed on, if pinned.
+    pub fn pinned_of(&self, a: &Assignments, uid: &str, name: &str) -> Option<CpuSet> {
+        Assignments::get(&a.pinned, uid, name)
     }
 
     /// Forgets every pod `keep` does not name (removed, or not adopted);
@@ -303,14 +373,16 @@ impl CpuManager {
         a: &mut Assignments,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<bool, CpuManagerError> {
-        let before = a.clone();
-        a.exclusive.retain(|uid, _| keep(uid));
-        a.pinned.retain(|uid, _| keep(uid));
-        if *a == before {
+        let mut next = a.clone();
+        next.exclusive.retain(|uid, _| keep(uid));
+        next.pinned.retain(|uid, _| keep(uid));
+        if next == *a {
             return Ok(false);
         }
-        self.save(a)?;
-        Ok(a.exclusive != before.exclusive)
+        self.save(&next)?;
+        let changed = next.exclusive != a.exclusive;
+        *a = next;
+        Ok(changed)
     }
 }
 
@@ -377,6 +449,48 @@ mod tests {
         // Removing the pod gives its CPUs back.
         assert!(m2.retain(&mut a2, &|uid| uid != db.uid).unwrap());
         assert_eq!(m2.shared_pool(&a2), set("0-3"));
+    }
+
+    #[test]
+    fn a_pod_is_admitted_whole_and_a_container_no_longer_exclusive_gives_its_cpus_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = CpuManager::open(dir.path(), set("0-3"), set("0")).unwrap();
+        let mut a = m.lock();
+        let two = |name: &str, cpus: [&str; 2]| {
+            pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - {{name: a, image: busybox, resources: {{limits: {{cpu: '{}', memory: 64Mi}}}}}}\n  - {{name: b, image: busybox, resources: {{limits: {{cpu: '{}', memory: 64Mi}}}}}}\n",
+                cpus[0], cpus[1]
+            ))
+        };
+        // 2 + 2 do not fit in the 3 free CPUs: neither container gets any.
+        let big = two("big", ["2", "2"]);
+        let e = m.place(&mut a, &big, &big.containers[0]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("default/big:a and the rest of its pod: it needs 4, 3 free"),
+            "{e}"
+        );
+        assert_eq!(m.shared_pool(&a), set("0-3"));
+        // 1 + 2 fit: the first start places both.
+        let fits = two("fits", ["1", "2"]);
+        assert_eq!(
+            m.place(&mut a, &fits, &fits.containers[0]).unwrap(),
+            (Placement::Exclusive(set("1")), true)
+        );
+        assert_eq!(m.exclusive_of(&a, &fits.uid, "b"), Some(set("2-3")));
+        assert_eq!(
+            m.place(&mut a, &fits, &fits.containers[1]).unwrap(),
+            (Placement::Exclusive(set("2-3")), false)
+        );
+        // Restarted as 1500m (no longer whole): shared, and its CPUs back.
+        // (The uid follows from the name.)
+        let changed = two("fits", ["1", "1500m"]);
+        assert_eq!(changed.uid, fits.uid);
+        assert_eq!(
+            m.place(&mut a, &changed, &changed.containers[1]).unwrap(),
+            (Placement::Shared(set("0,2-3")), true)
+        );
+        assert_eq!(m.exclusive_of(&a, &fits.uid, "b"), None);
     }
 
     #[test]

@@ -29,23 +29,44 @@ pub fn info(seccomp_dir: &Path) -> NodeInfo {
 
 /// A block device's numbers by its path (a link, as `/dev/disk/by-id/...`,
 /// is followed), looked up when a manifest names it.
+/// The kernel throttles whole disks only: a partition is refused, naming
+/// its disk.
 pub fn block_device(path: &str) -> Result<(u32, u32), String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    if !path.starts_with("/dev/") {
-        return Err("not under /dev".into());
-    }
-    let md = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        _ => e.to_string(),
-    })?;
+    // Resolved first: `/dev/../etc/x` is not under /dev, and what is not
+    // under /dev is not looked at (nothing of the rest of the host is told).
+    let real = match std::fs::canonicalize(path) {
+        Ok(p) if p.starts_with("/dev/") => p,
+        Ok(_) => return Err("not under /dev".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.starts_with("/dev/") => {
+            return Err("no such file".into())
+        }
+        Err(_) => return Err("not under /dev".into()),
+    };
+    let md = std::fs::metadata(&real).map_err(|e| e.to_string())?;
     if !md.file_type().is_block_device() {
         return Err("not a block device".into());
     }
     let rdev = md.rdev();
-    Ok((
+    let (major, minor) = (
         nix::sys::stat::major(rdev) as u32,
         nix::sys::stat::minor(rdev) as u32,
-    ))
+    );
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if sys.join("partition").exists() {
+        let disk = std::fs::canonicalize(&sys)
+            .ok()
+            .and_then(|p| {
+                p.parent()?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_default();
+        return Err(format!(
+            "a partition: IO limits apply to a whole disk (here /dev/{disk})"
+        ));
+    }
+    Ok((major, minor))
 }
 
 /// `MemTotal` of a `/proc/meminfo`-shaped file, in bytes.

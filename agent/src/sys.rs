@@ -15,7 +15,8 @@ pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
 /// `cgroup`: `clone3` with `CLONE_INTO_CGROUP` (Linux 5.7), so the child is
 /// never migrated (no write to `cgroup.procs`, no threadgroup lock). `None`
 /// when the kernel has no such clone (ENOSYS before 5.3, E2BIG before 5.7,
-/// EINVAL): the caller forks and joins by writing instead.
+/// EINVAL) or a filter refuses it (EPERM): the caller forks and joins by
+/// writing instead (a real permission problem then fails there, named).
 ///
 /// The same rules as [`fork`]: only the single-threaded shim calls it.
 pub fn fork_into_cgroup(
@@ -48,9 +49,12 @@ pub fn fork_into_cgroup(
     // SAFETY: as for `fork`: the shim has no other thread, and without
     // CLONE_VM or a stack the child runs on its own copy of the parent's
     // memory, exactly as after fork(2). glibc's fork wrapper is bypassed,
-    // which only skips its atfork handlers (none are registered) and lock
-    // resets (no lock can be held with one thread). `args` lives across the
-    // call and its size is the one passed; the kernel reads no further.
+    // which skips its atfork handlers (none are registered), its lock resets
+    // (no lock can be held with one thread) and its update of the thread
+    // block's tid (read only by pthread calls, which the child does not make
+    // before exec). glibc since 2.25 caches no pid, so getpid() in the child
+    // is the child's. `args` lives across the call and its size is the one
+    // passed; the kernel reads no further.
     let r = unsafe {
         nix::libc::syscall(
             nix::libc::SYS_clone3,
@@ -60,9 +64,12 @@ pub fn fork_into_cgroup(
     };
     match r {
         -1 => match nix::errno::Errno::last() {
-            nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG | nix::errno::Errno::EINVAL => {
-                Ok(None)
-            }
+            // EPERM too: a seccomp profile around the agent that answers
+            // syscalls it does not know with EPERM (older docker's).
+            nix::errno::Errno::ENOSYS
+            | nix::errno::Errno::E2BIG
+            | nix::errno::Errno::EINVAL
+            | nix::errno::Errno::EPERM => Ok(None),
             e => Err(e),
         },
         0 => Ok(Some(nix::unistd::ForkResult::Child)),

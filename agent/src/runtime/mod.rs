@@ -250,11 +250,18 @@ impl Runtime {
         };
         let a = m.lock();
         let held = m.exclusive_of(&a, &pod.uid, name);
-        let wanted = pod
-            .containers
-            .iter()
-            .find(|c| c.name.as_str() == name)
-            .and_then(|c| crate::cpu_manager::exclusive_count(pod, c));
+        let c = pod.all_containers().find(|c| c.name.as_str() == name);
+        let wanted = c.and_then(|c| crate::cpu_manager::exclusive_count(pod, c));
+        // A pin added, changed or removed is placed again (and checked
+        // against the exclusive CPUs) by a restart, not written as a resize.
+        let pin = c.and_then(|c| c.resources.cpuset.clone());
+        if pin != m.pinned_of(&a, &pod.uid, name) {
+            return Err(RuntimeError::Replace {
+                container: format!("{}/{}:{name}", pod.namespace, pod.name),
+                held: held.map_or(0, |h| h.len()),
+                wanted: "its new cpuset.podagent.io pin".into(),
+            });
+        }
         match (held, wanted) {
             (None, None) => Ok(limits),
             (Some(h), Some(w)) if h.len() == w => {
@@ -313,7 +320,12 @@ impl Runtime {
                 if !self.cgroups.procs_files(&cg).iter().all(|f| f.exists()) {
                     continue;
                 }
-                self.cgroups.set_cpus(&cg, &pool)?;
+                match self.cgroups.set_cpus(&cg, &pool) {
+                    // Removed meanwhile (its pod is being deleted).
+                    Err(crate::cgroups::CgroupError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
             }
         }
         Ok(())
@@ -538,10 +550,14 @@ impl Runtime {
             let mut a = m.lock();
             let (placement, pool_changed) = m.place(&mut a, pod, c)?;
             limits.cpuset_cpus = Some(placement.cpus().to_string());
-            if let crate::cpu_manager::Placement::Exclusive(_) = placement {
+            let exclusive = matches!(placement, crate::cpu_manager::Placement::Exclusive(_));
+            if exclusive {
                 limits.cfs_quota_us = None;
             }
-            placed = Some((m, a, pool_changed));
+            // Each exclusive start rewrites the pool too (it is idempotent):
+            // a start that failed after its assignment was recorded left
+            // the shared containers on its CPUs.
+            placed = Some((m, a, pool_changed || exclusive));
         }
         self.cgroups.create(&cg)?;
         self.cgroups.apply(&cg, &limits)?;
@@ -672,8 +688,9 @@ impl Runtime {
     /// Removes the pod's cgroup and sandbox once its containers are removed;
     /// its CPUs go back to the shared pool.
     pub fn remove_pod(&self, pod: &PodPlan) -> Result<(), RuntimeError> {
-        self.cgroups.remove(&self.pod_cgroup(pod)?)?;
+        // First: a teardown step that fails must not keep the CPUs.
         self.release_cpus(&|uid| uid != pod.uid)?;
+        self.cgroups.remove(&self.pod_cgroup(pod)?)?;
         let _ = std::fs::remove_dir(self.state_dir.join("containers").join(&pod.uid));
         sandbox::remove(&self.state_dir, &pod.uid)
     }
@@ -698,6 +715,8 @@ impl Runtime {
         }
         uids.sort();
         uids.dedup();
+        // First: a teardown step that fails must not keep the CPUs.
+        self.release_cpus(known)?;
         for uid in uids.into_iter().filter(|u| !known(u)) {
             let pod_cg = CgroupPath::new(&self.cgroup_root)?.join(&format!("pod{uid}"))?;
             let dir = self.state_dir.join("containers").join(&uid);
@@ -724,7 +743,6 @@ impl Runtime {
             sandbox::remove(&self.state_dir, &uid)?;
             removed.push(uid);
         }
-        self.release_cpus(known)?;
         Ok(removed)
     }
 }

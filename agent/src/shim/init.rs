@@ -285,7 +285,8 @@ fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
 /// tmpfs holding a bind of the container's own directory of each hierarchy
 /// (read from `/proc/self/cgroup`, so whatever cgroup it is in), under the
 /// hierarchy's name (`cpu,cpuacct`, with a link per controller), so
-/// `/proc/self/cgroup`'s host paths still lead to it.
+/// `/sys/fs/cgroup/memory` is its own memory cgroup (`/proc/self/cgroup`
+/// still shows the host's path, whose root mountinfo gives).
 fn mount_cgroups(
     spec: &Spec,
     root: &OwnedFd,

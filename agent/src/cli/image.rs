@@ -1,4 +1,4 @@
-//! `podctl image import|import-rootfs|ls|rm`: the local image store, used
+//! `podctl image pull|import|import-rootfs|ls|rm`: the local image store, used
 //! directly (as root), without the agent.
 
 use std::io::Write;
@@ -17,8 +17,46 @@ pub struct Args {
     pub command: Command,
 }
 
+/// How `pull` reaches registries (the agent's flags of the same names).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Credentials, Docker's `config.json` format (`auths`); refused when
+    /// group or others may read it.
+    #[arg(long, default_value = "/etc/podagent/auth.json")]
+    pub auth_file: PathBuf,
+    /// Per-registry CAs: `DIR/<host[:port]>/ca.crt` (Docker's `certs.d`).
+    #[arg(long, default_value = "/etc/podagent/certs.d")]
+    pub certs_dir: PathBuf,
+    /// A registry (`host[:port]`) spoken to over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure: Vec<String>,
+    /// Seconds to connect, and between bytes, before a registry is given up.
+    #[arg(long, default_value_t = 30)]
+    pub registry_timeout: u64,
+}
+
+impl RegistryArgs {
+    pub fn config(
+        &self,
+    ) -> Result<crate::image::registry::RegistryConfig, crate::image::registry::RegistryError> {
+        Ok(crate::image::registry::RegistryConfig {
+            insecure: self.insecure.clone(),
+            certs_dir: self.certs_dir.clone(),
+            auth: crate::image::registry::AuthFile::load(&self.auth_file)?,
+            timeout: std::time::Duration::from_secs(self.registry_timeout.max(1)),
+        })
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Pull an image from its registry (`busybox`, `registry:5000/app:v1`,
+    /// `app@sha256:…`).
+    Pull {
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Import an OCI image layout directory or an oci-archive tar.
     Import {
         path: PathBuf,
@@ -46,6 +84,27 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
         Err(e) => return fail(err, &e),
     };
     let result = match &args.command {
+        Command::Pull {
+            reference,
+            registry,
+        } => {
+            let config = match registry.config() {
+                Ok(c) => c,
+                Err(e) => return fail(err, &crate::image::ImageError::Registry(e)),
+            };
+            let client = crate::image::registry::Client::new(config);
+            let t = std::time::Instant::now();
+            store.pull(&client, reference).map(|i| {
+                let _ = writeln!(
+                    out,
+                    "pulled {} {} ({} bytes in {:.2} s)",
+                    i.reference,
+                    i.digest,
+                    i.size,
+                    t.elapsed().as_secs_f64()
+                );
+            })
+        }
         Command::Import { path, name } => store.import(path, name.as_deref()).map(|infos| {
             for i in infos {
                 let _ = writeln!(out, "imported {} {}", i.reference, i.digest);

@@ -19,6 +19,8 @@
 //! the guarantees are checked. Layer extraction, the hostile part, is apart in
 //! `unpack.rs`.
 
+pub mod reference;
+pub mod registry;
 pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +41,7 @@ pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip"
 pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_INDEX: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// JSON documents (index, manifest, config) larger than this are refused.
 const MAX_JSON: u64 = 4 << 20;
@@ -64,6 +67,8 @@ pub enum ImageError {
     InUse { reference: String, by: String },
     #[error("{0:?} is not an image reference: {1}")]
     Reference(String, String),
+    #[error("registry")]
+    Registry(#[from] registry::RegistryError),
 }
 
 impl ImageError {
@@ -513,40 +518,151 @@ impl ImageStore {
                     (Some(r), None) => return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: format!("image is named only by the tag {r:?}: import it with a name") }),
                     (None, None) => return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: "an image has no org.opencontainers.image.ref.name: import it with a name".into() }),
                 };
-                // A multi-platform index: the manifest for this machine.
-                let mut desc = top.clone();
-                if desc.media_type == MEDIA_INDEX {
-                    let f = File::open(blob_in(&desc)?).map_err(|e| ImageError::io("open", dir, e))?;
-                    self.put_blob(f, Some((&desc.digest, desc.size)))?;
-                    let nested: Index = read_json(&self.blob(&desc.digest)?)?;
-                    desc = nested
-                        .manifests
-                        .into_iter()
-                        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch()))
-                        .ok_or_else(|| ImageError::Invalid { path: dir.to_path_buf(), reason: format!("no manifest for linux/{}", arch()) })?;
-                }
-                if desc.media_type != MEDIA_MANIFEST && desc.media_type != DOCKER_MANIFEST {
-                    return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: format!("unsupported manifest media type {}", desc.media_type) });
-                }
-                let copy = |d: &Descriptor| -> Result<()> {
+                let fetch = |d: &Descriptor| -> Result<Box<dyn Read>> {
                     let f = File::open(blob_in(d)?).map_err(|e| ImageError::io("open blob", dir, e))?;
-                    self.put_blob(f, Some((&d.digest, d.size))).map(drop)
+                    Ok(Box::new(f))
                 };
-                copy(&desc)?;
-                let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
-                copy(&manifest.config)?;
-                let config: Config = read_json(&self.blob(&manifest.config.digest)?)?;
-                if config.rootfs.diff_ids.len() != manifest.layers.len() {
-                    return Err(ImageError::Invalid { path: dir.to_path_buf(), reason: "the config's diff_ids do not match the manifest's layers".into() });
-                }
-                for l in &manifest.layers {
-                    layer_kind(&l.media_type).ok_or_else(|| ImageError::Invalid { path: dir.to_path_buf(), reason: format!("unsupported layer media type {}", l.media_type) })?;
-                    copy(l)?;
-                }
-                self.tag(&reference, Descriptor { annotations: BTreeMap::new(), platform: None, ..desc.clone() })?;
-                imported.push(ImageInfo { reference, digest: desc.digest.clone(), size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>() });
+                let (desc, size) = self.ingest(top.clone(), &fetch, dir)?;
+                self.tag(&reference, desc.clone())?;
+                imported.push(ImageInfo { reference, digest: desc.digest.clone(), size });
             }
             Ok(imported)
+        })
+    }
+
+    /// Stores the image `top` describes, every blob fetched by `fetch` and
+    /// verified (digest and size) before it enters the store: a manifest,
+    /// or an index and this machine's manifest in it; its config; its layers.
+    /// Returns the manifest's descriptor (to tag) and the image's size.
+    /// `origin` names where it came from in errors.
+    fn ingest(
+        &self,
+        top: Descriptor,
+        fetch: &dyn Fn(&Descriptor) -> Result<Box<dyn Read>>,
+        origin: &Path,
+    ) -> Result<(Descriptor, u64)> {
+        let invalid = |reason: String| ImageError::Invalid {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let copy = |d: &Descriptor| -> Result<()> {
+            self.put_blob(fetch(d)?, Some((&d.digest, d.size)))
+                .map(drop)
+        };
+        // A multi-platform index: the manifest for this machine.
+        let mut desc = top;
+        if desc.media_type == MEDIA_INDEX || desc.media_type == DOCKER_INDEX {
+            copy(&desc)?;
+            let nested: Index = read_json(&self.blob(&desc.digest)?)?;
+            desc = nested
+                .manifests
+                .into_iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == arch())
+                })
+                .ok_or_else(|| invalid(format!("no manifest for linux/{}", arch())))?;
+        }
+        if desc.media_type != MEDIA_MANIFEST && desc.media_type != DOCKER_MANIFEST {
+            return Err(invalid(format!(
+                "unsupported manifest media type {}",
+                desc.media_type
+            )));
+        }
+        copy(&desc)?;
+        let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
+        copy(&manifest.config)?;
+        let config: Config = read_json(&self.blob(&manifest.config.digest)?)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(invalid(
+                "the config's diff_ids do not match the manifest's layers".into(),
+            ));
+        }
+        for l in &manifest.layers {
+            layer_kind(&l.media_type)
+                .ok_or_else(|| invalid(format!("unsupported layer media type {}", l.media_type)))?;
+            copy(l)?;
+        }
+        let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        Ok((
+            Descriptor {
+                annotations: BTreeMap::new(),
+                platform: None,
+                ..desc
+            },
+            size,
+        ))
+    }
+
+    /// `podctl image pull REF`: the image from its registry, every blob
+    /// verified as an import's, tagged as the reference the manifests use
+    /// (`busybox` → `busybox:latest`). A reference pinned by digest must
+    /// hash to it. A blob longer than its descriptor is cut at one byte
+    /// more and refused.
+    pub fn pull(&self, client: &registry::Client, reference: &str) -> Result<ImageInfo> {
+        let r = reference::Reference::parse(reference)
+            .map_err(|e| ImageError::Reference(reference.to_string(), e))?;
+        let name = normalise_reference(reference)?;
+        let origin = PathBuf::from(r.to_string());
+        let (bytes, header_media) = client.manifest(&r, r.manifest_ref())?;
+        let digest = format!(
+            "sha256:{}",
+            Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        if let Some(want) = &r.digest {
+            if *want != digest {
+                return Err(ImageError::Corrupt {
+                    digest: want.clone(),
+                    reason: format!("the registry's manifest hashes to {digest}"),
+                });
+            }
+        }
+        // The manifest says its own type when the server's header is vague.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Typed {
+            #[serde(default)]
+            media_type: Option<String>,
+        }
+        let media_type = match header_media.as_str() {
+            MEDIA_INDEX | MEDIA_MANIFEST | DOCKER_INDEX | DOCKER_MANIFEST => header_media,
+            _ => serde_json::from_slice::<Typed>(&bytes)
+                .ok()
+                .and_then(|t| t.media_type)
+                .unwrap_or(header_media),
+        };
+        let top = Descriptor {
+            media_type,
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
+        self.locked(|| {
+            let fetch = |d: &Descriptor| -> Result<Box<dyn Read>> {
+                if d.digest == top.digest {
+                    return Ok(Box::new(std::io::Cursor::new(bytes.clone())));
+                }
+                if [MEDIA_MANIFEST, DOCKER_MANIFEST, MEDIA_INDEX, DOCKER_INDEX]
+                    .contains(&d.media_type.as_str())
+                {
+                    let (b, _) = client.manifest(&r, &d.digest)?;
+                    return Ok(Box::new(std::io::Cursor::new(b)));
+                }
+                Ok(Box::new(client.blob(&r, &d.digest)?.take(d.size + 1)))
+            };
+            let (desc, size) = self.ingest(top.clone(), &fetch, &origin)?;
+            let digest = desc.digest.clone();
+            self.tag(&name, desc)?;
+            Ok(ImageInfo {
+                reference: name.clone(),
+                digest,
+                size,
+            })
         })
     }
 

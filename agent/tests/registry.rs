@@ -1,0 +1,280 @@
+//! Pulls from a real registry: Debian's `docker-registry` (the CNCF
+//! distribution registry) on 127.0.0.1, inside a network namespace of the
+//! test's own, with images pushed by `skopeo copy` from the image store's
+//! own OCI layout; anonymous over plain HTTP, then behind htpasswd basic
+//! auth. As root; outside CI a missing tool skips, with CI=true it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+mod support;
+
+use support::fixture::*;
+use support::{eventually, podctl, require};
+
+fn tools() -> bool {
+    let missing: Vec<&str> = ["docker-registry", "skopeo", "htpasswd"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and {missing:?} missing (scripts/setup installs them)"
+    );
+    eprintln!("skipping: {missing:?} missing");
+    false
+}
+
+/// A registry serving from `dir`, killed and its files removed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+}
+
+impl Registry {
+    fn start(port: u16, htpasswd: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: '{addr}'}}\n",
+            data.display()
+        );
+        if let Some((user, password)) = htpasswd {
+            let file = dir.path().join("htpasswd");
+            let ok = Command::new("htpasswd")
+                .args(["-Bbc"])
+                .arg(&file)
+                .args([user, password])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            config.push_str(&format!(
+                "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
+                file.display()
+            ));
+        }
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Registry {
+            child,
+            addr,
+            _dir: dir,
+            data,
+        };
+        assert!(
+            eventually(Duration::from_secs(20), || std::net::TcpStream::connect(
+                &r.addr
+            )
+            .is_ok()),
+            "the registry did not listen on {}",
+            r.addr
+        );
+        r
+    }
+
+    /// `skopeo copy` of `image` from the store's layout to `repo:tag` here.
+    fn push(&self, store_images: &Path, image: &str, target: &str, creds: Option<&str>) {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(creds) = creds {
+            c.args(["--dest-creds", creds]);
+        }
+        let out = c
+            .arg(format!("oci:{}:{image}", store_images.display()))
+            .arg(format!("docker://{}/{target}", self.addr))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo: {out:?}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `podctl image pull` into the store under `root`.
+fn pull(root: &Path, reference: &str, extra: &[&str]) -> (i32, String, String) {
+    let root = root.display().to_string();
+    let mut args = vec!["image", "--root-dir", root.as_str(), "pull", reference];
+    args.extend_from_slice(extra);
+    podctl(&args)
+}
+
+#[test]
+fn images_are_pulled_verified_from_a_real_registry_anonymous_and_with_basic_auth() {
+    if !require() || !tools() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("registry");
+        let source = fx.dir.path().join("store/images");
+        let reg = Registry::start(5000, None);
+        reg.push(&source, "busybox:latest", "test/busybox:1", None);
+        let root = fx.dir.path().join("pulled");
+        let insecure = ["--insecure-registry", reg.addr.as_str()];
+        let auth = fx.dir.path().join("auth.json");
+        let auth_s = auth.display().to_string();
+
+        // By tag: the image is in the store and runs.
+        let image = format!("{}/test/busybox:1", reg.addr);
+        let (code, out, err) = pull(&root, &image, &insecure);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with(&format!("pulled {image} sha256:")), "{out}");
+        let digest = out.split_whitespace().nth(2).unwrap().to_string();
+        let (_, ls, _) = podctl(&["image", "--root-dir", &root.display().to_string(), "ls"]);
+        assert!(ls.contains(&image), "{ls}");
+        let store = agent::image::ImageStore::open(&root.join("store")).unwrap();
+        let resolved = store.resolve(&image).unwrap();
+        assert!(resolved.layers[0].join("bin/busybox").exists());
+        let rt = agent::runtime::Runtime {
+            state_dir: fx.dir.path().join("pulled-state"),
+            images: store,
+            cgroups: agent::cgroups::detect(Path::new("/proc/self/mountinfo"))
+                .unwrap()
+                .driver(),
+            cgroup_root: format!("{}/pulled", fx.cg_root.as_path().display()),
+            podagent: fx.rt.podagent.clone(),
+            cpus: None,
+        };
+        let pod = plan(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: c, image: '{image}', command: [sh, -c, 'echo ran from the registry']}}\n"
+        ));
+        let sb = agent::runtime::sandbox::create(&rt.state_dir, &pod).unwrap();
+        rt.create_pod_cgroup(&pod).unwrap();
+        let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+        assert!(agent::runtime::wait_for_file(
+            &h.dir.join("state"),
+            "exit.json",
+            Duration::from_secs(10)
+        ));
+        let log = std::fs::read_to_string(h.dir.join("container.log")).unwrap();
+        assert!(log.contains(" stdout F ran from the registry\n"), "{log}");
+        rt.remove(&pod, &pod.containers[0]).unwrap();
+        rt.remove_pod(&pod).unwrap();
+        let _ = rt
+            .cgroups
+            .remove(&agent::cgroups::CgroupPath::new(&rt.cgroup_root).unwrap());
+
+        // By digest; a digest the registry lacks and a tag it lacks say so.
+        let pinned = format!("{}/test/busybox@{digest}", reg.addr);
+        let (code, out, err) = pull(&root, &pinned, &insecure);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&digest), "{out}");
+        let absent = format!("{}/test/busybox@sha256:{}", reg.addr, "0".repeat(64));
+        let (code, _, err) = pull(&root, &absent, &insecure);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("404") && err.contains("MANIFEST_UNKNOWN"),
+            "{err}"
+        );
+        let (code, _, err) = pull(&root, &format!("{}/test/busybox:nope", reg.addr), &insecure);
+        assert_ne!(code, 0);
+        assert!(err.contains("manifest test/busybox:nope: 404"), "{err}");
+        // Not listed as insecure: HTTPS is spoken, and fails, clearly.
+        let (code, _, err) = pull(&root, &image, &[]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(&format!("{}: manifest test/busybox:1", reg.addr)),
+            "{err}"
+        );
+
+        // A corrupted layer in the registry is refused and nothing of it is
+        // kept: the store's images and temp files are as they were.
+        let layer = resolved_layer_digest(&root, &image);
+        let blob = reg.data.join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{}/data",
+            &layer[7..9],
+            &layer[7..]
+        ));
+        let mut bytes = std::fs::read(&blob).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&blob, &bytes).unwrap();
+        let fresh = fx.dir.path().join("fresh");
+        let (code, _, err) = pull(&fresh, &image, &insecure);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(&format!("blob {layer}: content hashes to")),
+            "{err}"
+        );
+        let (_, ls, _) = podctl(&["image", "--root-dir", &fresh.display().to_string(), "ls"]);
+        assert_eq!(ls.lines().count(), 1, "only the header: {ls}");
+        assert!(entries(&fresh.join("store/tmp")).is_empty());
+        drop(reg);
+
+        // Behind htpasswd: no credentials, wrong ones, then the right ones;
+        // the password is in no message.
+        let reg = Registry::start(5001, Some(("edge", "s3cret-pw")));
+        reg.push(
+            &source,
+            "busybox:latest",
+            "private/busybox:1",
+            Some("edge:s3cret-pw"),
+        );
+        let image = format!("{}/private/busybox:1", reg.addr);
+        let with_auth = [
+            "--insecure-registry",
+            reg.addr.as_str(),
+            "--auth-file",
+            auth_s.as_str(),
+        ];
+        let write_auth = |user_pw: &str| {
+            use base64::Engine;
+            use std::os::unix::fs::PermissionsExt;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(user_pw);
+            std::fs::write(
+                &auth,
+                format!(r#"{{"auths": {{"{}": {{"auth": "{b64}"}}}}}}"#, reg.addr),
+            )
+            .unwrap();
+            std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let (code, _, err) = pull(&root, &image, &with_auth);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("401") && err.contains("no credentials for this registry"),
+            "{err}"
+        );
+        write_auth("edge:wrong-pw");
+        let (code, out, err) = pull(&root, &image, &with_auth);
+        assert_ne!(code, 0);
+        assert!(err.contains("the credentials were refused"), "{err}");
+        assert!(!err.contains("wrong-pw") && !out.contains("wrong-pw"));
+        write_auth("edge:s3cret-pw");
+        let (code, out, err) = pull(&root, &image, &with_auth);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with(&format!("pulled {image} ")), "{out}");
+        assert!(!err.contains("s3cret") && !out.contains("s3cret"));
+    });
+}
+
+/// The first layer's digest of `image` in the store under `root`.
+fn resolved_layer_digest(root: &Path, image: &str) -> String {
+    let store = agent::image::ImageStore::open(&root.join("store")).unwrap();
+    let dir = store.layer_dirs(image).unwrap().remove(0);
+    format!("sha256:{}", dir.file_name().unwrap().to_string_lossy())
+}

@@ -57,6 +57,8 @@ pub struct Done {
     /// Writing the run's record, once it runs (written here, fsynced, so
     /// that the loop does not wait on the disk).
     pub recorded: Result<(), RecordError>,
+    /// The image pulled before the start, if one was.
+    pub pulled: Option<crate::runtime::Pulled>,
 }
 
 #[derive(Debug)]
@@ -116,12 +118,20 @@ impl Starter {
                         let Ok(Ok(job)) = next else {
                             return; // the agent is done with the pool
                         };
-                        let result = rt.start(
-                            &job.pod,
-                            &job.sandbox,
-                            job.net_ns.as_deref(),
-                            &job.container,
-                        );
+                        // A pull happens here, on the worker: the loop and the
+                        // other starts go on.
+                        let (pulled, result) = match rt.ensure_image(&job.container) {
+                            Ok(pulled) => (
+                                pulled,
+                                rt.start(
+                                    &job.pod,
+                                    &job.sandbox,
+                                    job.net_ns.as_deref(),
+                                    &job.container,
+                                ),
+                            ),
+                            Err(e) => (None, Err(e)),
+                        };
                         let recorded = match &result {
                             Ok(h) => {
                                 crate::records::write(&h.dir.join("agent.json"), &job.record())
@@ -132,6 +142,7 @@ impl Starter {
                             job,
                             result,
                             recorded,
+                            pulled,
                         };
                         if done_tx.send(done).is_err() {
                             return;

@@ -139,7 +139,11 @@ fn container_state(
         Status::Terminated { exit_code, .. } => {
             let at = reconcile::restart_at(pod.restart_policy, s);
             let next = at.map(|at| rfc3339_nano(clock.wall_at(at)));
-            let word = if s.crashes > 1 && at.is_some() {
+            let pull_failed = last.is_some_and(|e| e.reason == "ErrImagePull");
+            let word = if pull_failed && s.crashes > 1 && at.is_some() {
+                // The kubelet's word while a failed pull waits for its retry.
+                "ImagePullBackOff".to_string()
+            } else if s.crashes > 1 && at.is_some() {
                 "CrashLoopBackOff".to_string()
             } else if let Some(e) = last {
                 e.reason.clone()

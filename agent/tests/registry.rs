@@ -159,6 +159,7 @@ fn images_are_pulled_verified_from_a_real_registry_anonymous_and_with_basic_auth
             cgroup_root: format!("{}/pulled", fx.cg_root.as_path().display()),
             podagent: fx.rt.podagent.clone(),
             cpus: None,
+            registry: None,
         };
         let pod = plan(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: c, image: '{image}', command: [sh, -c, 'echo ran from the registry']}}\n"
@@ -277,4 +278,139 @@ fn resolved_layer_digest(root: &Path, image: &str) -> String {
     let store = agent::image::ImageStore::open(&root.join("store")).unwrap();
     let dir = store.layer_dirs(image).unwrap().remove(0);
     format!("sha256:{}", dir.file_name().unwrap().to_string_lossy())
+}
+
+/// Seconds since midnight of an RFC 3339 UTC time.
+fn day_secs(t: &str) -> f64 {
+    let clock = t.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let mut p = clock.split(':').map(|x| x.parse::<f64>().unwrap());
+    p.next().unwrap() * 3600.0 + p.next().unwrap() * 60.0 + p.next().unwrap()
+}
+
+#[test]
+fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
+    if !require() || !tools() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("agent-pull");
+        let source = fx.dir.path().join("store/images");
+        let reg = Registry::start(5000, None);
+        reg.push(&source, "busybox:latest", "test/busybox:1", None);
+        let (pods, state, state_s) = fx.agent_dirs();
+        let auth = fx.dir.path().join("no-auth.json").display().to_string();
+        let _agent = Running(spawn_agent(
+            &fx,
+            &pods,
+            &state,
+            &[
+                "--no-network",
+                "--pull-images",
+                "--insecure-registry",
+                &reg.addr,
+                "--auth-file",
+                &auth,
+            ],
+        ));
+        let pod = |name: &str, image: &str, policy: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: {policy}, command: [sleep, '100000']}}\n"
+            )
+        };
+        let a = &reg.addr;
+        put_manifest(
+            &pods,
+            "pods.yaml",
+            &[
+                pod("remote", &format!("{a}/test/busybox:1"), "IfNotPresent"),
+                pod("missing", &format!("{a}/test/busybox:nope"), "IfNotPresent"),
+                pod("never", &format!("{a}/test/busybox:2"), "Never"),
+            ]
+            .join("---\n"),
+        );
+        let container = |name: &str| pod_status(&state_s, name)["containers"][0].clone();
+        let events = || -> Vec<serde_json::Value> {
+            let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+            serde_json::from_str(&out).unwrap_or_default()
+        };
+        let event = |object: &str, reason: &str| -> Option<serde_json::Value> {
+            events()
+                .into_iter()
+                .find(|e| e["object"] == format!("default/{object}") && e["reason"] == reason)
+        };
+
+        // Only in the registry: pulled, then it runs.
+        assert!(
+            eventually(Duration::from_secs(60), || container("remote")["state"]
+                == "Running"),
+            "{:#}",
+            container("remote")
+        );
+        assert!(event("remote", "Pulling").is_some(), "{:#?}", events());
+        let pulled = event("remote", "Pulled").unwrap();
+        assert!(
+            pulled["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("pulled {a}/test/busybox:1 (sha256:")),
+            "{pulled:#}"
+        );
+
+        // A tag the registry lacks: ErrImagePull with its words, shown as
+        // ImagePullBackOff while the next try waits (10 s, then doubling).
+        assert!(
+            eventually(Duration::from_secs(30), || container("missing")["reason"]
+                == "ErrImagePull"),
+            "{:#}",
+            container("missing")
+        );
+        let m = container("missing");
+        assert!(
+            m["message"].as_str().unwrap().contains("MANIFEST_UNKNOWN"),
+            "{m:#}"
+        );
+        assert!(
+            eventually(Duration::from_secs(40), || container("missing")["state"]
+                == "ImagePullBackOff"),
+            "{:#}",
+            container("missing")
+        );
+        // The second try, 10 s after the first (the ring keeps each
+        // occurrence, or counts repeats: both are read).
+        let failures = || -> (u64, f64, f64) {
+            let all: Vec<serde_json::Value> = events()
+                .into_iter()
+                .filter(|e| e["object"] == "default/missing" && e["reason"] == "Failed")
+                .collect();
+            let count = all.iter().map(|e| e["count"].as_u64().unwrap_or(1)).sum();
+            let times = |k: &str| -> Vec<f64> {
+                all.iter()
+                    .map(|e| day_secs(e[k].as_str().unwrap()))
+                    .collect()
+            };
+            let first = times("first_time").into_iter().fold(f64::MAX, f64::min);
+            let last = times("time").into_iter().fold(0.0, f64::max);
+            (count, first, last)
+        };
+        assert!(
+            eventually(Duration::from_secs(40), || failures().0 >= 2),
+            "{:#?}",
+            events()
+        );
+        let (_, first, last) = failures();
+        let waited = last - first;
+        assert!(
+            waited >= 9.0,
+            "retried after {waited} s, before the 10 s back-off"
+        );
+
+        // Never: the image is not in the store, and nothing is pulled.
+        assert!(
+            eventually(Duration::from_secs(30), || container("never")["reason"]
+                == "ErrImageNeverPull"),
+            "{:#}",
+            container("never")
+        );
+        assert!(event("never", "Pulling").is_none());
+    });
 }

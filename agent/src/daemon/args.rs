@@ -52,6 +52,15 @@ pub struct Args {
     /// `0-1,4`; required by the static policy.
     #[arg(long)]
     pub reserved_cpus: Option<String>,
+    /// Pull images from their registries by each container's
+    /// `imagePullPolicy`, as the kubelet does (`:latest` or no tag means
+    /// Always). Off by default for now: without it only the store's images
+    /// run, whatever the policy.
+    #[arg(long)]
+    pub pull_images: bool,
+    /// How images are pulled: credentials, CAs, insecure registries.
+    #[command(flatten)]
+    pub registry: crate::cli::image::RegistryArgs,
     /// How events are logged on stderr: `text` lines or one JSON object a
     /// line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -205,6 +205,15 @@ impl Agent {
             next.shim = old.shim;
         }
         run.containers.insert(name.to_string(), next);
+        if self.rt.pulls(c) {
+            self.event(
+                Kind::Normal,
+                "Pulling",
+                key,
+                Some(name),
+                format!("pulling image {}", c.image),
+            );
+        }
         self.starter.submit(job);
     }
 
@@ -220,9 +229,25 @@ impl Agent {
             job,
             result,
             recorded,
+            pulled,
         } = done;
         let (key, name) = (job.id.0.as_str(), job.id.1.as_str());
         let (p, c) = (&job.pod, &job.container);
+        if let Some(pl) = &pulled {
+            self.event(
+                Kind::Normal,
+                "Pulled",
+                key,
+                Some(name),
+                format!(
+                    "pulled {} ({}, {} bytes in {:.2} s)",
+                    pl.info.reference,
+                    pl.info.digest,
+                    pl.info.size,
+                    pl.took.as_secs_f64()
+                ),
+            );
+        }
         if self.live(key).is_none_or(|r| r.uid != p.uid) {
             // Its pod began stopping meanwhile: the new process follows the
             // others (SIGTERM now, SIGKILL at the pod's deadline).
@@ -285,6 +310,10 @@ impl Agent {
             Err(e) => {
                 let message = crate::error_chain(&e);
                 self.event(Kind::Warning, "Failed", key, Some(name), message.clone());
+                let reason = match &e {
+                    crate::runtime::RuntimeError::Pull { reason, .. } => *reason,
+                    _ => "StartError",
+                };
                 state.status = Status::Terminated {
                     exit_code: 128,
                     started: now,
@@ -298,7 +327,7 @@ impl Agent {
                         signal: None,
                         started_at: None,
                         finished_at: super::now_rfc3339(),
-                        reason: "StartError".into(),
+                        reason: reason.into(),
                         message,
                         warnings: Vec::new(),
                     });

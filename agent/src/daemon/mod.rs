@@ -71,6 +71,8 @@ pub enum DaemonError {
     ReservedCpus(String, String),
     #[error("the CPU manager")]
     CpuManager(#[source] crate::cpu_manager::CpuManagerError),
+    #[error("the registry settings")]
+    Registry(#[source] crate::image::registry::RegistryError),
     #[error("--pod-cidr {cidr}: {reason}")]
     PodCidr { cidr: String, reason: String },
     #[error("--api-group {0}: no such group")]
@@ -186,6 +188,13 @@ impl Agent {
             cgroup_root: args.cgroup_root.clone(),
             podagent,
             cpus,
+            registry: if args.pull_images {
+                Some(crate::image::registry::Client::new(
+                    args.registry.config().map_err(DaemonError::Registry)?,
+                ))
+            } else {
+                None
+            },
         });
         let net = if args.no_network {
             None

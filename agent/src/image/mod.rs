@@ -545,7 +545,12 @@ impl ImageStore {
             path: origin.to_path_buf(),
             reason,
         };
+        // A blob already stored was verified when it entered: not fetched
+        // again (an `Always` pull of an unchanged tag reads its manifest only).
         let copy = |d: &Descriptor| -> Result<()> {
+            if self.blob(&d.digest)?.is_file() {
+                return Ok(());
+            }
             self.put_blob(fetch(d)?, Some((&d.digest, d.size)))
                 .map(drop)
         };

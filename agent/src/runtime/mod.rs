@@ -52,6 +52,14 @@ pub enum RuntimeError {
     Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("cpu manager")]
     Cpus(#[from] crate::cpu_manager::CpuManagerError),
+    /// The kubelet's `ErrImagePull`, `ErrImageNeverPull`.
+    #[error("{reason}: {image}")]
+    Pull {
+        reason: &'static str,
+        image: String,
+        #[source]
+        source: Box<crate::image::ImageError>,
+    },
     #[error(
         "{container} holds {held} CPUs of its own and now wants {wanted}: \
          it restarts to be placed again"
@@ -109,6 +117,15 @@ pub struct Runtime {
     pub podagent: PathBuf,
     /// The static CPU manager policy; `None`: the `none` policy.
     pub cpus: Option<crate::cpu_manager::CpuManager>,
+    /// Where images are pulled from; `None`: only what the store holds.
+    pub registry: Option<crate::image::registry::Client>,
+}
+
+/// An image pulled for a start.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub info: crate::image::ImageInfo,
+    pub took: Duration,
 }
 
 /// A container the runtime started.
@@ -235,6 +252,56 @@ pub fn container_limits(r: &specs::plan::ContainerResources) -> Limits {
 }
 
 impl Runtime {
+    /// Whether starting `c` pulls its image first, by its `imagePullPolicy`
+    /// as the kubelet reads it: `Always` unless pinned by a digest the store
+    /// holds, `IfNotPresent` when the store lacks it, `Never` never.
+    pub fn pulls(&self, c: &ContainerPlan) -> bool {
+        use specs::plan::PullPolicy;
+        let present = || self.images.resolve(&c.image).is_ok();
+        self.registry.is_some()
+            && match c.pull_policy {
+                PullPolicy::Never => false,
+                PullPolicy::IfNotPresent => !present(),
+                PullPolicy::Always => !(c.image.contains('@') && present()),
+            }
+    }
+
+    /// The image of `c` in the store, pulled first when its policy says so.
+    /// A failed pull is `ErrImagePull` (the registry's own words in it);
+    /// `Never` with the image absent is `ErrImageNeverPull`.
+    pub fn ensure_image(&self, c: &ContainerPlan) -> Result<Option<Pulled>, RuntimeError> {
+        if self.pulls(c) {
+            let Some(client) = &self.registry else {
+                return Ok(None);
+            };
+            let t = Instant::now();
+            return match self.images.pull(client, &c.image) {
+                Ok(info) => Ok(Some(Pulled {
+                    info,
+                    took: t.elapsed(),
+                })),
+                Err(source) => Err(RuntimeError::Pull {
+                    reason: "ErrImagePull",
+                    image: c.image.clone(),
+                    source: Box::new(source),
+                }),
+            };
+        }
+        // Only `Never` needs a look here; otherwise the start reports what
+        // the store lacks.
+        if c.pull_policy != specs::plan::PullPolicy::Never {
+            return Ok(None);
+        }
+        match self.images.resolve(&c.image) {
+            Ok(_) => Ok(None),
+            Err(source) => Err(RuntimeError::Pull {
+                reason: "ErrImageNeverPull",
+                image: c.image.clone(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     /// The limits a resize writes: the plan's, and, for a container on CPUs
     /// of its own, no quota. A change in how many CPUs of its own it gets is
     /// not a resize: the container restarts and is placed again.

@@ -40,6 +40,7 @@ impl Drop for Fixture {
                     cgroup_root: format!("{}/agent", self.cg_root.as_path().display()),
                     podagent: self.rt.podagent.clone(),
                     cpus: None,
+                    registry: None,
                 };
                 let _ = agent_rt.gc(&|_| false);
             }
@@ -110,6 +111,7 @@ pub fn fixture(name: &str) -> Fixture {
         cgroup_root: cg_root.as_path().display().to_string(),
         podagent: PathBuf::from(env!("CARGO_BIN_EXE_podagent")),
         cpus: None,
+        registry: None,
     };
     Fixture { rt, cg_root, dir }
 }

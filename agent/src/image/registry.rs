@@ -402,20 +402,12 @@ impl Client {
         if let Some(c) = cred {
             req = req.header("Authorization", c.basic());
         }
-        let mut resp = req.call().map_err(|source| RegistryError::Transport {
+        let resp = req.call().map_err(|source| RegistryError::Transport {
             registry: r.registry.clone(),
             what: "token".into(),
             source,
         })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            return Err(RegistryError::Status {
-                registry: r.registry.clone(),
-                what: "token".into(),
-                status,
-                message: error_message(resp),
-            });
-        }
+        let mut resp = success(r, "token", resp)?;
         let body = resp
             .body_mut()
             .with_config()
@@ -444,16 +436,7 @@ impl Client {
     ) -> Result<(Vec<u8>, String), RegistryError> {
         let url = format!("{}/manifests/{reference}", self.base(r));
         let what = format!("manifest {}:{reference}", r.repository);
-        let mut resp = self.get(r, &url, ACCEPT_MANIFESTS, &what)?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            return Err(RegistryError::Status {
-                registry: r.registry.clone(),
-                what,
-                status,
-                message: error_message(resp),
-            });
-        }
+        let mut resp = success(r, &what, self.get(r, &url, ACCEPT_MANIFESTS, &what)?)?;
         let media = resp
             .headers()
             .get("content-type")
@@ -481,18 +464,22 @@ impl Client {
     pub fn blob(&self, r: &Reference, digest: &str) -> Result<impl Read + use<>, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base(r));
         let what = format!("blob {digest}");
-        let resp = self.get(r, &url, "*/*", &what)?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            return Err(RegistryError::Status {
-                registry: r.registry.clone(),
-                what,
-                status,
-                message: error_message(resp),
-            });
-        }
+        let resp = success(r, &what, self.get(r, &url, "*/*", &what)?)?;
         Ok(resp.into_body().into_reader())
     }
+}
+
+/// The response when it succeeded, else the registry's error in its words.
+fn success(r: &Reference, what: &str, resp: Response) -> Result<Response, RegistryError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    Err(RegistryError::Status {
+        registry: r.registry.clone(),
+        what: what.to_string(),
+        status: resp.status().as_u16(),
+        message: error_message(resp),
+    })
 }
 
 /// `realm="…",service="…"` → its pairs.

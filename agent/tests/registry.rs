@@ -14,7 +14,7 @@ use support::fixture::*;
 use support::{eventually, podctl, require};
 
 fn tools() -> bool {
-    let missing: Vec<&str> = ["docker-registry", "skopeo", "htpasswd"]
+    let missing: Vec<&str> = ["docker-registry", "skopeo", "htpasswd", "openssl"]
         .into_iter()
         .filter(|t| {
             !Command::new("sh")
@@ -45,11 +45,27 @@ struct Registry {
 
 impl Registry {
     fn start(port: u16, htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(port, htpasswd, None)
+    }
+
+    /// With TLS from `(certificate, key)` files when given.
+    fn start_with(
+        port: u16,
+        htpasswd: Option<(&str, &str)>,
+        tls: Option<(&Path, &Path)>,
+    ) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let addr = format!("127.0.0.1:{port}");
+        let tls = tls.map_or(String::new(), |(cert, key)| {
+            format!(
+                ", tls: {{certificate: {}, key: {}}}",
+                cert.display(),
+                key.display()
+            )
+        });
         let mut config = format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: '{addr}'}}\n",
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: '{addr}'{tls}}}\n",
             data.display()
         );
         if let Some((user, password)) = htpasswd {
@@ -412,5 +428,106 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
             container("never")
         );
         assert!(event("never", "Pulling").is_none());
+    });
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made with openssl in
+/// `dir`: (ca.crt, server.crt, server.key).
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=podagent test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn a_registry_behind_tls_is_trusted_through_its_ca_in_the_certs_dir() {
+    if !require() || !tools() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("registry-tls");
+        let certs = fx.dir.path().join("pki");
+        std::fs::create_dir(&certs).unwrap();
+        let (ca, cert, key) = make_certs(&certs);
+        let reg = Registry::start_with(5443, None, Some((&cert, &key)));
+        reg.push(
+            &fx.dir.path().join("store/images"),
+            "busybox:latest",
+            "tls/busybox:1",
+            None,
+        );
+        let image = format!("{}/tls/busybox:1", reg.addr);
+        let root = fx.dir.path().join("pulled");
+        let certs_d = fx.dir.path().join("certs.d");
+        let certs_d_s = certs_d.display().to_string();
+        let args = ["--certs-dir", certs_d_s.as_str()];
+        // Its CA unknown: the certificate is refused, and said to be.
+        let (code, _, err) = pull(&root, &image, &args);
+        assert_ne!(code, 0);
+        assert!(
+            err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+            "{err}"
+        );
+        // Its CA under certs.d/<host:port>/ca.crt: verified and pulled.
+        std::fs::create_dir_all(certs_d.join(&reg.addr)).unwrap();
+        std::fs::copy(&ca, certs_d.join(&reg.addr).join("ca.crt")).unwrap();
+        let (code, out, err) = pull(&root, &image, &args);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with(&format!("pulled {image} sha256:")), "{out}");
     });
 }

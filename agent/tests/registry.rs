@@ -333,6 +333,12 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: {policy}, command: [sleep, '100000']}}\n"
             )
         };
+        let once = pod(
+            "once",
+            &format!("{}/test/busybox:nope", reg.addr),
+            "IfNotPresent",
+        )
+        .replace("spec:\n", "spec:\n  restartPolicy: Never\n");
         let a = &reg.addr;
         put_manifest(
             &pods,
@@ -341,6 +347,7 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
                 pod("remote", &format!("{a}/test/busybox:1"), "IfNotPresent"),
                 pod("missing", &format!("{a}/test/busybox:nope"), "IfNotPresent"),
                 pod("never", &format!("{a}/test/busybox:2"), "Never"),
+                once,
             ]
             .join("---\n"),
         );
@@ -418,6 +425,22 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
         assert!(
             waited >= 9.0,
             "retried after {waited} s, before the 10 s back-off"
+        );
+
+        // Under restartPolicy Never too the pull is retried and the pod,
+        // whose container never ran, is Pending with no restart counted.
+        let o = pod_status(&state_s, "once");
+        assert_eq!(o["phase"], "Pending", "{o:#}");
+        assert_eq!(o["containers"][0]["restart_count"], 0, "{o:#}");
+        assert!(
+            events()
+                .iter()
+                .filter(|e| e["object"] == "default/once" && e["reason"] == "Failed")
+                .map(|e| e["count"].as_u64().unwrap_or(1))
+                .sum::<u64>()
+                >= 2,
+            "{:#?}",
+            events()
         );
 
         // Never: the image is not in the store, and nothing is pulled.

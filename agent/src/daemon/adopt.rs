@@ -103,6 +103,8 @@ pub fn read_pod(
                 status,
                 restart_count: crec.restart_count,
                 crashes: crec.crashes,
+                // A start whose pull failed left no run to adopt.
+                image_pull_failed: false,
             },
             started,
             state_dir: state,

@@ -320,6 +320,7 @@ impl Agent {
                     finished: now,
                 };
                 state.crashes += 1;
+                state.image_pull_failed = reason == "ErrImagePull" || reason == "ErrImageNeverPull";
                 if let Some(run) = self.container_mut(key, name) {
                     run.state = state;
                     run.last_exit = Some(Exited {

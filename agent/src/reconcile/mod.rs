@@ -78,6 +78,10 @@ pub struct ContainerState {
     pub restart_count: u32,
     /// Consecutive crashes that count towards the back-off.
     pub crashes: u32,
+    /// Its last start failed to get its image: it never ran, so it is tried
+    /// again whatever the restart policy, without counting a restart, and
+    /// its pod is Pending (the kubelet's `ErrImagePull`, a waiting state).
+    pub image_pull_failed: bool,
 }
 
 impl ContainerState {
@@ -89,6 +93,7 @@ impl ContainerState {
             status,
             restart_count,
             crashes,
+            image_pull_failed: false,
         }
     }
 }
@@ -180,6 +185,8 @@ pub fn effective_policy(pod: &PodPlan, container: &str) -> RestartPolicy {
 pub fn next_run_counts(prev: Option<&ContainerState>, new_spec: bool) -> (u32, u32) {
     match (prev, new_spec) {
         (None, _) => (0, 0),
+        // A container that never got its image has not restarted.
+        (Some(s), false) if s.image_pull_failed => (s.restart_count, s.crashes),
         (Some(s), true) => (s.restart_count + 1, 0),
         (Some(s), false) => (s.restart_count + 1, s.crashes),
     }
@@ -203,7 +210,7 @@ pub fn restart_at(policy: RestartPolicy, s: &ContainerState) -> Option<Instant> 
     else {
         return None;
     };
-    if !should_restart(policy, exit_code) {
+    if !s.image_pull_failed && !should_restart(policy, exit_code) {
         return None;
     }
     let crashes = if finished.saturating_duration_since(started) >= BACKOFF_RESET {
@@ -247,6 +254,14 @@ pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>)
         let failed = get(&inits[done])
             .filter(|s| matches!(s.status, Status::Terminated { exit_code, .. } if exit_code != 0));
         return match failed {
+            Some(s) if s.image_pull_failed => {
+                let word = if s.crashes > 1 {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                };
+                (Phase::Pending, Some(format!("Init:{word}")))
+            }
             Some(_) if pod.restart_policy == RestartPolicy::Never => {
                 (Phase::Failed, Some("Init:Error".into()))
             }
@@ -256,10 +271,10 @@ pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>)
         };
     }
     let apps: Vec<Option<&ContainerState>> = pod.containers.iter().map(get).collect();
-    if apps
-        .iter()
-        .any(|s| s.is_none_or(|s| matches!(s.status, Status::Waiting | Status::Starting)))
-    {
+    let not_yet_run = |s: &ContainerState| {
+        matches!(s.status, Status::Waiting | Status::Starting) || s.image_pull_failed
+    };
+    if apps.iter().any(|s| s.is_none_or(not_yet_run)) {
         return (Phase::Pending, None);
     }
     let ended = apps.iter().flatten().all(|s| {

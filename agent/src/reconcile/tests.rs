@@ -506,3 +506,39 @@ fn a_restart_counts_one_more_and_a_new_spec_resets_the_crashes() {
         assert_eq!(next_run_counts(prev, new_spec), want, "{new_spec}");
     }
 }
+
+#[test]
+fn a_failed_pull_is_retried_whatever_the_policy_counts_no_restart_and_keeps_the_pod_pending() {
+    let mut p = pod(WEB);
+    p.init_containers.clear();
+    p.containers.truncate(1);
+    p.restart_policy = RestartPolicy::Never;
+    let t0 = Instant::now();
+    let failed = Status::Terminated {
+        exit_code: 128,
+        started: t0,
+        finished: t0,
+    };
+    let key = format!("{}/{}", p.namespace, p.name);
+    let mut actual = state(&p, vec![(&p.containers[0].clone(), failed.clone())]);
+    // A start error that is not a pull: Never ends it.
+    assert_eq!(phase(&p, actual.get(&key)).0, Phase::Failed);
+    let s = actual
+        .get_mut(&key)
+        .unwrap()
+        .containers
+        .get_mut("app")
+        .unwrap();
+    s.image_pull_failed = true;
+    s.crashes = 1;
+    let pulling = s.clone();
+    // The pull is tried again after the back-off, under Never too.
+    let before = plan(&desired(&p), &actual, t0 + Duration::from_secs(9));
+    assert_eq!(before.wake_at, Some(t0 + Duration::from_secs(10)));
+    assert!(!before.actions.contains(&start("app")));
+    let after = plan(&desired(&p), &actual, t0 + Duration::from_secs(10));
+    assert!(after.actions.contains(&start("app")), "{:?}", after.actions);
+    // It never ran: Pending, and the try is no restart.
+    assert_eq!(phase(&p, actual.get(&key)).0, Phase::Pending);
+    assert_eq!(next_run_counts(Some(&pulling), false), (0, 1));
+}

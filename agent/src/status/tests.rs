@@ -36,6 +36,7 @@ fn cs(status: Status, crashes: u32) -> ContainerState {
         status,
         restart_count: crashes,
         crashes,
+        image_pull_failed: false,
     }
 }
 

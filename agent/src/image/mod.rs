@@ -211,6 +211,12 @@ fn hex_of(digest: &str) -> Result<&str> {
     Ok(hex)
 }
 
+/// `sha256:<hex>` of a finished SHA-256.
+fn sha256_digest(hash: impl AsRef<[u8]>) -> String {
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// A reader that hashes what passes through it.
 struct Hashing<R> {
     inner: R,
@@ -236,14 +242,7 @@ impl<R> Hashing<R> {
         }
     }
     fn digest(self) -> String {
-        format!(
-            "sha256:{}",
-            self.hash
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        )
+        sha256_digest(self.hash.finalize())
     }
 }
 
@@ -611,13 +610,7 @@ impl ImageStore {
         let name = normalise_reference(reference)?;
         let origin = PathBuf::from(r.to_string());
         let (bytes, header_media) = client.manifest(&r, r.manifest_ref())?;
-        let digest = format!(
-            "sha256:{}",
-            Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let digest = sha256_digest(Sha256::digest(&bytes));
         if let Some(want) = &r.digest {
             if *want != digest {
                 return Err(ImageError::Corrupt {
@@ -748,6 +741,12 @@ impl ImageStore {
             .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
         let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
         Ok((reference, manifest))
+    }
+
+    /// Whether the store holds `reference`: its tag and manifest, read
+    /// without unpacking anything (what a pull policy asks).
+    pub fn contains(&self, reference: &str) -> bool {
+        self.manifest(reference).is_ok()
     }
 
     /// Where the image's layers are (or would be) unpacked, without

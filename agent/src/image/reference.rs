@@ -21,6 +21,16 @@ pub struct Reference {
 pub const DOCKER_HUB: &str = "docker.io";
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
+/// Docker Hub's other host names as `docker.io`; any other host as it is.
+pub fn canonical_registry(host: &str) -> String {
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            DOCKER_HUB.to_string()
+        }
+        h => h.to_string(),
+    }
+}
+
 impl Reference {
     /// Parses and normalises `r` (the manifest's syntax rules apply).
     pub fn parse(r: &str) -> Result<Reference, String> {
@@ -40,10 +50,7 @@ impl Reference {
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
-        let registry = match registry.as_str() {
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
-            _ => registry,
-        };
+        let registry = canonical_registry(&registry);
         let repository = if registry == DOCKER_HUB && !path.contains('/') {
             format!("library/{path}")
         } else {

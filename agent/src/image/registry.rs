@@ -175,12 +175,7 @@ fn registry_key(key: &str) -> String {
         .split('/')
         .next()
         .unwrap_or(key);
-    match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            super::reference::DOCKER_HUB.to_string()
-        }
-        h => h.to_string(),
-    }
+    super::reference::canonical_registry(host)
 }
 
 /// How the node reaches registries.

@@ -257,7 +257,9 @@ impl Runtime {
     /// holds, `IfNotPresent` when the store lacks it, `Never` never.
     pub fn pulls(&self, c: &ContainerPlan) -> bool {
         use specs::plan::PullPolicy;
-        let present = || self.images.resolve(&c.image).is_ok();
+        // The tag and manifest only: the loop asks this, and resolving would
+        // unpack layers.
+        let present = || self.images.contains(&c.image);
         self.registry.is_some()
             && match c.pull_policy {
                 PullPolicy::Never => false,
@@ -292,14 +294,14 @@ impl Runtime {
         if c.pull_policy != specs::plan::PullPolicy::Never {
             return Ok(None);
         }
-        match self.images.resolve(&c.image) {
-            Ok(_) => Ok(None),
-            Err(source) => Err(RuntimeError::Pull {
-                reason: "ErrImageNeverPull",
-                image: c.image.clone(),
-                source: Box::new(source),
-            }),
+        if self.images.contains(&c.image) {
+            return Ok(None);
         }
+        Err(RuntimeError::Pull {
+            reason: "ErrImageNeverPull",
+            image: c.image.clone(),
+            source: Box::new(crate::image::ImageError::NotFound(c.image.clone())),
+        })
     }
 
     /// The limits a resize writes: the plan's, and, for a container on CPUs

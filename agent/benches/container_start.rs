@@ -179,15 +179,21 @@ fn main() -> std::process::ExitCode {
     let marker_dir = dir.path().join("marker");
     std::fs::create_dir_all(&marker_dir).unwrap();
 
-    let mut ours = Vec::new();
-    for i in 0..runs {
-        let state = dir.path().join(format!("state-{i}"));
-        std::fs::create_dir_all(&state).unwrap();
-        let t = Instant::now();
-        let s = shim(&b_true, &state).status().unwrap();
-        ours.push(t.elapsed());
-        assert!(s.success());
-    }
+    // `runs` starts of /bin/true to its exit, each with a state dir of its own.
+    let time_starts = |prefix: &str| -> Vec<Duration> {
+        (0..runs)
+            .map(|i| {
+                let state = dir.path().join(format!("{prefix}-{i}"));
+                std::fs::create_dir_all(&state).unwrap();
+                let t = Instant::now();
+                let s = shim(&b_true, &state).status().unwrap();
+                let took = t.elapsed();
+                assert!(s.success());
+                took
+            })
+            .collect()
+    };
+    let ours = time_starts("state");
     if into.is_some() {
         report(
             "podagent shim (clone3 into the cgroup): start to exit",
@@ -196,15 +202,7 @@ fn main() -> std::process::ExitCode {
         // The same start joining by a write to cgroup.procs after fork.
         INTO.with(|p| *p.borrow_mut() = None);
         JOIN.with(|p| *p.borrow_mut() = cg.driver.join_files(&cg.path));
-        let mut written = Vec::new();
-        for i in 0..runs {
-            let state = dir.path().join(format!("state-write-{i}"));
-            std::fs::create_dir_all(&state).unwrap();
-            let t = Instant::now();
-            let s = shim(&b_true, &state).status().unwrap();
-            written.push(t.elapsed());
-            assert!(s.success());
-        }
+        let written = time_starts("state-write");
         report(
             "podagent shim (fork, cgroup.procs write): start to exit",
             written,

@@ -294,7 +294,8 @@ impl CpuManager {
 
     /// Assigns CPUs to every exclusive app container of `pod` without an
     /// assignment of the right size, all or none, lowest first: never
-    /// reserved, pinned or another's.
+    /// reserved, pinned or another's. Returns the new assignments (those
+    /// already right keep theirs).
     fn admit(
         &self,
         a: &mut Assignments,
@@ -346,12 +347,6 @@ impl CpuManager {
                 .or_default()
                 .insert(n.clone(), set.to_string());
             out.insert(n, set);
-        }
-        // Those already assigned keep theirs.
-        for (n, set) in a.exclusive.get(uid).into_iter().flatten() {
-            if let (false, Ok(s)) = (out.contains_key(n), CpuSet::parse(set)) {
-                out.insert(n.clone(), s);
-            }
         }
         Ok(out)
     }

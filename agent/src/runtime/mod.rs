@@ -384,13 +384,9 @@ impl Runtime {
                     continue;
                 }
                 let cg = container_cgroup(&self.cgroup_root, &uid, &name)?;
-                // A container whose cgroup is not made yet gets the pool
-                // when it is (under the same lock).
-                if !self.cgroups.procs_files(&cg).iter().all(|f| f.exists()) {
-                    continue;
-                }
                 match self.cgroups.set_cpus(&cg, &pool) {
-                    // Removed meanwhile (its pod is being deleted).
+                    // Not made yet (it gets the pool when it is, under the
+                    // same lock), or removed meanwhile (its pod is deleted).
                     Err(crate::cgroups::CgroupError::Io { source, .. })
                         if source.kind() == std::io::ErrorKind::NotFound => {}
                     r => r?,

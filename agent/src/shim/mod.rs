@@ -260,33 +260,34 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     chld.thread_block().map_err(sys_err("block SIGCHLD"))?;
     let sigfd = SignalFd::new(&chld).map_err(sys_err("signalfd"))?;
 
+    // The cgroup to clone into, with its directory for the fallback.
     let into = match &args.cgroup_into {
-        Some(dir) => Some(
+        Some(dir) => Some((
+            dir,
             nix::fcntl::open(
                 dir,
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )
             .map_err(sys_err(format!("open {}", dir.display())))?,
-        ),
+        )),
         None => None,
     };
     let mut cgroup_join = args.cgroup_join.clone();
-    let mut cloned_into_cgroup = false;
-    let forked = match (&into, &args.cgroup_into) {
-        (Some(fd), Some(dir)) => match sys::fork_into_cgroup(fd.as_fd())
-            .map_err(sys_err(format!("clone3 into {}", dir.display())))?
-        {
-            Some(forked) => {
-                cloned_into_cgroup = true;
-                forked
-            }
-            None => {
+    let cloned = match &into {
+        Some((dir, fd)) => sys::fork_into_cgroup(fd.as_fd())
+            .map_err(sys_err(format!("clone3 into {}", dir.display())))?,
+        None => None,
+    };
+    let cloned_into_cgroup = cloned.is_some();
+    let forked = match cloned {
+        Some(forked) => forked,
+        None => {
+            if let Some((dir, _)) = &into {
                 cgroup_join.push(dir.join("cgroup.procs"));
-                sys::fork().map_err(sys_err("fork"))?
             }
-        },
-        _ => sys::fork().map_err(sys_err("fork"))?,
+            sys::fork().map_err(sys_err("fork"))?
+        }
     };
     let child = match forked {
         ForkResult::Child => {

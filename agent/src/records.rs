@@ -85,6 +85,10 @@ pub struct ContainerRecord {
     pub restart_count: u32,
     #[serde(default)]
     pub crashes: u32,
+    /// The image it runs, as the kubelet's `imageID` (kept so that a
+    /// restarted agent reports the digest run, not what the tag names now).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
 }
 
 /// `v` with `"version": VERSION` added (an object; anything else as it is).
@@ -229,6 +233,7 @@ mod tests {
             resources: serde_json::json!({"cpu_shares": 2}),
             restart_count: 3,
             crashes: 1,
+            image_id: "docker.io/library/busybox@sha256:ab".into(),
         };
         write(&path, &rec).unwrap();
         assert_eq!(read::<ContainerRecord>(&path).unwrap(), Some(rec));

@@ -6,13 +6,20 @@
 //! a byte on the loop's wake socket. The pool knows which starts are in
 //! flight: a pod being stopped is not removed while one still writes into
 //! its directories.
+//!
+//! Pulls have a pool of their own (`--max-parallel-image-pulls` threads), so
+//! a slow registry holds up no start: a worker that finds a container's
+//! image must be pulled hands the job to the pull pool and takes the next
+//! one. The pool pulls each image once for all the jobs waiting on it (ten
+//! pods of one image: one pull), then hands them back to the start queue,
+//! or reports the failure for each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use specs::plan::ContainerPlan;
@@ -34,17 +41,20 @@ pub struct Job {
     /// The restart count and crash count the run will have.
     pub restarts: u32,
     pub crashes: u32,
+    /// Its image, once the pull pool has pulled it for this start.
+    pub pulled: Option<crate::runtime::Pulled>,
 }
 
 impl Job {
     /// The agent's record of the run (`agent.json` in the container's
     /// directory), what a restarted agent adopts it by.
-    pub fn record(&self) -> ContainerRecord {
+    pub fn record(&self, image_id: &str) -> ContainerRecord {
         ContainerRecord {
             hash: self.container.hash.clone(),
             resources: serde_json::to_value(&self.container.resources).unwrap_or_default(),
             restart_count: self.restarts,
             crashes: self.crashes,
+            image_id: image_id.to_string(),
         }
     }
 }
@@ -66,20 +76,116 @@ pub struct Starter {
     /// The starts handed over and not yet taken back, by (pod key,
     /// container name), with their pod's uid.
     in_flight: BTreeMap<(String, String), String>,
-    jobs: Option<Sender<Job>>,
+    /// The start queue's sender, shared with the pull pool (which hands
+    /// pulled jobs back); `None` once the pool is dropped.
+    jobs: Arc<Mutex<Option<Sender<Job>>>>,
+    pulls: Arc<Pulls>,
     done: Receiver<Done>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// The pull pool's queue: the images to pull, in order, and the jobs waiting
+/// on each (one entry per image while its pull is queued or running).
+#[derive(Debug, Default)]
+struct Pulls {
+    state: Mutex<PullState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PullState {
+    queue: VecDeque<String>,
+    waiting: BTreeMap<String, Vec<Job>>,
+    closed: bool,
+}
+
+impl Pulls {
+    /// Queues `job` behind the pull of its image, joining one already
+    /// queued or running.
+    fn submit(&self, job: Job) {
+        let key = crate::image::normalise_reference(&job.container.image)
+            .unwrap_or_else(|_| job.container.image.clone());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.waiting.get_mut(&key) {
+            Some(jobs) => jobs.push(job),
+            None => {
+                st.waiting.insert(key.clone(), vec![job]);
+                st.queue.push_back(key);
+                self.ready.notify_one();
+            }
+        }
+    }
+
+    /// The next image to pull and the container of a job waiting on it;
+    /// waits for one, `None` once closed.
+    fn take(&self) -> Option<(String, ContainerPlan)> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.closed {
+                return None;
+            }
+            if let Some(key) = st.queue.pop_front() {
+                let c = st.waiting.get(&key).and_then(|j| j.first());
+                if let Some(c) = c.map(|j| j.container.clone()) {
+                    return Some((key, c));
+                }
+                continue;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The jobs that waited on the pull of `key`, now done: a job queued
+    /// after this waits on a pull of its own (an `Always` start resolves the
+    /// tag again).
+    fn finish(&self, key: &str) -> Vec<Job> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.waiting.remove(key).unwrap_or_default()
+    }
+
+    fn close(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// The error of a shared pull, for one of the jobs that waited on it.
+fn pull_failed(e: &RuntimeError, image: &str) -> RuntimeError {
+    match e {
+        RuntimeError::Pull { reason, source, .. } => RuntimeError::Pull {
+            reason,
+            image: image.to_string(),
+            source: source.clone(),
+        },
+        other => RuntimeError::Pull {
+            reason: "ErrImagePull",
+            image: image.to_string(),
+            source: Arc::new(crate::image::ImageError::NotFound(format!(
+                "{image} ({})",
+                crate::error_chain(other)
+            ))),
+        },
+    }
+}
+
 impl Starter {
-    /// `workers` threads (at least one) starting containers with `rt`; each
-    /// finished start writes a byte to `wake`.
-    pub fn new(rt: Arc<Runtime>, workers: usize, wake: &UnixStream) -> std::io::Result<Self> {
+    /// `workers` threads (at least one) starting containers with `rt`, and
+    /// `pullers` (at least one) pulling their images; each finished start
+    /// writes a byte to `wake`.
+    pub fn new(
+        rt: Arc<Runtime>,
+        workers: usize,
+        pullers: usize,
+        wake: &UnixStream,
+    ) -> std::io::Result<Self> {
         let (jobs, queue) = channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let (done_tx, done) = channel();
+        let jobs = Arc::new(Mutex::new(Some(jobs)));
+        let pulls = Arc::new(Pulls::default());
         let mut handles = Vec::new();
-        // The workers inherit a mask blocking every signal: SIGTERM and
+        // The threads inherit a mask blocking every signal: SIGTERM and
         // SIGINT are the loop's (through its signalfd), and a thread that
         // let them through would take the default action for the whole
         // agent. (The shims they spawn start with an empty mask.)
@@ -87,15 +193,18 @@ impl Starter {
         let old = all
             .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
             .map_err(std::io::Error::from)?;
-        let spawned = Self::spawn(&rt, workers, wake, &queue, &done_tx, &mut handles);
+        let spawned = Self::spawn(&rt, workers, wake, &queue, &done_tx, &pulls, &mut handles)
+            .and_then(|()| Self::spawn_pullers(&rt, pullers, wake, &jobs, &done_tx, &pulls));
         let _ = old.thread_set_mask();
-        spawned?;
-        Ok(Starter {
+        let starter = Starter {
             in_flight: BTreeMap::new(),
-            jobs: Some(jobs),
+            jobs,
+            pulls,
             done,
             workers: handles,
-        })
+        };
+        spawned?;
+        Ok(starter)
     }
 
     fn spawn(
@@ -104,10 +213,12 @@ impl Starter {
         wake: &UnixStream,
         queue: &Arc<Mutex<Receiver<Job>>>,
         done_tx: &Sender<Done>,
+        pulls: &Arc<Pulls>,
         handles: &mut Vec<std::thread::JoinHandle<()>>,
     ) -> std::io::Result<()> {
         for i in 0..workers.max(1) {
-            let (rt, queue, done_tx) = (rt.clone(), queue.clone(), done_tx.clone());
+            let (rt, queue, done_tx, pulls) =
+                (rt.clone(), queue.clone(), done_tx.clone(), pulls.clone());
             let mut wake = wake.try_clone()?;
             handles.push(
                 std::thread::Builder::new()
@@ -115,29 +226,30 @@ impl Starter {
                     .spawn(move || loop {
                         // The lock is held only while taking a job.
                         let next = queue.lock().map(|q| q.recv());
-                        let Ok(Ok(job)) = next else {
+                        let Ok(Ok(mut job)) = next else {
                             return; // the agent is done with the pool
                         };
-                        // A pull happens here, on the worker: the loop and the
-                        // other starts go on.
-                        let (pulled, result) = match rt.ensure_image(&job.container) {
-                            Ok(pulled) => (
-                                pulled,
-                                rt.start(
-                                    &job.pod,
-                                    &job.sandbox,
-                                    job.net_ns.as_deref(),
-                                    &job.container,
-                                ),
-                            ),
-                            Err(e) => (None, Err(e)),
-                        };
+                        // An image to pull goes to the pull pool, and comes
+                        // back here once it is in the store.
+                        if job.pulled.is_none() && rt.pulls(&job.container) {
+                            pulls.submit(job);
+                            continue;
+                        }
+                        let result = rt.never_pulled(&job.container).and_then(|()| {
+                            rt.start(
+                                &job.pod,
+                                &job.sandbox,
+                                job.net_ns.as_deref(),
+                                &job.container,
+                            )
+                        });
                         let recorded = match &result {
                             Ok(h) => {
-                                crate::records::write(&h.dir.join("agent.json"), &job.record())
+                                crate::records::write(&h.dir.join("agent.json"), &job.record(&h.image_id))
                             }
                             Err(_) => Ok(()),
                         };
+                        let pulled = job.pulled.take();
                         let done = Done {
                             job,
                             result,
@@ -154,8 +266,59 @@ impl Starter {
         Ok(())
     }
 
+    /// The pull pool's threads. They are not joined when the pool is
+    /// dropped: a pull may wait on a registry for its timeout, and the jobs
+    /// it would hand back have nowhere to go.
+    fn spawn_pullers(
+        rt: &Arc<Runtime>,
+        pullers: usize,
+        wake: &UnixStream,
+        jobs: &Arc<Mutex<Option<Sender<Job>>>>,
+        done_tx: &Sender<Done>,
+        pulls: &Arc<Pulls>,
+    ) -> std::io::Result<()> {
+        for i in 0..pullers.max(1) {
+            let (rt, jobs, done_tx, pulls) =
+                (rt.clone(), jobs.clone(), done_tx.clone(), pulls.clone());
+            let mut wake = wake.try_clone()?;
+            std::thread::Builder::new()
+                .name(format!("pull-{i}"))
+                .spawn(move || {
+                    while let Some((key, c)) = pulls.take() {
+                        let result = rt.pull_image(&c);
+                        for mut job in pulls.finish(&key) {
+                            match &result {
+                                Ok(p) => {
+                                    job.pulled = Some(p.clone());
+                                    let tx = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                                    if let Some(tx) = tx.as_ref() {
+                                        let _ = tx.send(job);
+                                    }
+                                }
+                                Err(e) => {
+                                    let result = Err(pull_failed(e, &job.container.image));
+                                    let done = Done {
+                                        job,
+                                        result,
+                                        recorded: Ok(()),
+                                        pulled: None,
+                                    };
+                                    if done_tx.send(done).is_err() {
+                                        return;
+                                    }
+                                    let _ = wake.write_all(b"s");
+                                }
+                            }
+                        }
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
     pub fn submit(&mut self, job: Job) {
-        if let Some(tx) = &self.jobs {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = jobs.as_ref() {
             self.in_flight.insert(job.id.clone(), job.pod.uid.clone());
             // Workers only stop when the pool is dropped.
             if let Err(e) = tx.send(job) {
@@ -197,7 +360,8 @@ impl Starter {
 
 impl Drop for Starter {
     fn drop(&mut self) {
-        self.jobs = None;
+        self.pulls.close();
+        *self.jobs.lock().unwrap_or_else(|e| e.into_inner()) = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

@@ -62,6 +62,9 @@ pub struct ContainerStatus {
     /// When a container in back-off is tried again.
     pub next_start: Option<String>,
     pub image: String,
+    /// The digest the current (or last) run runs, as the kubelet's
+    /// `imageID`: `docker.io/library/busybox@sha256:…`.
+    pub image_id: Option<String>,
     /// When the current run started (RFC 3339).
     pub started_at: Option<String>,
     /// The last exit's times (RFC 3339).
@@ -86,6 +89,8 @@ pub struct ContainerSeen<'a> {
     pub last_exit: Option<&'a Exited>,
     /// When the current run started (RFC 3339).
     pub started_at: Option<&'a str>,
+    /// The kubelet's `imageID` of the current or last run.
+    pub image_id: Option<&'a str>,
     /// The probes' verdict: false while a readiness or startup probe has
     /// not succeeded; true when it has none.
     pub probes_ready: bool,
@@ -198,6 +203,7 @@ pub fn pod_status(
                 message: last.map(|e| e.message.clone()).filter(|m| !m.is_empty()),
                 next_start,
                 image: c.image.clone(),
+                image_id: extra.image_id.map(str::to_string),
                 started_at: extra.started_at.map(str::to_string),
                 last_started_at: last.and_then(|e| e.started_at.clone()),
                 last_finished_at: last.map(|e| e.finished_at.clone()),

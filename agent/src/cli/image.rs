@@ -33,6 +33,28 @@ pub struct RegistryArgs {
     /// Seconds to connect, and between bytes, before a registry is given up.
     #[arg(long, default_value_t = 30)]
     pub registry_timeout: u64,
+    /// A mirror of a registry, `REGISTRY=MIRROR` (`docker.io=cache.site:5000`),
+    /// tried before it; repeatable, tried in the order given, the registry
+    /// itself last.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[:PORT]", value_parser = parse_mirror)]
+    pub mirrors: Vec<(String, String)>,
+}
+
+fn parse_mirror(s: &str) -> Result<(String, String), String> {
+    let (registry, mirror) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: REGISTRY=MIRROR expected (docker.io=cache:5000)"))?;
+    let host = |h: &str| -> Result<String, String> {
+        let h = h.trim();
+        let ok = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        if !ok {
+            return Err(format!("{h:?} is not a host[:port]"));
+        }
+        Ok(crate::image::reference::canonical_registry(h))
+    };
+    Ok((host(registry)?, host(mirror)?))
 }
 
 impl RegistryArgs {
@@ -44,6 +66,13 @@ impl RegistryArgs {
             certs_dir: self.certs_dir.clone(),
             auth: crate::image::registry::AuthFile::load(&self.auth_file)?,
             timeout: std::time::Duration::from_secs(self.registry_timeout.max(1)),
+            mirrors: self.mirrors.iter().fold(
+                std::collections::BTreeMap::new(),
+                |mut m: std::collections::BTreeMap<String, Vec<String>>, (r, h)| {
+                    m.entry(r.clone()).or_default().push(h.clone());
+                    m
+                },
+            ),
         })
     }
 }
@@ -78,6 +107,81 @@ pub enum Command {
     Rm { reference: String },
 }
 
+/// `podctl image pull`'s progress on a terminal: a line per blob (its
+/// digest, bytes so far of its size, its rate), redrawn in place at most ten
+/// times a second.
+struct ProgressBar {
+    state: std::sync::Mutex<BarState>,
+}
+
+struct BarState {
+    /// By digest, in the order first seen: (size, done, started, present).
+    blobs: Vec<(String, u64, u64, std::time::Instant, bool)>,
+    drawn_lines: usize,
+    last: Option<std::time::Instant>,
+}
+
+impl ProgressBar {
+    fn new() -> ProgressBar {
+        ProgressBar {
+            state: std::sync::Mutex::new(BarState {
+                blobs: Vec::new(),
+                drawn_lines: 0,
+                last: None,
+            }),
+        }
+    }
+
+    fn update(&self, p: crate::image::BlobProgress<'_>) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match st.blobs.iter_mut().find(|b| b.0 == p.digest) {
+                Some(b) => b.2 = p.done,
+                None => st.blobs.push((
+                    p.digest.to_string(),
+                    p.size,
+                    p.done,
+                    std::time::Instant::now(),
+                    p.present,
+                )),
+            }
+        }
+        self.draw(false);
+    }
+
+    fn draw(&self, last: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if !last && st.last.is_some_and(|t| now - t < std::time::Duration::from_millis(100)) {
+            return;
+        }
+        st.last = Some(now);
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let mut text = String::new();
+        if st.drawn_lines > 0 {
+            text.push_str(&format!("\x1b[{}A", st.drawn_lines));
+        }
+        for (digest, size, done, started, present) in &st.blobs {
+            let short: String = digest.trim_start_matches("sha256:").chars().take(12).collect();
+            let line = if *present {
+                format!("{short}  {:>8.1} MiB  already present", mib(*size))
+            } else {
+                let secs = (now - *started).as_secs_f64().max(1e-3);
+                let state = if done >= size { "done" } else { "" };
+                format!(
+                    "{short}  {:>8.1} / {:.1} MiB  {:>7.1} MiB/s  {state}",
+                    mib(*done),
+                    mib(*size),
+                    mib(*done) / secs
+                )
+            };
+            text.push_str(&format!("\x1b[2K{line}\n"));
+        }
+        st.drawn_lines = st.blobs.len();
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+}
+
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
     let store = match ImageStore::open(&args.root_dir.join("store")) {
         Ok(s) => s,
@@ -94,7 +198,18 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
             };
             let client = crate::image::registry::Client::new(config);
             let t = std::time::Instant::now();
-            store.pull(&client, reference).map(|i| {
+            // On a terminal, a line per blob; elsewhere (a log, a pipe) quiet.
+            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(ProgressBar::new);
+            let report = |p: crate::image::BlobProgress<'_>| {
+                if let Some(b) = &bar {
+                    b.update(p);
+                }
+            };
+            let result = store.pull(&client, reference, bar.as_ref().map(|_| &report as _));
+            if let Some(b) = &bar {
+                b.draw(true);
+            }
+            result.map(|i| {
                 let _ = writeln!(
                     out,
                     "pulled {} {} ({} bytes in {:.2} s)",

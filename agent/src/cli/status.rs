@@ -62,6 +62,10 @@ pub fn pod_object(p: &Value) -> Value {
             let state = match c["state"].as_str().unwrap_or("") {
                 "Running" => json!({ "running": { "startedAt": c["started_at"] } }),
                 "Waiting" => json!({ "waiting": { "reason": "ContainerCreating" } }),
+                // An image not had is a waiting state, never a termination.
+                w @ ("ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull") => {
+                    json!({ "waiting": { "reason": w, "message": c["message"] } })
+                }
                 "CrashLoopBackOff" => json!({ "waiting": {
                     "reason": "CrashLoopBackOff",
                     "message": format!("back-off restarting failed container; next try at {}", c["next_start"].as_str().unwrap_or("?")),
@@ -77,6 +81,8 @@ pub fn pod_object(p: &Value) -> Value {
             let mut s = json!({
                 "name": c["name"],
                 "image": c["image"],
+                // Empty until it has run, as the kubelet's.
+                "imageID": c["image_id"].as_str().unwrap_or(""),
                 "ready": c["ready"],
                 "started": c["state"] == "Running",
                 "restartCount": c["restart_count"],

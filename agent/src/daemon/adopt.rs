@@ -28,6 +28,8 @@ pub struct Found {
 pub struct FoundContainer {
     pub name: String,
     pub state: ContainerState,
+    /// The `imageID` its record kept (none from an older agent's).
+    pub image_id: Option<String>,
     /// The running process (none once it has exited).
     pub started: Option<Started>,
     /// Its shim's state dir (`exit.json` arrives there).
@@ -97,6 +99,7 @@ pub fn read_pod(
         let resources = (crec.resources == applied).then(|| c.resources.clone());
         containers.push(FoundContainer {
             name: c.name.to_string(),
+            image_id: Some(crec.image_id.clone()).filter(|i| !i.is_empty()),
             state: ContainerState {
                 hash: crec.hash,
                 resources,
@@ -144,6 +147,7 @@ impl Agent {
             run.grace = found.grace;
             for f in found.containers {
                 let mut c = ContainerRun::new(f.state);
+                c.image_id = f.image_id;
                 if let Some(st) = f.started {
                     c.exit_watch = self.watch_exit(key, &f.name, &f.state_dir);
                     if let Some(plan) = p.all_containers().find(|c| c.name.as_str() == f.name) {

@@ -58,6 +58,11 @@ pub struct Args {
     /// run, whatever the policy.
     #[arg(long)]
     pub pull_images: bool,
+    /// Images pulled at once (the kubelet's `maxParallelImagePulls`); each
+    /// image is pulled once for all the containers waiting on it, and a
+    /// pull holds up no start of an image already present.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub max_parallel_image_pulls: u16,
     /// How images are pulled: credentials, CAs, insecure registries.
     #[command(flatten)]
     pub registry: crate::cli::image::RegistryArgs,
@@ -154,6 +159,26 @@ pub fn config_args(path: &Path) -> Result<Vec<String>, ConfigError> {
             (serde_yaml::Value::Bool(false), false) => {}
             (serde_yaml::Value::String(v), true) => out.extend([format!("--{key}"), v]),
             (serde_yaml::Value::Number(n), true) => out.extend([format!("--{key}"), n.to_string()]),
+            // A repeatable option: a list of its values.
+            (serde_yaml::Value::Sequence(items), true)
+                if matches!(arg.get_action(), clap::ArgAction::Append) =>
+            {
+                for item in items {
+                    let v = match item {
+                        serde_yaml::Value::String(v) => v,
+                        serde_yaml::Value::Number(n) => n.to_string(),
+                        v => {
+                            return Err(ConfigError::WrongType {
+                                path: path.to_path_buf(),
+                                key,
+                                expected: "a list of values",
+                                found: format!("{v:?}"),
+                            })
+                        }
+                    };
+                    out.extend([format!("--{key}"), v]);
+                }
+            }
             (v, _) => {
                 return Err(ConfigError::WrongType {
                     path: path.to_path_buf(),
@@ -199,6 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn a_repeatable_option_is_a_list() {
+        assert_eq!(
+            args_of("insecure-registry: [a:5000, b]\nregistry-mirror: [docker.io=m:5000]\n"),
+            Ok(vec![
+                "--insecure-registry".to_string(),
+                "a:5000".into(),
+                "--insecure-registry".into(),
+                "b".into(),
+                "--registry-mirror".into(),
+                "docker.io=m:5000".into(),
+            ])
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_are_errors_naming_the_key() {
         let e = args_of("pod-dir: /x\n").unwrap_err();
         assert!(
@@ -211,6 +251,8 @@ mod tests {
         assert!(e.contains("no-network: true or false expected"), "{e}");
         let e = args_of("pods-dir: [a, b]\n").unwrap_err();
         assert!(e.contains("pods-dir: a value expected"), "{e}");
+        let e = args_of("insecure-registry: [{a: b}]\n").unwrap_err();
+        assert!(e.contains("insecure-registry: a list of values expected"), "{e}");
         let e = args_of("pods-dir: [unclosed\n").unwrap_err();
         assert!(e.contains("config.yaml: "), "{e}");
     }

@@ -190,6 +190,7 @@ impl Agent {
             net_ns: run.net_ns.clone(),
             restarts,
             crashes,
+            pulled: None,
         };
         let state = ContainerState::of(c, Status::Starting, restarts, crashes);
         let Some(Pod::Live(run)) = self.pods.get_mut(key) else {
@@ -202,6 +203,7 @@ impl Agent {
             old.unwatch_exit(&self.exits);
             next.last_exit = old.last_exit;
             next.started_at = old.started_at;
+            next.image_id = old.image_id;
             next.shim = old.shim;
         }
         run.containers.insert(name.to_string(), next);
@@ -300,6 +302,7 @@ impl Agent {
                     run.state = state;
                     run.oom_base = oom_base;
                     run.started_at = Some(h.started.started_at.clone());
+                    run.image_id = Some(h.image_id.clone());
                     run.probes = Some(probes);
                     run.exit_watch = exit_watch;
                 }

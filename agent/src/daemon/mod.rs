@@ -221,7 +221,12 @@ impl Agent {
         let wake = UnixStream::pair().map_err(io("socketpair"))?;
         wake.0.set_nonblocking(true).map_err(io("socketpair"))?;
         let starter =
-            crate::starter::Starter::new(rt.clone(), usize::from(args.parallel_starts), &wake.1)
+            crate::starter::Starter::new(
+                rt.clone(),
+                usize::from(args.parallel_starts),
+                usize::from(args.max_parallel_image_pulls),
+                &wake.1,
+            )
                 .map_err(io("start threads"))?;
         let json_log = args.log_format == LogFormat::Json;
         Ok(Agent {

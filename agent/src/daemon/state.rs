@@ -31,6 +31,8 @@ pub struct ContainerRun {
     pub state: ContainerState,
     /// When the current run started (RFC 3339).
     pub started_at: Option<String>,
+    /// The kubelet's `imageID` of the current or last run.
+    pub image_id: Option<String>,
     /// The last run's exit record (reason, message, times).
     pub last_exit: Option<Exited>,
     /// Its cgroup's OOM-kill count when the current run started.
@@ -52,6 +54,7 @@ impl ContainerRun {
         ContainerRun {
             state,
             started_at: None,
+            image_id: None,
             last_exit: None,
             oom_base: 0,
             probes: None,
@@ -125,6 +128,7 @@ impl PodRun {
                     let seen = ContainerSeen {
                         last_exit: c.last_exit.as_ref(),
                         started_at: c.started_at.as_deref(),
+                        image_id: c.image_id.as_deref(),
                         probes_ready: c.probes.as_ref().is_none_or(|p| p.ready()),
                     };
                     (n.as_str(), seen)

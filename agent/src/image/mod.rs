@@ -57,6 +57,12 @@ pub enum ImageError {
     },
     #[error("blob {digest}: {reason}")]
     Corrupt { digest: String, reason: String },
+    #[error("reading {digest}")]
+    Read {
+        digest: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("layer entry {entry:?} refused: {reason}")]
     HostileEntry { entry: String, reason: String },
     #[error("{}: {reason}", path.display())]
@@ -69,6 +75,13 @@ pub enum ImageError {
     Reference(String, String),
     #[error("registry")]
     Registry(#[from] registry::RegistryError),
+    /// Every mirror failed, then the registry itself.
+    #[error("mirrors failed ({tried}), then the registry")]
+    Mirrors {
+        tried: String,
+        #[source]
+        source: Box<ImageError>,
+    },
 }
 
 impl ImageError {
@@ -174,9 +187,55 @@ pub struct ImageInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedImage {
     pub reference: String,
+    /// The manifest's digest: what the container runs (its `imageID`).
+    pub digest: String,
     pub config: RunConfig,
     /// Unpacked layer directories, bottom first.
     pub layers: Vec<PathBuf>,
+}
+
+/// How far a blob of a pull or an import is (for a progress display).
+#[derive(Debug, Clone, Copy)]
+pub struct BlobProgress<'a> {
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub size: u64,
+    /// Bytes stored so far: `size` once it is stored.
+    pub done: u64,
+    /// It was in the store already: nothing was fetched.
+    pub present: bool,
+}
+
+/// Called as blobs arrive, from the threads that fetch them.
+pub type Progress<'a> = &'a (dyn Fn(BlobProgress<'_>) + Sync);
+
+/// Where the blobs of an ingest come from.
+type Fetch<'a> = &'a (dyn Fn(&Descriptor) -> Result<Box<dyn Read>> + Sync);
+
+/// Layers fetched at once by one pull (Docker's `max-concurrent-downloads`).
+const PARALLEL_LAYERS: usize = 3;
+
+/// A reader that reports how far it is.
+struct Reporting<'a, R> {
+    inner: R,
+    d: &'a Descriptor,
+    done: u64,
+    progress: Progress<'a>,
+}
+
+impl<R: Read> Read for Reporting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.progress)(BlobProgress {
+            digest: &self.d.digest,
+            media_type: &self.d.media_type,
+            size: self.d.size,
+            done: self.done,
+            present: false,
+        });
+        Ok(n)
+    }
 }
 
 /// `busybox` → `busybox:latest`; the syntax is checked as the manifest's is.
@@ -349,21 +408,43 @@ impl ImageStore {
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
             .map_err(|e| ImageError::io("create temp file in", &tmp_dir, e))?;
         let mut h = Hashing::new(&mut reader);
-        std::io::copy(&mut h, tmp.as_file_mut())
-            .map_err(|e| ImageError::io("write", tmp.path(), e))?;
+        // Reading (a registry that breaks off, or times out) and writing
+        // (the disk) fail with errors of their own.
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match h.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(ImageError::Read {
+                        digest: expected.map_or_else(|| "blob".into(), |(d, _)| d.to_string()),
+                        source,
+                    })
+                }
+            };
+            tmp.as_file_mut()
+                .write_all(&buf[..n])
+                .map_err(|e| ImageError::io("write", tmp.path(), e))?;
+        }
         let size = h.count;
         let digest = h.digest();
         if let Some((want, want_size)) = expected {
+            if size != want_size {
+                let reason = if size > want_size {
+                    format!("longer than the {want_size} bytes its descriptor says")
+                } else {
+                    format!("{size} bytes, the descriptor says {want_size}")
+                };
+                return Err(ImageError::Corrupt {
+                    digest: want.to_string(),
+                    reason,
+                });
+            }
             if digest != want {
                 return Err(ImageError::Corrupt {
                     digest: want.to_string(),
                     reason: format!("content hashes to {digest}"),
-                });
-            }
-            if size != want_size {
-                return Err(ImageError::Corrupt {
-                    digest: want.to_string(),
-                    reason: format!("{size} bytes, the descriptor says {want_size}"),
                 });
             }
         }
@@ -521,7 +602,7 @@ impl ImageStore {
                     let f = File::open(blob_in(d)?).map_err(|e| ImageError::io("open blob", dir, e))?;
                     Ok(Box::new(f))
                 };
-                let (desc, size) = self.ingest(top.clone(), &fetch, dir)?;
+                let (desc, size) = self.ingest(top.clone(), &fetch, dir, None)?;
                 self.tag(&reference, desc.clone())?;
                 imported.push(ImageInfo { reference, digest: desc.digest.clone(), size });
             }
@@ -531,14 +612,18 @@ impl ImageStore {
 
     /// Stores the image `top` describes, every blob fetched by `fetch` and
     /// verified (digest and size) before it enters the store: a manifest,
-    /// or an index and this machine's manifest in it; its config; its layers.
-    /// Returns the manifest's descriptor (to tag) and the image's size.
-    /// `origin` names where it came from in errors.
+    /// or an index and this machine's manifest in it; its config; its layers
+    /// ([`PARALLEL_LAYERS`] at once). Returns the manifest's descriptor (to
+    /// tag) and the image's size. `origin` names where it came from in errors.
+    /// Safe without the store's lock (each blob enters by an atomic rename of
+    /// its verified bytes), but only under it does the result stay whole
+    /// until tagged: a removal's sweep takes what no tag holds.
     fn ingest(
         &self,
         top: Descriptor,
-        fetch: &dyn Fn(&Descriptor) -> Result<Box<dyn Read>>,
+        fetch: Fetch<'_>,
         origin: &Path,
+        progress: Option<Progress<'_>>,
     ) -> Result<(Descriptor, u64)> {
         let invalid = |reason: String| ImageError::Invalid {
             path: origin.to_path_buf(),
@@ -548,10 +633,28 @@ impl ImageStore {
         // again (an `Always` pull of an unchanged tag reads its manifest only).
         let copy = |d: &Descriptor| -> Result<()> {
             if self.blob(&d.digest)?.is_file() {
+                if let Some(p) = progress {
+                    p(BlobProgress {
+                        digest: &d.digest,
+                        media_type: &d.media_type,
+                        size: d.size,
+                        done: d.size,
+                        present: true,
+                    });
+                }
                 return Ok(());
             }
-            self.put_blob(fetch(d)?, Some((&d.digest, d.size)))
-                .map(drop)
+            let r = fetch(d)?;
+            let r: Box<dyn Read> = match progress {
+                Some(progress) => Box::new(Reporting {
+                    inner: r,
+                    d,
+                    done: 0,
+                    progress,
+                }),
+                None => r,
+            };
+            self.put_blob(r, Some((&d.digest, d.size))).map(drop)
         };
         // A multi-platform index: the manifest for this machine.
         let mut desc = top;
@@ -586,7 +689,38 @@ impl ImageStore {
         for l in &manifest.layers {
             layer_kind(&l.media_type)
                 .ok_or_else(|| invalid(format!("unsupported layer media type {}", l.media_type)))?;
-            copy(l)?;
+            hex_of(&l.digest)?;
+        }
+        // The layers on a few threads; the first error stops the others
+        // taking more (a blob half fetched leaves only its temp file, which
+        // goes with its thread's error).
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed: std::sync::Mutex<Option<ImageError>> = std::sync::Mutex::new(None);
+        let worker = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let stop = failed.lock().map_or(true, |f| f.is_some());
+            let Some(l) = manifest.layers.get(i).filter(|_| !stop) else {
+                return;
+            };
+            if let Err(e) = copy(l) {
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert(e);
+                }
+                return;
+            }
+        };
+        let threads = PARALLEL_LAYERS.min(manifest.layers.len());
+        if threads <= 1 {
+            worker();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(worker);
+                }
+            });
+        }
+        if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
         }
         let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
         Ok((
@@ -599,17 +733,52 @@ impl ImageStore {
         ))
     }
 
-    /// `podctl image pull REF`: the image from its registry, every blob
-    /// verified as an import's, tagged as the reference the manifests use
-    /// (`busybox` → `busybox:latest`). A reference pinned by digest must
-    /// hash to it. A blob longer than its descriptor is cut at one byte
-    /// more and refused.
-    pub fn pull(&self, client: &registry::Client, reference: &str) -> Result<ImageInfo> {
+    /// `podctl image pull REF`: the image from its registry (from its
+    /// mirrors first, in order, when the node has some), every blob verified
+    /// as an import's, tagged as the reference the manifests use (`busybox`
+    /// → `busybox:latest`). A reference pinned by digest must hash to it. A
+    /// blob longer than its descriptor is cut at one byte more and refused.
+    /// Blobs are fetched without the store's lock (pulls overlap, and an
+    /// import waits for no download); the lock is taken to check the whole
+    /// image is there and tag it.
+    pub fn pull(
+        &self,
+        client: &registry::Client,
+        reference: &str,
+        progress: Option<Progress<'_>>,
+    ) -> Result<ImageInfo> {
         let r = reference::Reference::parse(reference)
             .map_err(|e| ImageError::Reference(reference.to_string(), e))?;
         let name = normalise_reference(reference)?;
+        let endpoints = client.endpoints(&r);
+        let mut failed = Vec::new();
+        for e in &endpoints {
+            match self.pull_from(client, e, &name, progress) {
+                Ok(info) => return Ok(info),
+                Err(err) if e.registry != r.registry => {
+                    failed.push(format!("{}: {}", e.registry, crate::error_chain(&err)));
+                }
+                Err(err) if failed.is_empty() => return Err(err),
+                Err(err) => {
+                    return Err(ImageError::Mirrors {
+                        tried: failed.join("; "),
+                        source: Box::new(err),
+                    })
+                }
+            }
+        }
+        unreachable!("the registry itself is the last endpoint")
+    }
+
+    fn pull_from(
+        &self,
+        client: &registry::Client,
+        r: &reference::Reference,
+        name: &str,
+        progress: Option<Progress<'_>>,
+    ) -> Result<ImageInfo> {
         let origin = PathBuf::from(r.to_string());
-        let (bytes, header_media) = client.manifest(&r, r.manifest_ref())?;
+        let (bytes, header_media) = client.manifest(r, r.manifest_ref())?;
         let digest = sha256_digest(Sha256::digest(&bytes));
         if let Some(want) = &r.digest {
             if *want != digest {
@@ -640,24 +809,27 @@ impl ImageStore {
             annotations: BTreeMap::new(),
             platform: None,
         };
+        let fetch = |d: &Descriptor| -> Result<Box<dyn Read>> {
+            if d.digest == top.digest {
+                return Ok(Box::new(std::io::Cursor::new(bytes.clone())));
+            }
+            if [MEDIA_MANIFEST, DOCKER_MANIFEST, MEDIA_INDEX, DOCKER_INDEX]
+                .contains(&d.media_type.as_str())
+            {
+                let (b, _) = client.manifest(r, &d.digest)?;
+                return Ok(Box::new(std::io::Cursor::new(b)));
+            }
+            Ok(Box::new(client.blob(r, &d.digest, d.size)?.take(d.size + 1)))
+        };
+        self.ingest(top.clone(), &fetch, &origin, progress)?;
+        // Under the lock every blob is there (fetched again if a removal
+        // swept it meanwhile) when the tag is written.
         self.locked(|| {
-            let fetch = |d: &Descriptor| -> Result<Box<dyn Read>> {
-                if d.digest == top.digest {
-                    return Ok(Box::new(std::io::Cursor::new(bytes.clone())));
-                }
-                if [MEDIA_MANIFEST, DOCKER_MANIFEST, MEDIA_INDEX, DOCKER_INDEX]
-                    .contains(&d.media_type.as_str())
-                {
-                    let (b, _) = client.manifest(&r, &d.digest)?;
-                    return Ok(Box::new(std::io::Cursor::new(b)));
-                }
-                Ok(Box::new(client.blob(&r, &d.digest)?.take(d.size + 1)))
-            };
-            let (desc, size) = self.ingest(top.clone(), &fetch, &origin)?;
+            let (desc, size) = self.ingest(top.clone(), &fetch, &origin, None)?;
             let digest = desc.digest.clone();
-            self.tag(&name, desc)?;
+            self.tag(name, desc)?;
             Ok(ImageInfo {
-                reference: name.clone(),
+                reference: name.to_string(),
                 digest,
                 size,
             })
@@ -730,8 +902,9 @@ impl ImageStore {
         })
     }
 
-    /// The normalised reference and the manifest it names in the index.
-    fn manifest(&self, reference: &str) -> Result<(String, Manifest)> {
+    /// The normalised reference, and the digest and manifest it names in
+    /// the index.
+    fn manifest(&self, reference: &str) -> Result<(String, String, Manifest)> {
         let reference = normalise_reference(reference)?;
         let desc = self
             .index()?
@@ -740,7 +913,7 @@ impl ImageStore {
             .find(|d| d.annotations.get(REF_NAME) == Some(&reference))
             .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
         let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
-        Ok((reference, manifest))
+        Ok((reference, desc.digest, manifest))
     }
 
     /// Whether the store holds `reference`: its tag and manifest, read
@@ -752,7 +925,7 @@ impl ImageStore {
     /// Where the image's layers are (or would be) unpacked, without
     /// unpacking anything.
     pub fn layer_dirs(&self, reference: &str) -> Result<Vec<PathBuf>> {
-        let (_, manifest) = self.manifest(reference)?;
+        let (_, _, manifest) = self.manifest(reference)?;
         manifest
             .layers
             .iter()
@@ -763,7 +936,7 @@ impl ImageStore {
     /// The image's run config and its unpacked layers (unpacked now if needed,
     /// once per layer digest).
     pub fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
-        let (reference, manifest) = self.manifest(reference)?;
+        let (reference, digest, manifest) = self.manifest(reference)?;
         let config: Config = read_json(&self.blob(&manifest.config.digest)?)?;
         let mut layers = Vec::new();
         for (l, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
@@ -771,6 +944,7 @@ impl ImageStore {
         }
         Ok(ResolvedImage {
             reference,
+            digest,
             config: config.config.unwrap_or_default(),
             layers,
         })

@@ -23,6 +23,11 @@ use super::reference::Reference;
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest token response read.
 const MAX_TOKEN: u64 = 64 << 10;
+/// The slowest a blob may arrive, on average, before it is given up: its
+/// deadline is the timeout plus its size at this rate (ureq bounds a body's
+/// whole read, not each read, so a server that drips bytes is caught by
+/// the deadline).
+pub const MIN_BLOB_RATE: u64 = 32 << 10;
 
 pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -189,6 +194,10 @@ pub struct RegistryConfig {
     /// Bound on connecting and on each read; a server that drips bytes
     /// slower than this fails.
     pub timeout: Duration,
+    /// Mirrors (`host[:port]`) by the registry they stand for, tried in
+    /// order before it: an edge site's local cache. The repository's path
+    /// is the same on a mirror (`library/busybox` for Docker Hub's).
+    pub mirrors: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for RegistryConfig {
@@ -198,6 +207,7 @@ impl Default for RegistryConfig {
             certs_dir: PathBuf::from("/etc/podagent/certs.d"),
             auth: AuthFile::default(),
             timeout: Duration::from_secs(30),
+            mirrors: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +229,26 @@ impl Client {
             agents: Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Where `r` is pulled from, in order: its registry's mirrors, then the
+    /// registry itself. Each is a reference of its own (its host's
+    /// credentials, CA and scheme apply).
+    pub fn endpoints(&self, r: &Reference) -> Vec<Reference> {
+        let mut out: Vec<Reference> = self
+            .config
+            .mirrors
+            .get(&r.registry)
+            .into_iter()
+            .flatten()
+            .filter(|m| **m != r.registry)
+            .map(|m| Reference {
+                registry: m.clone(),
+                ..r.clone()
+            })
+            .collect();
+        out.push(r.clone());
+        out
     }
 
     fn insecure(&self, registry: &str) -> bool {
@@ -265,14 +295,19 @@ impl Client {
             .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
             .build();
         let t = Some(self.config.timeout);
+        // Redirects (to a blob store) are followed a few times, never to
+        // plain HTTP from a registry spoken to over TLS, and never with the
+        // registry's credentials.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
+            .https_only(!self.insecure(registry))
             .timeout_connect(t)
+            .timeout_send_request(t)
             .timeout_recv_response(t)
-            .timeout_recv_body(None)
-            .timeout_per_call(None)
+            .timeout_recv_body(t)
             .max_redirects(5)
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::Never)
             .build()
             .into();
         agents.insert(registry.to_string(), agent.clone());
@@ -281,18 +316,25 @@ impl Client {
 
     /// GET `url` of `r`'s registry with its auth: a cached token, else an
     /// anonymous try answered by the challenge it gets back.
+    /// `body`: how long the response's body may take.
     fn get(
         &self,
         r: &Reference,
         url: &str,
         accept: &str,
         what: &str,
+        body: Duration,
     ) -> Result<Response, RegistryError> {
         let agent = self.agent(&r.registry)?;
         let scope = format!("repository:{}:pull", r.repository);
         let key = (r.registry.clone(), scope.clone());
         let send = |auth: Option<&str>| {
-            let mut req = agent.get(url).header("Accept", accept);
+            let mut req = agent
+                .get(url)
+                .config()
+                .timeout_recv_body(Some(body))
+                .build()
+                .header("Accept", accept);
             if let Some(a) = auth {
                 req = req.header("Authorization", a);
             }
@@ -431,7 +473,11 @@ impl Client {
     ) -> Result<(Vec<u8>, String), RegistryError> {
         let url = format!("{}/manifests/{reference}", self.base(r));
         let what = format!("manifest {}:{reference}", r.repository);
-        let mut resp = success(r, &what, self.get(r, &url, ACCEPT_MANIFESTS, &what)?)?;
+        let mut resp = success(
+            r,
+            &what,
+            self.get(r, &url, ACCEPT_MANIFESTS, &what, self.config.timeout)?,
+        )?;
         let media = resp
             .headers()
             .get("content-type")
@@ -455,11 +501,18 @@ impl Client {
         Ok((body, media))
     }
 
-    /// A blob's bytes as they arrive (the caller verifies them).
-    pub fn blob(&self, r: &Reference, digest: &str) -> Result<impl Read + use<>, RegistryError> {
+    /// A blob's bytes as they arrive (the caller verifies them), within the
+    /// timeout plus `size` at [`MIN_BLOB_RATE`].
+    pub fn blob(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<impl Read + use<>, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base(r));
         let what = format!("blob {digest}");
-        let resp = success(r, &what, self.get(r, &url, "*/*", &what)?)?;
+        let body = self.config.timeout + Duration::from_secs(size / MIN_BLOB_RATE);
+        let resp = success(r, &what, self.get(r, &url, "*/*", &what, body)?)?;
         Ok(resp.into_body().into_reader())
     }
 }

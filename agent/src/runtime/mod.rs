@@ -57,8 +57,9 @@ pub enum RuntimeError {
     Pull {
         reason: &'static str,
         image: String,
+        /// Shared by the starts that waited on one pull.
         #[source]
-        source: Box<crate::image::ImageError>,
+        source: std::sync::Arc<crate::image::ImageError>,
     },
     #[error(
         "{container} holds {held} CPUs of its own and now wants {wanted}: \
@@ -133,6 +134,8 @@ pub struct Pulled {
 pub struct Handle {
     pub dir: PathBuf,
     pub started: Started,
+    /// What it runs, as the kubelet's `imageID`: `<repository>@<digest>`.
+    pub image_id: String,
 }
 
 pub(crate) fn io<'a>(
@@ -233,6 +236,15 @@ pub fn wait_for_file(dir: &Path, name: &str, timeout: Duration) -> bool {
     }
 }
 
+/// The kubelet's `imageID` of an image run by `reference`:
+/// `docker.io/library/busybox@sha256:…`.
+pub fn image_id(reference: &str, digest: &str) -> String {
+    match crate::image::reference::Reference::parse(reference) {
+        Ok(r) => format!("{}/{}@{digest}", r.registry, r.repository),
+        Err(_) => digest.to_string(),
+    }
+}
+
 /// The cgroup limits of a container's resources (without pids and devices,
 /// which come from the pod and the spec).
 pub fn container_limits(r: &specs::plan::ContainerResources) -> Limits {
@@ -268,39 +280,36 @@ impl Runtime {
             }
     }
 
-    /// The image of `c` in the store, pulled first when its policy says so.
-    /// A failed pull is `ErrImagePull` (the registry's own words in it);
-    /// `Never` with the image absent is `ErrImageNeverPull`.
-    pub fn ensure_image(&self, c: &ContainerPlan) -> Result<Option<Pulled>, RuntimeError> {
-        if self.pulls(c) {
-            let Some(client) = &self.registry else {
-                return Ok(None);
-            };
-            let t = Instant::now();
-            return match self.images.pull(client, &c.image) {
-                Ok(info) => Ok(Some(Pulled {
-                    info,
-                    took: t.elapsed(),
-                })),
-                Err(source) => Err(RuntimeError::Pull {
-                    reason: "ErrImagePull",
-                    image: c.image.clone(),
-                    source: Box::new(source),
-                }),
-            };
-        }
-        // Only `Never` needs a look here; otherwise the start reports what
-        // the store lacks.
-        if c.pull_policy != specs::plan::PullPolicy::Never {
-            return Ok(None);
-        }
-        if self.images.contains(&c.image) {
-            return Ok(None);
+    /// Pulls the image of `c` (the start workers call this when
+    /// [`Runtime::pulls`] says so). A failed pull is `ErrImagePull`, with
+    /// the registry's own words in it.
+    pub fn pull_image(&self, c: &ContainerPlan) -> Result<Pulled, RuntimeError> {
+        let failed = |source| RuntimeError::Pull {
+            reason: "ErrImagePull",
+            image: c.image.clone(),
+            source: std::sync::Arc::new(source),
+        };
+        let Some(client) = &self.registry else {
+            return Err(failed(crate::image::ImageError::NotFound(c.image.clone())));
+        };
+        let t = Instant::now();
+        let info = self.images.pull(client, &c.image, None).map_err(failed)?;
+        Ok(Pulled {
+            info,
+            took: t.elapsed(),
+        })
+    }
+
+    /// `Never` with the image absent is `ErrImageNeverPull` (for the other
+    /// policies the start itself reports what the store lacks).
+    pub fn never_pulled(&self, c: &ContainerPlan) -> Result<(), RuntimeError> {
+        if c.pull_policy != specs::plan::PullPolicy::Never || self.images.contains(&c.image) {
+            return Ok(());
         }
         Err(RuntimeError::Pull {
             reason: "ErrImageNeverPull",
             image: c.image.clone(),
-            source: Box::new(crate::image::ImageError::NotFound(c.image.clone())),
+            source: std::sync::Arc::new(crate::image::ImageError::NotFound(c.image.clone())),
         })
     }
 
@@ -669,7 +678,11 @@ impl Runtime {
         }
         if line.starts_with("started") {
             let started: Started = read_json(&state.join("state.json"))?;
-            return Ok(Handle { dir, started });
+            return Ok(Handle {
+                dir,
+                started,
+                image_id: image_id(&c.image, &image.digest),
+            });
         }
         let _ = child.wait();
         let message = read_json::<Exited>(&state.join("exit.json"))

@@ -248,6 +248,7 @@ fn a_crashing_container_shows_crash_loop_back_off_with_its_next_try() {
         let app = ContainerSeen {
             last_exit: last,
             started_at: None,
+            image_id: None,
             probes_ready: true,
         };
         let s = seen(&state, vec![("app", app)]);
@@ -288,6 +289,7 @@ fn times_come_from_the_run_and_the_clock() {
     let state = pod_state(&p, vec![("app", cs(Status::Running { since: c.now }, 0))]);
     let app = ContainerSeen {
         started_at: Some("2026-12-01T10:00:00Z"),
+        image_id: Some("docker.io/library/busybox@sha256:ab"),
         probes_ready: true,
         last_exit: None,
     };
@@ -297,6 +299,10 @@ fn times_come_from_the_run_and_the_clock() {
     assert_eq!(
         got.containers[0].started_at.as_deref(),
         Some("2026-12-01T10:00:00Z")
+    );
+    assert_eq!(
+        got.containers[0].image_id.as_deref(),
+        Some("docker.io/library/busybox@sha256:ab")
     );
 }
 

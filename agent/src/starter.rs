@@ -244,9 +244,10 @@ impl Starter {
                             )
                         });
                         let recorded = match &result {
-                            Ok(h) => {
-                                crate::records::write(&h.dir.join("agent.json"), &job.record(&h.image_id))
-                            }
+                            Ok(h) => crate::records::write(
+                                &h.dir.join("agent.json"),
+                                &job.record(&h.image_id),
+                            ),
                             Err(_) => Ok(()),
                         };
                         let pulled = job.pulled.take();

@@ -152,7 +152,11 @@ impl ProgressBar {
     fn draw(&self, last: bool) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
-        if !last && st.last.is_some_and(|t| now - t < std::time::Duration::from_millis(100)) {
+        if !last
+            && st
+                .last
+                .is_some_and(|t| now - t < std::time::Duration::from_millis(100))
+        {
             return;
         }
         st.last = Some(now);
@@ -162,7 +166,11 @@ impl ProgressBar {
             text.push_str(&format!("\x1b[{}A", st.drawn_lines));
         }
         for (digest, size, done, started, present) in &st.blobs {
-            let short: String = digest.trim_start_matches("sha256:").chars().take(12).collect();
+            let short: String = digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect();
             let line = if *present {
                 format!("{short}  {:>8.1} MiB  already present", mib(*size))
             } else {

@@ -252,7 +252,10 @@ mod tests {
         let e = args_of("pods-dir: [a, b]\n").unwrap_err();
         assert!(e.contains("pods-dir: a value expected"), "{e}");
         let e = args_of("insecure-registry: [{a: b}]\n").unwrap_err();
-        assert!(e.contains("insecure-registry: a list of values expected"), "{e}");
+        assert!(
+            e.contains("insecure-registry: a list of values expected"),
+            "{e}"
+        );
         let e = args_of("pods-dir: [unclosed\n").unwrap_err();
         assert!(e.contains("config.yaml: "), "{e}");
     }

@@ -220,14 +220,13 @@ impl Agent {
         let io = |what| move |source| DaemonError::Io { what, source };
         let wake = UnixStream::pair().map_err(io("socketpair"))?;
         wake.0.set_nonblocking(true).map_err(io("socketpair"))?;
-        let starter =
-            crate::starter::Starter::new(
-                rt.clone(),
-                usize::from(args.parallel_starts),
-                usize::from(args.max_parallel_image_pulls),
-                &wake.1,
-            )
-                .map_err(io("start threads"))?;
+        let starter = crate::starter::Starter::new(
+            rt.clone(),
+            usize::from(args.parallel_starts),
+            usize::from(args.max_parallel_image_pulls),
+            &wake.1,
+        )
+        .map_err(io("start threads"))?;
         let json_log = args.log_format == LogFormat::Json;
         Ok(Agent {
             sources: Sources::new(args.pods_dir_recursive),

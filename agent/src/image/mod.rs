@@ -819,7 +819,9 @@ impl ImageStore {
                 let (b, _) = client.manifest(r, &d.digest)?;
                 return Ok(Box::new(std::io::Cursor::new(b)));
             }
-            Ok(Box::new(client.blob(r, &d.digest, d.size)?.take(d.size + 1)))
+            Ok(Box::new(
+                client.blob(r, &d.digest, d.size)?.take(d.size + 1),
+            ))
         };
         self.ingest(top.clone(), &fetch, &origin, progress)?;
         // Under the lock every blob is there (fetched again if a removal

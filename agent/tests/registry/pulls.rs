@@ -1,144 +1,13 @@
-//! Pulls from a real registry: Debian's `docker-registry` (the CNCF
-//! distribution registry) on 127.0.0.1, inside a network namespace of the
-//! test's own, with images pushed by `skopeo copy` from the image store's
-//! own OCI layout; anonymous over plain HTTP, then behind htpasswd basic
-//! auth. As root; outside CI a missing tool skips, with CI=true it fails.
+//! Pulls from the real registry: by tag and digest, verified, with basic
+//! auth and TLS; the agent's pulls end to end; mirrors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-mod support;
-
-use support::fixture::*;
-use support::{eventually, podctl, require};
-
-fn tools() -> bool {
-    let missing: Vec<&str> = ["docker-registry", "skopeo", "htpasswd", "openssl"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true and {missing:?} missing (scripts/setup installs them)"
-    );
-    eprintln!("skipping: {missing:?} missing");
-    false
-}
-
-/// A registry serving from `dir`, killed and its files removed on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-}
-
-impl Registry {
-    fn start(port: u16, htpasswd: Option<(&str, &str)>) -> Registry {
-        Registry::start_with(port, htpasswd, None)
-    }
-
-    /// With TLS from `(certificate, key)` files when given.
-    fn start_with(
-        port: u16,
-        htpasswd: Option<(&str, &str)>,
-        tls: Option<(&Path, &Path)>,
-    ) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let addr = format!("127.0.0.1:{port}");
-        let tls = tls.map_or(String::new(), |(cert, key)| {
-            format!(
-                ", tls: {{certificate: {}, key: {}}}",
-                cert.display(),
-                key.display()
-            )
-        });
-        let mut config = format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: '{addr}'{tls}}}\n",
-            data.display()
-        );
-        if let Some((user, password)) = htpasswd {
-            let file = dir.path().join("htpasswd");
-            let ok = Command::new("htpasswd")
-                .args(["-Bbc"])
-                .arg(&file)
-                .args([user, password])
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            config.push_str(&format!(
-                "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
-                file.display()
-            ));
-        }
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let r = Registry {
-            child,
-            addr,
-            _dir: dir,
-            data,
-        };
-        assert!(
-            eventually(Duration::from_secs(20), || std::net::TcpStream::connect(
-                &r.addr
-            )
-            .is_ok()),
-            "the registry did not listen on {}",
-            r.addr
-        );
-        r
-    }
-
-    /// `skopeo copy` of `image` from the store's layout to `repo:tag` here.
-    fn push(&self, store_images: &Path, image: &str, target: &str, creds: Option<&str>) {
-        let mut c = Command::new("skopeo");
-        c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
-        if let Some(creds) = creds {
-            c.args(["--dest-creds", creds]);
-        }
-        let out = c
-            .arg(format!("oci:{}:{image}", store_images.display()))
-            .arg(format!("docker://{}/{target}", self.addr))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "skopeo: {out:?}");
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `podctl image pull` into the store under `root`.
-fn pull(root: &Path, reference: &str, extra: &[&str]) -> (i32, String, String) {
-    let root = root.display().to_string();
-    let mut args = vec!["image", "--root-dir", root.as_str(), "pull", reference];
-    args.extend_from_slice(extra);
-    podctl(&args)
-}
+use crate::support::fixture::*;
+use crate::support::{eventually, podctl, require};
+use crate::{pull, tools, Registry};
 
 #[test]
 fn images_are_pulled_verified_from_a_real_registry_anonymous_and_with_basic_auth() {
@@ -552,5 +421,182 @@ fn a_registry_behind_tls_is_trusted_through_its_ca_in_the_certs_dir() {
         let (code, out, err) = pull(&root, &image, &args);
         assert_eq!(code, 0, "{err}");
         assert!(out.starts_with(&format!("pulled {image} sha256:")), "{out}");
+    });
+}
+
+#[test]
+fn mirrors_are_tried_in_order_and_the_registry_last() {
+    if !require() || !tools() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("registry-mirror");
+        let source = fx.dir.path().join("store/images");
+        let up = Registry::start(5000, None);
+        let mirror = Registry::start(5002, None);
+        // The mirror alone has :1, the registry alone :2.
+        mirror.push(&source, "busybox:latest", "test/busybox:1", None);
+        up.push(&source, "busybox:latest", "test/busybox:2", None);
+        let root = fx.dir.path().join("pulled");
+        let m = format!("{}={}", up.addr, mirror.addr);
+        let mirror_addr = mirror.addr.clone();
+        let args = [
+            "--insecure-registry",
+            up.addr.as_str(),
+            "--insecure-registry",
+            mirror_addr.as_str(),
+            "--registry-mirror",
+            m.as_str(),
+        ];
+        let (code, out, err) = pull(&root, &format!("{}/test/busybox:1", up.addr), &args);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with(&format!("pulled {}/test/busybox:1 ", up.addr)),
+            "{out}"
+        );
+        assert_eq!(mirror.gets("test/busybox/manifests/1"), 1);
+        assert_eq!(
+            up.gets("test/busybox/manifests/1"),
+            0,
+            "the mirror answered"
+        );
+        // The mirror lacks :2: the registry after it.
+        let (code, _, err) = pull(&root, &format!("{}/test/busybox:2", up.addr), &args);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(up.gets("test/busybox/manifests/2"), 1);
+        // The mirror gone and the registry lacking the tag: both are said.
+        drop(mirror);
+        let (code, _, err) = pull(&root, &format!("{}/test/busybox:1", up.addr), &args);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("mirrors failed (127.0.0.1:5002: ") && err.contains("MANIFEST_UNKNOWN"),
+            "{err}"
+        );
+        // A bad mirror flag is refused with its syntax.
+        let (code, _, err) = pull(&root, "busybox", &["--registry-mirror", "cache:5000"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("REGISTRY=MIRROR expected"), "{err}");
+    });
+}
+
+/// A second image beside the fixture's busybox, `marked:1`: busybox and a
+/// file `/marker` saying `text`.
+fn marked_image(fx: &Fixture, text: &str) {
+    let dir = fx.dir.path().join(format!("marked-{text}"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("busybox", dir.join("bin/sleep")).unwrap();
+    std::os::unix::fs::symlink("busybox", dir.join("bin/cat")).unwrap();
+    std::fs::write(dir.join("marker"), text).unwrap();
+    fx.rt
+        .images
+        .import_rootfs(&dir, "marked:1", vec!["sh".into()])
+        .unwrap();
+}
+
+#[test]
+fn ten_pods_of_one_image_pull_it_once_and_always_picks_up_a_pushed_tag() {
+    if !require() || !tools() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("agent-pull-once");
+        let source = fx.dir.path().join("store/images");
+        let reg = Registry::start(5000, None);
+        reg.push(&source, "busybox:latest", "test/busybox:1", None);
+        marked_image(&fx, "first");
+        reg.push(&source, "marked:1", "test/app:1", None);
+        let (pods, state, state_s) = fx.agent_dirs();
+        let auth = fx.dir.path().join("no-auth.json").display().to_string();
+        let _agent = Running(spawn_agent(
+            &fx,
+            &pods,
+            &state,
+            &[
+                "--no-network",
+                "--pull-images",
+                "--insecure-registry",
+                &reg.addr,
+                "--auth-file",
+                &auth,
+            ],
+        ));
+        let a = &reg.addr;
+        let many: Vec<String> = (0..10)
+            .map(|i| {
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{a}/test/busybox:1', command: [sleep, '100000']}}\n"
+                )
+            })
+            .collect();
+        put_manifest(&pods, "many.yaml", &many.join("---\n"));
+        let all_running = || {
+            (0..10).all(|i| {
+                pod_status(&state_s, &format!("p{i}"))["containers"][0]["state"] == "Running"
+            })
+        };
+        assert!(
+            eventually(Duration::from_secs(90), all_running),
+            "{:#}",
+            pod_status(&state_s, "p0")
+        );
+        // One pull: one manifest and one layer fetched for the ten.
+        let layer = resolved_layer_digest(fx.dir.path(), &format!("{a}/test/busybox:1"));
+        assert_eq!(reg.gets("test/busybox/manifests/1"), 1);
+        assert_eq!(reg.gets(&format!("test/busybox/blobs/{layer}")), 1);
+        let id = pod_status(&state_s, "p0")["containers"][0]["image_id"].clone();
+        assert!(
+            id.as_str()
+                .unwrap()
+                .starts_with(&format!("{a}/test/busybox@sha256:")),
+            "{id}"
+        );
+        put_manifest(&pods, "many.yaml", "");
+
+        // Always: each start resolves the tag; a tag pushed again is pulled
+        // at the next start, and imageID is the new digest.
+        put_manifest(
+            &pods,
+            "app.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: app}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{a}/test/app:1', imagePullPolicy: Always, command: [sh, -c, 'cat /marker; sleep 3']}}\n"
+            ),
+        );
+        let app = || pod_status(&state_s, "app")["containers"][0].clone();
+        assert!(
+            eventually(Duration::from_secs(30), || app()["state"] == "Running"),
+            "{:#}",
+            app()
+        );
+        let first = app()["image_id"].as_str().unwrap().to_string();
+        marked_image(&fx, "second");
+        reg.push(&source, "marked:1", "test/app:1", None);
+        assert!(
+            eventually(Duration::from_secs(60), || app()["image_id"]
+                .as_str()
+                .is_some_and(|i| i != first)
+                && app()["state"] == "Running"),
+            "{:#}",
+            app()
+        );
+        let second = app()["image_id"].as_str().unwrap().to_string();
+        assert!(
+            second.starts_with(&format!("{a}/test/app@sha256:")),
+            "{second}"
+        );
+        let info = fx
+            .rt
+            .images
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|i| i.reference == format!("{a}/test/app:1"))
+            .unwrap();
+        assert_eq!(second, format!("{a}/test/app@{}", info.digest));
+        assert!(
+            reg.gets("test/app/manifests/1") >= 2,
+            "the tag was resolved at each start"
+        );
     });
 }

@@ -75,7 +75,9 @@ pub fn ok(content_type: &str, body: Vec<u8>) -> Answer {
 }
 
 /// Serves `answer(path)` on 127.0.0.1:`port`, a thread per connection,
-/// until the test's process ends.
+/// until the test's process ends. (A dripping answer is what sleeps here:
+/// the server plays a slow registry.)
+#[allow(clippy::disallowed_methods)]
 pub fn serve(port: u16, answer: impl Fn(&Request) -> Answer + Send + Sync + 'static) {
     let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let answer = Arc::new(answer);

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the pods of a directory (the agent).
-    Run(agent::daemon::Args),
+    Run(Box<agent::daemon::Args>),
     /// Run one container from an OCI bundle and stay its parent (started by
     /// the agent, not by hand).
     Shim(agent::shim::Args),
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => {
             let exe = std::env::current_exe().unwrap_or_else(|_| "podagent".into());
-            match agent::daemon::Agent::new(args, exe).and_then(|mut a| a.run()) {
+            match agent::daemon::Agent::new(*args, exe).and_then(|mut a| a.run()) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("podagent: {}", agent::error_chain(&e));

@@ -38,6 +38,9 @@ pub struct PodStatus {
     pub conditions: Vec<Condition>,
     pub ip: Option<String>,
     pub containers: Vec<ContainerStatus>,
+    /// Every image its containers run, init containers' too (what `podctl
+    /// image ls` and `prune` read).
+    pub images: Vec<String>,
     pub created: String,
 }
 
@@ -232,6 +235,7 @@ pub fn pod_status(
         ],
         ip: seen.and_then(|s| s.ip.map(str::to_string)),
         containers,
+        images: pod.all_containers().map(|c| c.image.clone()).collect(),
         created: rfc3339_nano(seen.map_or(clock.wall, |s| s.created)),
     }
 }
@@ -249,6 +253,7 @@ pub fn leaving_pod_status(key: &str, uid: &str) -> PodStatus {
         conditions: Vec::new(),
         ip: None,
         containers: Vec::new(),
+        images: Vec::new(),
         created: String::new(),
     }
 }

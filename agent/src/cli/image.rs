@@ -101,10 +101,51 @@ pub enum Command {
         #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARG")]
         cmd: Vec<String>,
     },
-    /// List the images.
-    Ls,
+    /// List the images, with the pods that use them (when the agent
+    /// answers).
+    Ls {
+        #[command(flatten)]
+        api: super::Api,
+    },
     /// Remove an image (refused while a container uses it).
     Rm { reference: String },
+    /// Remove every image no pod of the agent's uses and no container has
+    /// mounted. Refused when the agent does not answer, unless --force
+    /// (then only the mounted images are kept).
+    Prune {
+        #[command(flatten)]
+        api: super::Api,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The pods (`namespace/name`) using each image, by normalised reference,
+/// from the agent's status.
+fn pods_by_image(
+    api: &super::Api,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    let status = api.get_json("/v1/status")?;
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for p in status["pods"].as_array().into_iter().flatten() {
+        let pod = format!(
+            "{}/{}",
+            p["namespace"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or("")
+        );
+        for image in p["images"].as_array().into_iter().flatten() {
+            let Some(image) = image.as_str() else {
+                continue;
+            };
+            let key =
+                crate::image::normalise_reference(image).unwrap_or_else(|_| image.to_string());
+            let users = out.entry(key).or_default();
+            if !users.contains(&pod) {
+                users.push(pod.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `podctl image pull`'s progress on a terminal: a line per blob (its
@@ -240,8 +281,16 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
         } => store
             .import_rootfs(dir, reference, cmd.clone())
             .map(|i| drop(writeln!(out, "imported {} {}", i.reference, i.digest))),
-        Command::Ls => store.list().map(|list| {
-            let _ = writeln!(out, "{:<40} {:<20} {:>10}", "REFERENCE", "DIGEST", "SIZE");
+        Command::Ls { api } => store.list().map(|list| {
+            let pods = pods_by_image(api);
+            if let Err(e) = &pods {
+                let _ = writeln!(err, "podctl image: pods not shown: {e}");
+            }
+            let _ = writeln!(
+                out,
+                "{:<40} {:<14} {:>10}  PODS",
+                "REFERENCE", "DIGEST", "SIZE"
+            );
             for i in list {
                 let short = i
                     .digest
@@ -249,9 +298,47 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
                     .chars()
                     .take(12)
                     .collect::<String>();
-                let _ = writeln!(out, "{:<40} {:<20} {:>10}", i.reference, short, i.size);
+                let users = match &pods {
+                    Ok(p) => p.get(&i.reference).map_or("-".into(), |u| u.join(",")),
+                    Err(_) => "?".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:<14} {:>10}  {users}",
+                    i.reference, short, i.size
+                );
             }
         }),
+        Command::Prune { api, force } => {
+            let pods = match pods_by_image(api) {
+                Ok(p) => p,
+                Err(e) if !force => {
+                    let _ = writeln!(
+                        err,
+                        "podctl image prune: the agent did not answer ({e}): its pods' images are not known; --force keeps only the images of mounted containers"
+                    );
+                    return Outcome::Invalid;
+                }
+                Err(_) => Default::default(),
+            };
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            store.list().and_then(|list| {
+                let mut freed = 0;
+                for i in list {
+                    let layers = store.layer_dirs(&i.reference).unwrap_or_default();
+                    if pods.contains_key(&i.reference)
+                        || !overlays_using(&mountinfo, &layers).is_empty()
+                    {
+                        continue;
+                    }
+                    store.remove(&i.reference, &|_| None)?;
+                    freed += i.size;
+                    let _ = writeln!(out, "removed {} {}", i.reference, i.digest);
+                }
+                let _ = writeln!(out, "{freed} bytes of images removed");
+                Ok(())
+            })
+        }
         // No container runs without the agent, which will answer "in use"
         // from its state; until then nothing holds an image.
         Command::Rm { reference } => {
@@ -280,34 +367,7 @@ fn fail(err: &mut dyn Write, e: &dyn std::error::Error) -> Outcome {
     Outcome::Invalid
 }
 
-/// The mount points of the overlays whose lower dirs include one of `layers`
-/// (mountinfo's super options: `lowerdir=a:b:c,...`; `\040`-style escapes
-/// are kept as they are, as are the layer paths the store makes).
-pub fn overlays_using(mountinfo: &str, layers: &[std::path::PathBuf]) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split_whitespace();
-        if r.next() != Some("overlay") {
-            continue;
-        }
-        let opts = r.nth(1).unwrap_or("");
-        let Some(lower) = opts.split(',').find_map(|o| o.strip_prefix("lowerdir=")) else {
-            continue;
-        };
-        if lower
-            .split(':')
-            .any(|d| layers.iter().any(|l| l.as_os_str() == d))
-        {
-            if let Some(point) = left.split_whitespace().nth(4) {
-                out.push(point.to_string());
-            }
-        }
-    }
-    out
-}
+pub use crate::image::gc::overlays_using;
 
 #[cfg(test)]
 mod tests {

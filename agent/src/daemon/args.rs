@@ -63,6 +63,18 @@ pub struct Args {
     /// pull holds up no start of an image already present.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub max_parallel_image_pulls: u16,
+    /// Image GC starts when the store's filesystem is this full (percent;
+    /// 100 turns it off), as the kubelet's `--image-gc-high-threshold`.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub image_gc_high_threshold: u8,
+    /// ... and removes unused images, least recently used first, until it
+    /// is this full.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
+    /// Seconds an image is kept after it was pulled or last used, however
+    /// full the disk (the kubelet's `imageMinimumGCAge`).
+    #[arg(long, default_value_t = 120)]
+    pub image_minimum_gc_age: u64,
     /// How images are pulled: credentials, CAs, insecure registries.
     #[command(flatten)]
     pub registry: crate::cli::image::RegistryArgs,
@@ -93,6 +105,21 @@ impl Args {
         self.api_socket
             .clone()
             .unwrap_or_else(|| self.state_dir.join("podagent.sock"))
+    }
+
+    /// Image GC's thresholds; the low one must be below the high one.
+    pub fn image_gc_policy(&self) -> Result<crate::image::gc::Policy, String> {
+        let (high, low) = (self.image_gc_high_threshold, self.image_gc_low_threshold);
+        if low >= high {
+            return Err(format!(
+                "--image-gc-low-threshold {low} must be below --image-gc-high-threshold {high}"
+            ));
+        }
+        Ok(crate::image::gc::Policy {
+            high,
+            low,
+            min_age: std::time::Duration::from_secs(self.image_minimum_gc_age),
+        })
     }
 
     /// The node's seccomp profiles (`Localhost` profiles are relative to

@@ -207,6 +207,8 @@ impl Agent {
             next.shim = old.shim;
         }
         run.containers.insert(name.to_string(), next);
+        // Before the pool has it: the image collector leaves it alone.
+        self.image_gc.using(&c.image);
         if self.rt.pulls(c) {
             self.event(
                 Kind::Normal,

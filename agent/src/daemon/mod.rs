@@ -15,6 +15,7 @@
 //!   from its records, and the rest removed;
 //! - `supervise`: exits (the shim's `exit.json`), OOM kills, shims that die;
 //! - `probes`: attempts on threads, their results applied;
+//! - `images`: image garbage collection, on a thread, started at resyncs;
 //! - `terminate`: stops and kills with their deadlines, pods removed once
 //!   their containers are gone;
 //! - `publish`: the status projection (`crate::status`, pure) and the
@@ -25,6 +26,7 @@ mod adopt;
 mod args;
 mod event_loop;
 mod executor;
+mod images;
 mod probes;
 mod publish;
 mod sandbox;
@@ -73,6 +75,8 @@ pub enum DaemonError {
     CpuManager(#[source] crate::cpu_manager::CpuManagerError),
     #[error("the registry settings")]
     Registry(#[source] crate::image::registry::RegistryError),
+    #[error("image GC: {0}")]
+    ImageGc(String),
     #[error("--pod-cidr {cidr}: {reason}")]
     PodCidr { cidr: String, reason: String },
     #[error("--api-group {0}: no such group")]
@@ -141,6 +145,7 @@ pub struct Agent {
     wake: (UnixStream, UnixStream),
     /// The shims this agent spawned (its children), to reap.
     children: Vec<i32>,
+    image_gc: images::ImageGc,
 }
 
 impl Agent {
@@ -228,6 +233,7 @@ impl Agent {
         )
         .map_err(io("start threads"))?;
         let json_log = args.log_format == LogFormat::Json;
+        let image_gc = images::ImageGc::new(args.image_gc_policy().map_err(DaemonError::ImageGc)?);
         Ok(Agent {
             sources: Sources::new(args.pods_dir_recursive),
             args,
@@ -246,6 +252,7 @@ impl Agent {
             probe_rx,
             wake,
             children: Vec::new(),
+            image_gc,
         })
     }
 
@@ -289,6 +296,7 @@ impl Agent {
         crate::api::serve(&socket, self.api_group()?, server).map_err(DaemonError::Api)?;
         self.sources.resync(&pods_dir, &self.node);
         self.adopt()?;
+        self.collect_images();
         let resync = Duration::from_secs(self.args.resync_secs);
         let mut last_resync = Instant::now();
         loop {
@@ -354,6 +362,7 @@ impl Agent {
             }
             if Instant::now() >= resync_at {
                 self.sources.resync(&pods_dir, &self.node);
+                self.collect_images();
                 last_resync = Instant::now();
             }
         }

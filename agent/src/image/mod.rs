@@ -19,6 +19,7 @@
 //! the guarantees are checked. Layer extraction, the hostile part, is apart in
 //! `unpack.rs`.
 
+pub mod gc;
 pub mod reference;
 pub mod registry;
 pub mod unpack;
@@ -43,6 +44,9 @@ const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gz
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_INDEX: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// When an image was tagged, in milliseconds since the epoch (the store's
+/// own annotation: image GC's age and order).
+const TAGGED: &str = "io.podagent.image.tagged";
 /// JSON documents (index, manifest, config) larger than this are refused.
 const MAX_JSON: u64 = 4 << 20;
 
@@ -473,6 +477,10 @@ impl ImageStore {
             .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(reference));
         let mut d = manifest;
         d.annotations.insert(REF_NAME.into(), reference.to_string());
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        d.annotations.insert(TAGGED.into(), ms.to_string());
         d.platform = None;
         index.manifests.push(d);
         self.write_index(&index)
@@ -863,45 +871,102 @@ impl ImageStore {
         if let Some(by) = in_use(&reference) {
             return Err(ImageError::InUse { reference, by });
         }
-        self.locked(|| {
-            let mut index = self.index()?;
-            let before = index.manifests.len();
-            index
-                .manifests
-                .retain(|d| d.annotations.get(REF_NAME) != Some(&reference));
-            if index.manifests.len() == before {
-                return Err(ImageError::NotFound(reference.clone()));
+        self.locked(|| self.untag_and_sweep(&reference, None))
+    }
+
+    /// Image GC's removal: `reference` untagged, and what no other image
+    /// holds moved into `trash` (a new directory on the store's filesystem,
+    /// for the caller to delete): the store's lock is held for renames only.
+    pub fn remove_to(&self, reference: &str, trash: &Path) -> Result<()> {
+        let reference = normalise_reference(reference)?;
+        fs::create_dir_all(trash).map_err(|e| ImageError::io("create", trash, e))?;
+        self.locked(|| self.untag_and_sweep(&reference, Some(trash)))
+    }
+
+    /// A directory for [`ImageStore::remove_to`], on the store's filesystem.
+    pub fn trash_dir(&self) -> Result<tempfile::TempDir> {
+        let tmp = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix("trash-")
+            .tempdir_in(&tmp)
+            .map_err(|e| ImageError::io("create temp dir in", &tmp, e))
+    }
+
+    /// Under the lock: untags `reference`, then sweeps what no remaining
+    /// image reaches, into `trash` or deleted.
+    fn untag_and_sweep(&self, reference: &str, trash: Option<&Path>) -> Result<()> {
+        let mut index = self.index()?;
+        let before = index.manifests.len();
+        index
+            .manifests
+            .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(reference));
+        if index.manifests.len() == before {
+            return Err(ImageError::NotFound(reference.to_string()));
+        }
+        self.write_index(&index)?;
+        // Mark what remains reachable, sweep the rest.
+        let mut keep = BTreeSet::new();
+        for d in &index.manifests {
+            keep.insert(hex_of(&d.digest)?.to_string());
+            let m: Manifest = read_json(&self.blob(&d.digest)?)?;
+            keep.insert(hex_of(&m.config.digest)?.to_string());
+            for l in &m.layers {
+                keep.insert(hex_of(&l.digest)?.to_string());
             }
-            self.write_index(&index)?;
-            // Mark what remains reachable, sweep the rest.
-            let mut keep = BTreeSet::new();
-            for d in &index.manifests {
-                keep.insert(hex_of(&d.digest)?.to_string());
-                let m: Manifest = read_json(&self.blob(&d.digest)?)?;
-                keep.insert(hex_of(&m.config.digest)?.to_string());
-                for l in &m.layers {
-                    keep.insert(hex_of(&l.digest)?.to_string());
+        }
+        for (i, dir) in [self.blobs(), self.root.join("layers/sha256")]
+            .into_iter()
+            .enumerate()
+        {
+            for e in fs::read_dir(&dir)
+                .map_err(|e| ImageError::io("list", &dir, e))?
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
                 }
+                let p = e.path();
+                let r = match trash {
+                    Some(t) => fs::rename(&p, t.join(format!("{i}-{name}"))),
+                    None if p.is_dir() => fs::remove_dir_all(&p),
+                    None => fs::remove_file(&p),
+                };
+                r.map_err(|err| ImageError::io("remove", &p, err))?;
             }
-            for dir in [self.blobs(), self.root.join("layers/sha256")] {
-                for e in fs::read_dir(&dir)
-                    .map_err(|e| ImageError::io("list", &dir, e))?
-                    .flatten()
-                {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if !keep.contains(&name) {
-                        let p = e.path();
-                        let r = if p.is_dir() {
-                            fs::remove_dir_all(&p)
-                        } else {
-                            fs::remove_file(&p)
-                        };
-                        r.map_err(|err| ImageError::io("remove", &p, err))?;
-                    }
-                }
+        }
+        Ok(())
+    }
+
+    /// When each image was tagged (pulled or imported), by reference; none
+    /// for an image tagged before the store recorded it.
+    pub fn tagged_times(&self) -> Result<BTreeMap<String, std::time::SystemTime>> {
+        let mut out = BTreeMap::new();
+        for d in self.index()?.manifests {
+            let (Some(r), Some(ms)) = (d.annotations.get(REF_NAME), d.annotations.get(TAGGED))
+            else {
+                continue;
+            };
+            if let Ok(ms) = ms.parse::<u64>() {
+                out.insert(
+                    r.clone(),
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                );
             }
-            Ok(())
-        })
+        }
+        Ok(out)
+    }
+
+    /// The size and free space of the store's filesystem, in bytes (what
+    /// image GC's thresholds are of).
+    pub fn filesystem(&self) -> Result<(u64, u64)> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| ImageError::io("statvfs", &self.root, e.into()))?;
+        let frag = st.fragment_size() as u64;
+        Ok((
+            st.blocks() as u64 * frag,
+            st.blocks_available() as u64 * frag,
+        ))
     }
 
     /// The normalised reference, and the digest and manifest it names in

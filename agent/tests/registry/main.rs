@@ -13,6 +13,7 @@ use std::time::Duration;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod gc;
 mod hostile;
 mod pulls;
 mod token;

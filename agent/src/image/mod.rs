@@ -971,13 +971,41 @@ impl ImageStore {
 
     /// The normalised reference, and the digest and manifest it names in
     /// the index.
+    /// A reference pinned by digest (`repo@sha256:…`) also finds the image
+    /// of that repository stored under a tag, when its manifest has that
+    /// digest: pulled by tag, it runs pinned with no registry.
     fn manifest(&self, reference: &str) -> Result<(String, String, Manifest)> {
         let reference = normalise_reference(reference)?;
-        let desc = self
-            .index()?
-            .manifests
-            .into_iter()
+        let manifests = self.index()?.manifests;
+        let pinned = reference.split_once('@').map(|(name, digest)| {
+            let repo = match specs::resolve::paths::image_tag(name) {
+                Some(t) => &name[..name.len() - t.len() - 1],
+                None => name,
+            };
+            (repo.to_string(), digest.to_string())
+        });
+        let same = |d: &Descriptor| -> bool {
+            let Some(r) = d.annotations.get(REF_NAME) else {
+                return false;
+            };
+            if *r == reference {
+                return true;
+            }
+            let Some((repo, digest)) = &pinned else {
+                return false;
+            };
+            let name = r.split_once('@').map_or(r.as_str(), |(n, _)| n);
+            let r_repo = match specs::resolve::paths::image_tag(name) {
+                Some(t) => &name[..name.len() - t.len() - 1],
+                None => name,
+            };
+            d.digest == *digest && r_repo == repo
+        };
+        let desc = manifests
+            .iter()
             .find(|d| d.annotations.get(REF_NAME) == Some(&reference))
+            .or_else(|| manifests.iter().find(|d| same(d)))
+            .cloned()
             .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
         let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;
         Ok((reference, desc.digest, manifest))

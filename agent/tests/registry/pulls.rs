@@ -600,3 +600,148 @@ fn ten_pods_of_one_image_pull_it_once_and_always_picks_up_a_pushed_tag() {
         );
     });
 }
+
+#[test]
+fn an_offline_node_runs_what_it_has_and_says_why_it_cannot_pull_the_rest() {
+    if !require() || !tools() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("agent-offline");
+        let reg = Registry::start(5000, None);
+        reg.push(
+            &fx.dir.path().join("store/images"),
+            "busybox:latest",
+            "test/busybox:1",
+            None,
+        );
+        let a = reg.addr.clone();
+        let image = format!("{a}/test/busybox:1");
+        let (code, out, err) = pull(fx.dir.path(), &image, &["--insecure-registry", &a]);
+        assert_eq!(code, 0, "{err}");
+        let digest = out.split_whitespace().nth(2).unwrap().to_string();
+        // The registry gone: nothing listens on its port any more.
+        drop(reg);
+        let (pods, state, state_s) = fx.agent_dirs();
+        let auth = fx.dir.path().join("no-auth.json").display().to_string();
+        let _agent = Running(spawn_agent(
+            &fx,
+            &pods,
+            &state,
+            &[
+                "--no-network",
+                "--pull-images",
+                "--insecure-registry",
+                &a,
+                "--auth-file",
+                &auth,
+            ],
+        ));
+        let pod = |name: &str, image: &str, policy: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', {policy}command: [sleep, '100000']}}\n"
+            )
+        };
+        put_manifest(
+            &pods,
+            "pods.yaml",
+            &[
+                pod("present", &image, "imagePullPolicy: IfNotPresent, "),
+                // Pinned by digest (IfNotPresent by default): found by its
+                // digest under the tag it was pulled by.
+                pod("pinned", &format!("{a}/test/busybox@{digest}"), ""),
+                pod("absent", &format!("{a}/test/other:1"), ""),
+            ]
+            .join("---\n"),
+        );
+        let container = |name: &str| pod_status(&state_s, name)["containers"][0].clone();
+        for name in ["present", "pinned"] {
+            assert!(
+                eventually(Duration::from_secs(30), || container(name)["state"]
+                    == "Running"),
+                "{name}: {:#}",
+                container(name)
+            );
+        }
+        assert!(
+            eventually(Duration::from_secs(30), || container("absent")["reason"]
+                == "ErrImagePull"),
+            "{:#}",
+            container("absent")
+        );
+        let m = container("absent")["message"].as_str().unwrap().to_string();
+        assert!(
+            m.to_lowercase().contains("connection refused") || m.contains("Connection refused"),
+            "{m}"
+        );
+        let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+        let events: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        for name in ["present", "pinned"] {
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| e["object"] == format!("default/{name}") && e["reason"] == "Pulling"),
+                "{name} was pulled: {out}"
+            );
+        }
+        assert_eq!(
+            container("pinned")["image_id"],
+            format!("{a}/test/busybox@{digest}")
+        );
+    });
+}
+
+#[test]
+fn podctl_pull_shows_its_progress_on_a_terminal_only() {
+    if !require() || !tools() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("registry-progress");
+        let reg = Registry::start(5000, None);
+        reg.push(
+            &fx.dir.path().join("store/images"),
+            "busybox:latest",
+            "test/busybox:1",
+            None,
+        );
+        let root = fx.dir.path().join("pulled").display().to_string();
+        let image = format!("{}/test/busybox:1", reg.addr);
+        let cmd = format!(
+            "{} image --root-dir {root} pull {image} --insecure-registry {}",
+            env!("CARGO_BIN_EXE_podctl"),
+            reg.addr
+        );
+        // On a terminal (script(1) gives it one): a line per blob, redrawn.
+        let on_tty = || {
+            let out = Command::new("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let first = on_tty();
+        assert!(
+            first.contains("\x1b[2K") && first.contains("MiB/s") && first.contains("done"),
+            "{first:?}"
+        );
+        assert!(
+            first.contains(&format!("pulled {image} sha256:")),
+            "{first:?}"
+        );
+        let again = on_tty();
+        assert!(again.contains("already present"), "{again:?}");
+        // Elsewhere: quiet.
+        let (code, out, err) = pull(
+            Path::new(&root),
+            &image,
+            &["--insecure-registry", &reg.addr],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !err.contains('\x1b') && !out.contains('\x1b'),
+            "{err:?} {out:?}"
+        );
+    });
+}

@@ -326,6 +326,25 @@ impl Agent {
                 };
                 state.crashes += 1;
                 state.image_pull_failed = reason == "ErrImagePull" || reason == "ErrImageNeverPull";
+                // The kubelet's `BackOff` for an image: the next try's wait.
+                if state.image_pull_failed {
+                    let policy = reconcile::effective_policy(p, name);
+                    if let Some(at) = reconcile::restart_at(policy, &state) {
+                        self.event(
+                            Kind::Normal,
+                            "BackOff",
+                            key,
+                            Some(name),
+                            format!(
+                                "back-off {}s pulling image {}",
+                                at.saturating_duration_since(Instant::now())
+                                    .as_secs_f64()
+                                    .round(),
+                                c.image
+                            ),
+                        );
+                    }
+                }
                 if let Some(run) = self.container_mut(key, name) {
                     run.state = state;
                     run.last_exit = Some(Exited {

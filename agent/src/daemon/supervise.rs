@@ -223,7 +223,10 @@ impl Agent {
                     "BackOff",
                     key,
                     Some(name),
-                    format!("back-off {}s restarting the container", wait.as_secs()),
+                    format!(
+                        "back-off {}s restarting the container",
+                        wait.as_secs_f64().round()
+                    ),
                 );
             }
         }

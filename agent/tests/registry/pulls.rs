@@ -290,6 +290,14 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
             events()
         );
         let (_, first, last) = failures();
+        let backoff = event("missing", "BackOff").unwrap();
+        assert!(
+            backoff["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("back-off 10s pulling image "),
+            "{backoff:#}"
+        );
         let waited = last - first;
         assert!(
             waited >= 9.0,

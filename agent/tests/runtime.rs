@@ -732,8 +732,11 @@ fn an_io_annotation_throttles_direct_writes_to_about_its_rate() {
         seconds[1],
         rate(seconds[1])
     );
+    // The bound that proves the throttle is the upper one. The lower one
+    // only tells a limit of the wrong unit (KiB/s) apart: emulated (TCG,
+    // with other tests beside it) the limited writer once made 0.53 MiB/s.
     assert!(
-        (0.7..=1.3).contains(&rate(seconds[0])),
+        (0.4..=1.3).contains(&rate(seconds[0])),
         "under wbps=1Mi: {:.2} MiB/s",
         rate(seconds[0])
     );

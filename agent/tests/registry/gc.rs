@@ -156,13 +156,7 @@ fn image_gc_removes_the_least_recently_used_until_the_low_threshold() {
             msg.contains("removed img-2:1, img-3:1, img-4:1;"),
             "least recently used first, and no more than needed: {msg}"
         );
-        let left: Vec<String> = store
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|i| i.reference)
-            .collect();
-        assert_eq!(left, ["img-0:1", "img-1:1", "img-5:1"]);
+        assert_eq!(crate::references(&store), ["img-0:1", "img-1:1", "img-5:1"]);
         let (capacity, available) = store.filesystem().unwrap();
         assert!(agent::image::gc::used_percent(capacity, available) <= 50);
         assert!(running("keep"), "the pod's image stayed");
@@ -189,36 +183,26 @@ fn image_gc_removes_the_least_recently_used_until_the_low_threshold() {
         };
         assert!(line("img-0:1 ").ends_with("  default/keep"), "{ls}");
         assert!(line("img-5:1 ").ends_with("  -"), "{ls}");
-        let (code, out, err) = podctl(&[
-            "image",
-            "--root-dir",
-            &root_s,
-            "prune",
-            "--state-dir",
-            &state_s,
-        ]);
+        let prune = || {
+            podctl(&[
+                "image",
+                "--root-dir",
+                &root_s,
+                "prune",
+                "--state-dir",
+                &state_s,
+            ])
+        };
+        let (code, out, err) = prune();
         assert_eq!(code, 0, "{err}");
         assert!(
             out.contains("removed img-1:1 ") && out.contains("removed img-5:1 "),
             "{out}"
         );
-        let left: Vec<String> = store
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|i| i.reference)
-            .collect();
-        assert_eq!(left, ["img-0:1"]);
+        assert_eq!(crate::references(&store), ["img-0:1"]);
         drop(agent);
         // The agent gone: prune refuses, unless forced.
-        let (code, _, err) = podctl(&[
-            "image",
-            "--root-dir",
-            &root_s,
-            "prune",
-            "--state-dir",
-            &state_s,
-        ]);
+        let (code, _, err) = prune();
         assert_ne!(code, 0);
         assert!(err.contains("the agent did not answer"), "{err}");
     });

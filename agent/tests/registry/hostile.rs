@@ -345,13 +345,7 @@ fn a_registry_that_dies_mid_blob_leaves_nothing_and_the_next_pull_succeeds() {
     }
     on_private_node(|| {
         let fx = fixture("registry-cut");
-        let reg = Registry::start(5000, None);
-        reg.push(
-            &fx.dir.path().join("store/images"),
-            "busybox:latest",
-            "test/busybox:1",
-            None,
-        );
+        let reg = Registry::with_busybox(5000, &fx);
         let cut = Arc::new(AtomicBool::new(true));
         cutting_proxy(5101, reg.addr.clone(), 64 << 10, cut.clone());
         let root = fx.dir.path().join("pulled");

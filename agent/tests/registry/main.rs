@@ -160,6 +160,109 @@ impl Drop for Registry {
     }
 }
 
+impl Registry {
+    /// On 127.0.0.1:`port`, with the fixture's busybox pushed as
+    /// `test/busybox:1`.
+    pub fn with_busybox(port: u16, fx: &support::fixture::Fixture) -> Registry {
+        let r = Registry::start(port, None);
+        r.push(
+            &fx.dir.path().join("store/images"),
+            "busybox:latest",
+            "test/busybox:1",
+            None,
+        );
+        r
+    }
+}
+
+/// The fixture's agent with `--pull-images` from `registry` over plain
+/// HTTP, without credentials and without networking.
+pub fn pulling_agent(
+    fx: &support::fixture::Fixture,
+    pods: &Path,
+    state: &Path,
+    registry: &str,
+) -> support::fixture::Running {
+    let auth = fx.dir.path().join("no-auth.json").display().to_string();
+    support::fixture::Running(support::fixture::spawn_agent(
+        fx,
+        pods,
+        state,
+        &[
+            "--no-network",
+            "--pull-images",
+            "--insecure-registry",
+            registry,
+            "--auth-file",
+            &auth,
+        ],
+    ))
+}
+
+/// A credentials file (mode 0600) with `user:password` for `registry`.
+pub fn write_auth(path: &Path, registry: &str, user_password: &str) {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(user_password);
+    std::fs::write(
+        path,
+        format!(r#"{{"auths": {{"{registry}": {{"auth": "{b64}"}}}}}}"#),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Credentials checked as a node's are: pulls of `image` into `root` with
+/// no credentials in `auth`, with `user:wrong`, then with `user:right`. The
+/// first two fail with `without` and `refused` in their errors, the last
+/// pulls; neither password is in any output.
+#[allow(clippy::too_many_arguments)]
+pub fn credentials_checked(
+    root: &Path,
+    image: &str,
+    registry: &str,
+    auth: &Path,
+    (user, wrong, right): (&str, &str, &str),
+    without: &[&str],
+    refused: &[&str],
+) {
+    let auth_s = auth.display().to_string();
+    let args = ["--insecure-registry", registry, "--auth-file", &auth_s];
+    let secret_free = |out: &str, err: &str| {
+        for p in [wrong, right] {
+            assert!(
+                !out.contains(p) && !err.contains(p),
+                "a password in {out} {err}"
+            );
+        }
+    };
+    let _ = std::fs::remove_file(auth);
+    let (code, out, err) = pull(root, image, &args);
+    assert_ne!(code, 0);
+    assert!(without.iter().all(|w| err.contains(w)), "{err}");
+    secret_free(&out, &err);
+    write_auth(auth, registry, &format!("{user}:{wrong}"));
+    let (code, out, err) = pull(root, image, &args);
+    assert_ne!(code, 0);
+    assert!(refused.iter().all(|w| err.contains(w)), "{err}");
+    secret_free(&out, &err);
+    write_auth(auth, registry, &format!("{user}:{right}"));
+    let (code, out, err) = pull(root, image, &args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("pulled {image} sha256:")), "{out}");
+    secret_free(&out, &err);
+}
+
+/// The references a store holds, in order.
+pub fn references(store: &agent::image::ImageStore) -> Vec<String> {
+    store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect()
+}
+
 /// `podctl image pull` into the store under `root`.
 pub fn pull(root: &Path, reference: &str, extra: &[&str]) -> (i32, String, String) {
     let root = root.display().to_string();

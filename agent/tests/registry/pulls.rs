@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::fixture::*;
 use crate::support::{eventually, podctl, require};
-use crate::{pull, tools, Registry};
+use crate::{pull, pulling_agent, tools, Registry};
 
 #[test]
 fn images_are_pulled_verified_from_a_real_registry_anonymous_and_with_basic_auth() {
@@ -22,7 +22,6 @@ fn images_are_pulled_verified_from_a_real_registry_anonymous_and_with_basic_auth
         let root = fx.dir.path().join("pulled");
         let insecure = ["--insecure-registry", reg.addr.as_str()];
         let auth = fx.dir.path().join("auth.json");
-        let auth_s = auth.display().to_string();
 
         // By tag: the image is in the store and runs.
         let image = format!("{}/test/busybox:1", reg.addr);
@@ -122,39 +121,15 @@ fn images_are_pulled_verified_from_a_real_registry_anonymous_and_with_basic_auth
             Some("edge:s3cret-pw"),
         );
         let image = format!("{}/private/busybox:1", reg.addr);
-        let with_auth = [
-            "--insecure-registry",
-            reg.addr.as_str(),
-            "--auth-file",
-            auth_s.as_str(),
-        ];
-        let write_auth = |user_pw: &str| {
-            use base64::Engine;
-            use std::os::unix::fs::PermissionsExt;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(user_pw);
-            std::fs::write(
-                &auth,
-                format!(r#"{{"auths": {{"{}": {{"auth": "{b64}"}}}}}}"#, reg.addr),
-            )
-            .unwrap();
-            std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
-        let (code, _, err) = pull(&root, &image, &with_auth);
-        assert_ne!(code, 0);
-        assert!(
-            err.contains("401") && err.contains("no credentials for this registry"),
-            "{err}"
+        crate::credentials_checked(
+            &root,
+            &image,
+            &reg.addr,
+            &auth,
+            ("edge", "wrong-pw", "s3cret-pw"),
+            &["401", "no credentials for this registry"],
+            &["the credentials were refused"],
         );
-        write_auth("edge:wrong-pw");
-        let (code, out, err) = pull(&root, &image, &with_auth);
-        assert_ne!(code, 0);
-        assert!(err.contains("the credentials were refused"), "{err}");
-        assert!(!err.contains("wrong-pw") && !out.contains("wrong-pw"));
-        write_auth("edge:s3cret-pw");
-        let (code, out, err) = pull(&root, &image, &with_auth);
-        assert_eq!(code, 0, "{err}");
-        assert!(out.starts_with(&format!("pulled {image} ")), "{out}");
-        assert!(!err.contains("s3cret") && !out.contains("s3cret"));
     });
 }
 
@@ -183,20 +158,7 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
         let reg = Registry::start(5000, None);
         reg.push(&source, "busybox:latest", "test/busybox:1", None);
         let (pods, state, state_s) = fx.agent_dirs();
-        let auth = fx.dir.path().join("no-auth.json").display().to_string();
-        let _agent = Running(spawn_agent(
-            &fx,
-            &pods,
-            &state,
-            &[
-                "--no-network",
-                "--pull-images",
-                "--insecure-registry",
-                &reg.addr,
-                "--auth-file",
-                &auth,
-            ],
-        ));
+        let _agent = pulling_agent(&fx, &pods, &state, &reg.addr);
         let pod = |name: &str, image: &str, policy: &str| {
             format!(
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: {policy}, command: [sleep, '100000']}}\n"
@@ -516,20 +478,7 @@ fn ten_pods_of_one_image_pull_it_once_and_always_picks_up_a_pushed_tag() {
         marked_image(&fx, "first");
         reg.push(&source, "marked:1", "test/app:1", None);
         let (pods, state, state_s) = fx.agent_dirs();
-        let auth = fx.dir.path().join("no-auth.json").display().to_string();
-        let _agent = Running(spawn_agent(
-            &fx,
-            &pods,
-            &state,
-            &[
-                "--no-network",
-                "--pull-images",
-                "--insecure-registry",
-                &reg.addr,
-                "--auth-file",
-                &auth,
-            ],
-        ));
+        let _agent = pulling_agent(&fx, &pods, &state, &reg.addr);
         let a = &reg.addr;
         let many: Vec<String> = (0..10)
             .map(|i| {
@@ -616,13 +565,7 @@ fn an_offline_node_runs_what_it_has_and_says_why_it_cannot_pull_the_rest() {
     }
     on_private_node(|| {
         let fx = fixture("agent-offline");
-        let reg = Registry::start(5000, None);
-        reg.push(
-            &fx.dir.path().join("store/images"),
-            "busybox:latest",
-            "test/busybox:1",
-            None,
-        );
+        let reg = Registry::with_busybox(5000, &fx);
         let a = reg.addr.clone();
         let image = format!("{a}/test/busybox:1");
         let (code, out, err) = pull(fx.dir.path(), &image, &["--insecure-registry", &a]);
@@ -631,20 +574,7 @@ fn an_offline_node_runs_what_it_has_and_says_why_it_cannot_pull_the_rest() {
         // The registry gone: nothing listens on its port any more.
         drop(reg);
         let (pods, state, state_s) = fx.agent_dirs();
-        let auth = fx.dir.path().join("no-auth.json").display().to_string();
-        let _agent = Running(spawn_agent(
-            &fx,
-            &pods,
-            &state,
-            &[
-                "--no-network",
-                "--pull-images",
-                "--insecure-registry",
-                &a,
-                "--auth-file",
-                &auth,
-            ],
-        ));
+        let _agent = pulling_agent(&fx, &pods, &state, &a);
         let pod = |name: &str, image: &str, policy: &str| {
             format!(
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', {policy}command: [sleep, '100000']}}\n"
@@ -706,13 +636,7 @@ fn podctl_pull_shows_its_progress_on_a_terminal_only() {
     }
     on_private_node(|| {
         let fx = fixture("registry-progress");
-        let reg = Registry::start(5000, None);
-        reg.push(
-            &fx.dir.path().join("store/images"),
-            "busybox:latest",
-            "test/busybox:1",
-            None,
-        );
+        let reg = Registry::with_busybox(5000, &fx);
         let root = fx.dir.path().join("pulled").display().to_string();
         let image = format!("{}/test/busybox:1", reg.addr);
         let cmd = format!(

@@ -15,7 +15,7 @@ use base64::Engine;
 use crate::hostile::{ok, serve, Answer, Request};
 use crate::support::fixture::*;
 use crate::support::require;
-use crate::{pull, tools, Registry};
+use crate::{tools, Registry};
 
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -182,41 +182,17 @@ fn a_registry_behind_a_token_server_is_pulled_with_a_bearer_token() {
         let root = fx.dir.path().join("pulled");
         let image = format!("{}/private/busybox:1", reg.addr);
         let auth_file = fx.dir.path().join("auth.json");
-        let auth_s = auth_file.display().to_string();
-        let args = [
-            "--insecure-registry",
-            reg.addr.as_str(),
-            "--auth-file",
-            auth_s.as_str(),
-        ];
-        let write_auth = |user_pw: &str| {
-            use std::os::unix::fs::PermissionsExt;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(user_pw);
-            std::fs::write(
-                &auth_file,
-                format!(r#"{{"auths": {{"{}": {{"auth": "{b64}"}}}}}}"#, reg.addr),
-            )
-            .unwrap();
-            std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
-        // No credentials: the token server refuses, and that is said.
-        let (code, _, err) = pull(&root, &image, &args);
-        assert_ne!(code, 0);
-        assert!(
-            err.contains("token: 401") && err.contains("authentication required"),
-            "{err}"
+        // The token server refuses no credentials and wrong ones; with the
+        // right ones it grants a token the registry verifies.
+        crate::credentials_checked(
+            &root,
+            &image,
+            &reg.addr,
+            &auth_file,
+            ("edge", "wrong-t0ken", "t0ken-s3cret"),
+            &["token: 401", "authentication required"],
+            &["token: 401"],
         );
-        write_auth("edge:wrong-t0ken");
-        let (code, out, err) = pull(&root, &image, &args);
-        assert_ne!(code, 0);
-        assert!(err.contains("token: 401"), "{err}");
-        assert!(!err.contains("wrong-t0ken") && !out.contains("wrong-t0ken"));
-        // The right ones: a token, verified by the registry, for the pull.
-        write_auth("edge:t0ken-s3cret");
-        let (code, out, err) = pull(&root, &image, &args);
-        assert_eq!(code, 0, "{err}");
-        assert!(out.starts_with(&format!("pulled {image} sha256:")), "{out}");
-        assert!(!err.contains("s3cret") && !out.contains("s3cret"));
         assert!(reg.gets("private/busybox/manifests/1") >= 1);
     });
 }

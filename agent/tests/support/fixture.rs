@@ -13,6 +13,7 @@ use agent::runtime::{sandbox, Runtime};
 
 use super::{busybox_rootfs, mounts_under};
 
+#[derive(Debug)]
 pub struct Fixture {
     pub rt: Runtime,
     pub cg_root: CgroupPath,
@@ -173,6 +174,7 @@ spec:
 ";
 
 /// Stops the agent (and so its pods) even if the test fails.
+#[derive(Debug)]
 pub struct Running(pub std::process::Child);
 
 impl Drop for Running {

@@ -9,6 +9,10 @@
 //! into a network namespace of its own first, so the agent's bridge, veths
 //! and nftables rules (and podman's) never touch the host's network.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::nap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,13 +97,6 @@ impl Agent {
     }
 }
 
-/// Sleeps without `std::thread::sleep` (the workspace bans it in code):
-/// a poll with no descriptors.
-fn nap(d: Duration) {
-    let ms = u16::try_from(d.as_millis()).unwrap_or(u16::MAX);
-    let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::from(ms));
-}
-
 fn running(v: &serde_json::Value) -> usize {
     v["pods"]
         .as_array()
@@ -176,16 +173,9 @@ fn main() -> std::process::ExitCode {
     if bursts.is_empty() {
         bursts = vec![50, 200];
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("the benchmark needs root");
+    if !common::private_network() {
         return std::process::ExitCode::from(2);
     }
-    // Still single-threaded: the whole process (and every child) moves to
-    // a network namespace of its own.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    let _ = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status();
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -207,11 +197,8 @@ fn main() -> std::process::ExitCode {
         .unwrap();
     assert!(built.success(), "scripts/build-test-image failed");
     println!(
-        "agent end to end, {runs} runs, bursts {bursts:?}, {} CPUs, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
+        "agent end to end, {runs} runs, bursts {bursts:?}, {}",
+        common::machine()
     );
 
     let cgroup_root = format!("podagent-bench-{}", std::process::id());

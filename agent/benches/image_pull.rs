@@ -12,6 +12,10 @@
 //! temporary directory. Peak RSS is each command's own (`getrusage` of a
 //! process that runs only it).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::nap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -48,12 +52,6 @@ fn report(name: &str, ms: &mut [f64], rss_kb: &mut [f64]) {
         percentile(ms, 0.5),
         percentile(ms, 0.9),
     );
-}
-
-/// Sleeps without `std::thread::sleep` (banned in the workspace's code).
-fn nap(d: Duration) {
-    let ms = u16::try_from(d.as_millis()).unwrap_or(u16::MAX);
-    let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::from(ms));
 }
 
 /// `--measure CMD ARGS...`: runs CMD as this process's only child and
@@ -190,10 +188,6 @@ fn main() -> std::process::ExitCode {
     let runs = nums.next().unwrap_or(5);
     let layers = nums.next().unwrap_or(4);
     let mib = nums.next().unwrap_or(16);
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("the benchmark needs root");
-        return std::process::ExitCode::from(2);
-    }
     let which = |t: &str| {
         Command::new("sh")
             .args(["-c", &format!("command -v {t}")])
@@ -206,10 +200,9 @@ fn main() -> std::process::ExitCode {
         eprintln!("the benchmark needs docker-registry and skopeo (scripts/setup)");
         return std::process::ExitCode::from(2);
     };
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    let _ = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status();
+    if !common::private_network() {
+        return std::process::ExitCode::from(2);
+    }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
 
@@ -247,12 +240,9 @@ fn main() -> std::process::ExitCode {
     assert!(pushed.success());
     println!(
         "image pull, {runs} runs, busybox + {layers} layers of {mib} MiB ({:.1} MB compressed), \
-         {} CPUs, kernel {}",
+         {}",
         size as f64 / 1e6,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
+        common::machine()
     );
 
     // 1. The same pull, fresh stores, the tools alternating.

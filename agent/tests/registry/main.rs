@@ -6,6 +6,7 @@
 //! own for what no real registry does (hostile answers, a connection cut
 //! mid-blob). As root; outside CI a missing tool skips, with CI=true it fails.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -251,6 +252,25 @@ pub fn credentials_checked(
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(&format!("pulled {image} sha256:")), "{out}");
     secret_free(&out, &err);
+}
+
+/// `openssl ARGS` in `dir`, fed `stdin`: its output (it must succeed).
+pub fn openssl(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    let mut c = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        c.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    drop(c.stdin.take());
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    out.stdout
 }
 
 /// The references a store holds, in order.

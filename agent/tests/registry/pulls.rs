@@ -296,14 +296,7 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
 /// A CA and a certificate it signed for 127.0.0.1, made with openssl in
 /// `dir`: (ca.crt, server.crt, server.key).
 fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
+    let run = |args: &[&str]| drop(crate::openssl(dir, args, None));
     run(&[
         "req",
         "-x509",

@@ -6,36 +6,16 @@
 //! certificate the registry trusts (`rootcertbundle`), which the registry
 //! verifies for each request.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use base64::Engine;
 
 use crate::hostile::{ok, serve, Answer, Request};
 use crate::support::fixture::*;
 use crate::support::require;
-use crate::{tools, Registry};
+use crate::{openssl, tools, Registry};
 
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-fn openssl(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-    let mut c = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        c.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    drop(c.stdin.take());
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    out.stdout
-}
 
 /// `%3A` → `:`, `+` → ` ` (a query's value).
 fn unescape(s: &str) -> String {

@@ -8,6 +8,9 @@
 //! time until the container's process has run its first command (it creates a
 //! file the benchmark waits for). Medians and percentiles in milliseconds.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -168,13 +171,7 @@ fn main() -> std::process::ExitCode {
         Some(dir) => INTO.with(|p| *p.borrow_mut() = Some(dir.clone())),
         None => JOIN.with(|p| *p.borrow_mut() = cg.driver.join_files(&cg.path)),
     }
-    println!(
-        "container start, {runs} runs, {} CPUs, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
+    println!("container start, {runs} runs, {}", common::machine());
     let b_true = bundle(dir.path(), &["/bin/true"], "true");
     let marker_dir = dir.path().join("marker");
     std::fs::create_dir_all(&marker_dir).unwrap();

@@ -143,6 +143,12 @@ impl Pulls {
         st.waiting.remove(key).unwrap_or_default()
     }
 
+    /// Jobs waiting on a pull (queued or running).
+    fn parked(&self) -> usize {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.waiting.values().map(Vec::len).sum()
+    }
+
     fn close(&self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.closed = true;
@@ -340,6 +346,13 @@ impl Starter {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// The jobs in flight that are past their pull: starts that will leave
+    /// a container behind (what an exiting agent waits for; a pull has
+    /// nothing to record yet).
+    pub fn starts_in_flight(&self) -> usize {
+        self.in_flight.len().saturating_sub(self.pulls.parked())
     }
 
     /// The starts finished so far, without waiting.

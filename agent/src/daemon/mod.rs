@@ -368,8 +368,9 @@ impl Agent {
         }
         // The starts in flight are finished and recorded first, so a
         // container is neither left unrecorded (the next agent would take it
-        // for an orphan) nor missed by the stop below.
-        while self.starter.in_flight() > 0 {
+        // for an orphan) nor missed by the stop below. A start still waiting
+        // on its image's pull is not waited for: it has made nothing yet.
+        while self.starter.starts_in_flight() > 0 {
             match self.starter.wait(Duration::from_secs(60)) {
                 Some(done) => self.finish_start(done),
                 None => break,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 
 use crate::support::fixture::*;
-use crate::support::{podctl, require};
-use crate::{pull, tools, Registry};
+use crate::support::{eventually, podctl, require};
+use crate::{pull, pulling_agent, tools, Registry};
 
 fn sha(bytes: &[u8]) -> String {
     let h = sha2::Sha256::digest(bytes);
@@ -377,5 +377,65 @@ fn a_registry_that_dies_mid_blob_leaves_nothing_and_the_next_pull_succeeds() {
         assert!(store.resolve(image).unwrap().layers[0]
             .join("bin/busybox")
             .exists());
+    });
+}
+
+#[test]
+fn a_slow_registry_holds_up_no_other_pod() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("registry-slow");
+        let tar = plain_tar();
+        let (manifest, _) = image_of(&tar, tar.len() as u64);
+        // The manifest a byte every 300 ms: a pull that takes minutes.
+        serve(5104, move |req| match req.path.as_str() {
+            "/v2/" => ok("application/json", b"{}".to_vec()),
+            _ => Answer {
+                drip: true,
+                ..ok(
+                    "application/vnd.oci.image.manifest.v1+json",
+                    manifest.clone(),
+                )
+            },
+        });
+        let (pods, state, state_s) = fx.agent_dirs();
+        // One start worker: a pull on it would hold every other start.
+        let agent = pulling_agent(
+            &fx,
+            &pods,
+            &state,
+            "127.0.0.1:5104",
+            &["--parallel-starts", "1"],
+        );
+        let pod = |name: &str, image: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: IfNotPresent, command: [sleep, '100000']}}\n"
+            )
+        };
+        put_manifest(&pods, "slow.yaml", &pod("slow", "127.0.0.1:5104/h/slow:1"));
+        let slow = || pod_status(&state_s, "slow")["containers"][0].clone();
+        assert!(eventually(Duration::from_secs(20), || slow()["state"] == "Waiting"));
+        put_manifest(&pods, "fast.yaml", &pod("fast", "busybox:latest"));
+        assert!(
+            eventually(Duration::from_secs(20), || pod_status(&state_s, "fast")
+                ["containers"][0]["state"]
+                == "Running"),
+            "{:#}",
+            raw_status(&state_s)
+        );
+        // The slow pull is still going: its container is being created.
+        assert_eq!(slow()["state"], "Waiting", "{:#}", slow());
+        assert!(slow()["reason"].is_null(), "{:#}", slow());
+        // An exiting agent waits for starts, not for a pull that has made
+        // nothing yet.
+        let t = Instant::now();
+        drop(agent);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the agent took {:?} to exit during a pull",
+            t.elapsed()
+        );
     });
 }

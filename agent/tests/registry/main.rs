@@ -177,27 +177,25 @@ impl Registry {
 }
 
 /// The fixture's agent with `--pull-images` from `registry` over plain
-/// HTTP, without credentials and without networking.
+/// HTTP, without credentials and without networking, and `extra` options.
 pub fn pulling_agent(
     fx: &support::fixture::Fixture,
     pods: &Path,
     state: &Path,
     registry: &str,
+    extra: &[&str],
 ) -> support::fixture::Running {
     let auth = fx.dir.path().join("no-auth.json").display().to_string();
-    support::fixture::Running(support::fixture::spawn_agent(
-        fx,
-        pods,
-        state,
-        &[
-            "--no-network",
-            "--pull-images",
-            "--insecure-registry",
-            registry,
-            "--auth-file",
-            &auth,
-        ],
-    ))
+    let mut args = vec![
+        "--no-network",
+        "--pull-images",
+        "--insecure-registry",
+        registry,
+        "--auth-file",
+        &auth,
+    ];
+    args.extend_from_slice(extra);
+    support::fixture::Running(support::fixture::spawn_agent(fx, pods, state, &args))
 }
 
 /// A credentials file (mode 0600) with `user:password` for `registry`.

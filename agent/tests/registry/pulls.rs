@@ -158,7 +158,7 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
         let reg = Registry::start(5000, None);
         reg.push(&source, "busybox:latest", "test/busybox:1", None);
         let (pods, state, state_s) = fx.agent_dirs();
-        let _agent = pulling_agent(&fx, &pods, &state, &reg.addr);
+        let _agent = pulling_agent(&fx, &pods, &state, &reg.addr, &[]);
         let pod = |name: &str, image: &str, policy: &str| {
             format!(
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: {policy}, command: [sleep, '100000']}}\n"
@@ -471,7 +471,7 @@ fn ten_pods_of_one_image_pull_it_once_and_always_picks_up_a_pushed_tag() {
         marked_image(&fx, "first");
         reg.push(&source, "marked:1", "test/app:1", None);
         let (pods, state, state_s) = fx.agent_dirs();
-        let _agent = pulling_agent(&fx, &pods, &state, &reg.addr);
+        let _agent = pulling_agent(&fx, &pods, &state, &reg.addr, &[]);
         let a = &reg.addr;
         let many: Vec<String> = (0..10)
             .map(|i| {
@@ -567,7 +567,7 @@ fn an_offline_node_runs_what_it_has_and_says_why_it_cannot_pull_the_rest() {
         // The registry gone: nothing listens on its port any more.
         drop(reg);
         let (pods, state, state_s) = fx.agent_dirs();
-        let _agent = pulling_agent(&fx, &pods, &state, &a);
+        let _agent = pulling_agent(&fx, &pods, &state, &a, &[]);
         let pod = |name: &str, image: &str, policy: &str| {
             format!(
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', {policy}command: [sleep, '100000']}}\n"

@@ -321,44 +321,10 @@ fn main() -> std::process::ExitCode {
 /// The same manifests through `podman kube play`, with podman's storage in
 /// the benchmark's directory (nothing of the host's podman is touched).
 fn podman(runs: usize, bursts: &[usize], dir: &Path, out: &Path) {
-    let Some(podman) = ["/usr/bin/podman", "/usr/local/bin/podman"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-    else {
-        println!("podman not installed: no comparison");
+    let Some(podman) = common::Podman::new(&dir.join("podman")) else {
         return;
     };
-    // podman's cgroupfs manager makes libpod_parent; removed after if it
-    // was not there before.
-    let had_libpod = !cgroup_dirs("libpod_parent").is_empty();
-    let proot = dir.join("podman");
-    std::fs::create_dir_all(&proot).unwrap();
-    // What podman needs here (cgroup v1, root without CAP_SYS_RESOURCE):
-    // cgroupfs, runc, and rlimits below the hard limits.
-    let conf = proot.join("containers.conf");
-    std::fs::write(
-        &conf,
-        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
-         [engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\n",
-    )
-    .unwrap();
-    let base = |cmd: &mut Command| {
-        cmd.env("CONTAINERS_CONF", &conf)
-            .arg("--root")
-            .arg(proot.join("root"))
-            .arg("--runroot")
-            .arg(proot.join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-    };
-    let p = |args: &[&str]| {
-        let mut c = Command::new(&podman);
-        base(&mut c);
-        c.args(args);
-        c
-    };
+    let p = |args: &[&str]| podman.cmd(args);
     // The image: the same busybox rootfs, imported as a tarball.
     let rootfs = dir.join("podman-rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -473,34 +439,5 @@ fn podman(runs: usize, bursts: &[usize], dir: &Path, out: &Path) {
             println!("podman kube play of {n} pods failed");
         }
     }
-    let _ = p(&["pod", "rm", "-af", "-t", "0"]).status();
-    let _ = p(&["system", "reset", "-f"]).status();
-    if !had_libpod {
-        for d in cgroup_dirs("libpod_parent") {
-            remove_tree(&d);
-        }
-    }
-}
-
-/// `name` under every mounted cgroup hierarchy.
-fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
-    let mut out = vec![Path::new("/sys/fs/cgroup").join(name)];
-    for e in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        out.push(e.path().join(name));
-    }
-    out.into_iter().filter(|p| p.is_dir()).collect()
-}
-
-/// Removes an empty cgroup tree, innermost first.
-fn remove_tree(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_tree(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
+    // Dropping `podman` removes its pods, storage and cgroups.
 }

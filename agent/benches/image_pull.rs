@@ -74,11 +74,12 @@ fn measure(cmd: &[String]) -> std::process::ExitCode {
     }
 }
 
-/// (ms, peak RSS kB) of `cmd` run through [`measure`].
-fn timed(cmd: &[String]) -> (f64, f64) {
+/// (ms, peak RSS kB) of `cmd` run through [`measure`], with `env`.
+fn timed(cmd: &[String], env: &[(String, String)]) -> (f64, f64) {
     let out = Command::new(std::env::current_exe().unwrap())
         .arg("--measure")
         .args(cmd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     assert!(out.status.success(), "{cmd:?}: {out:?}");
@@ -247,12 +248,12 @@ fn main() -> std::process::ExitCode {
 
     // 1. The same pull, fresh stores, the tools alternating.
     let podctl = env!("CARGO_BIN_EXE_podctl").to_string();
-    let podman = which("podman");
+    let podman_here = which("podman").is_some();
     let mut results: Vec<(String, Vec<f64>, Vec<f64>)> = vec![
         ("podagent: podctl image pull".into(), vec![], vec![]),
         ("skopeo copy docker:// → oci:".into(), vec![], vec![]),
     ];
-    if podman.is_some() {
+    if podman_here {
         results.push(("podman pull (also unpacks)".into(), vec![], vec![]));
     }
     for run in 0..runs {
@@ -279,29 +280,24 @@ fn main() -> std::process::ExitCode {
                 format!("oci:{}:bench", s("skopeo")),
             ],
         ];
+        let mut envs = vec![Vec::new(), Vec::new()];
+        let podman = podman_here
+            .then(|| common::Podman::new(&d.join("podman")))
+            .flatten();
         if let Some(p) = &podman {
-            cmds.push(vec![
-                p.clone(),
-                "--root".into(),
-                s("podman/root"),
-                "--runroot".into(),
-                s("podman/run"),
-                "--storage-driver".into(),
-                "vfs".into(),
-                "pull".into(),
-                "--quiet".into(),
-                "--tls-verify=false".into(),
-                image.into(),
-            ]);
+            let (argv, env) = p.argv(&["pull", "--quiet", "--tls-verify=false", image]);
+            cmds.push(argv);
+            envs.push(env);
         }
         // A different tool first each run.
         let n = cmds.len();
         for k in 0..n {
             let i = (k + run) % n;
-            let (ms, rss) = timed(&cmds[i]);
+            let (ms, rss) = timed(&cmds[i], &envs[i]);
             results[i].1.push(ms);
             results[i].2.push(rss);
         }
+        drop(podman);
         let _ = std::fs::remove_dir_all(&d);
     }
     for (name, ms, rss) in &mut results {
@@ -321,8 +317,9 @@ fn main() -> std::process::ExitCode {
             "127.0.0.1:5000".into(),
         ]
     };
-    timed(&pull(&warm));
-    let (mut ms, mut rss): (Vec<f64>, Vec<f64>) = (0..runs).map(|_| timed(&pull(&warm))).unzip();
+    timed(&pull(&warm), &[]);
+    let (mut ms, mut rss): (Vec<f64>, Vec<f64>) =
+        (0..runs).map(|_| timed(&pull(&warm), &[])).unzip();
     report("podagent: pull of an image present", &mut ms, &mut rss);
 
     // 2. A pod's first instruction through the agent, image pulled (cold:
@@ -374,10 +371,7 @@ fn main() -> std::process::ExitCode {
         for (name, times) in [("cold", &mut cold), ("warm", &mut warm_start)] {
             let o = out.join(name);
             std::fs::create_dir_all(&o).unwrap();
-            let text = format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: out, hostPath: {{path: {}}}}}]\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: IfNotPresent, command: [sh, -c, 'touch /out/started; sleep 100000'], volumeMounts: [{{name: out, mountPath: /out}}]}}\n",
-                o.display()
-            );
+            let text = pod_manifest(name, image, &o);
             let t = Instant::now();
             let tmpf = pods.join(format!(".{name}.tmp"));
             std::fs::write(&tmpf, text).unwrap();
@@ -406,5 +400,57 @@ fn main() -> std::process::ExitCode {
         &mut warm_start,
         &mut [],
     );
+
+    // 3. The same two pods through `podman kube play` (which returns once
+    // they run), its storage fresh each run.
+    if podman_here {
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let d = dir.join(format!("podman-{run}"));
+            let Some(podman) = common::Podman::new(&d) else {
+                break;
+            };
+            for (name, times) in [("pcold", &mut cold), ("pwarm", &mut warm)] {
+                let o = d.join("out").join(name);
+                std::fs::create_dir_all(&o).unwrap();
+                let file = d.join(format!("{name}.yaml"));
+                std::fs::write(&file, pod_manifest(name, image, &o)).unwrap();
+                let t = Instant::now();
+                let mut play = podman.cmd(&["kube", "play", "--tls-verify=false"]);
+                let out = play.arg(&file).stderr(Stdio::piped()).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "podman kube play {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(agent::runtime::wait_for_file(
+                    &o,
+                    "started",
+                    Duration::from_secs(120)
+                ));
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            drop(podman);
+            let _ = std::fs::remove_dir_all(&d);
+        }
+        report(
+            "podman kube play → first instruction, image pulled",
+            &mut cold,
+            &mut [],
+        );
+        report(
+            "podman kube play → first instruction, image present",
+            &mut warm,
+            &mut [],
+        );
+    }
     std::process::ExitCode::SUCCESS
+}
+
+/// A pod whose container touches `out/started` as its first instruction.
+fn pod_manifest(name: &str, image: &str, out: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: out, hostPath: {{path: {}}}}}]\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: IfNotPresent, command: [sh, -c, 'touch /out/started; sleep 100000'], volumeMounts: [{{name: out, mountPath: /out}}]}}\n",
+        out.display()
+    )
 }

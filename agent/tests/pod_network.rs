@@ -26,6 +26,7 @@ fn a_pods_containers_share_one_eth0_reached_from_the_node_and_a_host_port() {
             protocol: netplug::Protocol::Tcp,
             host_port: 18080,
             container_port: 8080,
+            host_ip: None,
         };
         let attach = net.setup(&pod.uid, &[port]).unwrap();
         let sb = fx.sandbox(&pod);

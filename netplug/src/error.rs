@@ -39,12 +39,9 @@ pub enum NetError {
     NotABridge { name: String },
     #[error("address pool {cidr} is exhausted: no address for pod {pod}")]
     PoolExhausted { cidr: String, pod: String },
-    #[error("host port {port}/{protocol} is already used by pod {owner}")]
-    PortInUse {
-        port: u16,
-        protocol: String,
-        owner: String,
-    },
+    /// `port` is `8080/tcp`, or `127.0.0.1:8080/tcp` for one address.
+    #[error("host port {port} is already used by pod {owner}")]
+    PortInUse { port: String, owner: String },
     #[error("nft: {0}")]
     Nft(String),
     #[error("state file {}: {reason}", path.display())]

@@ -41,12 +41,16 @@ pub enum Protocol {
     Sctp,
 }
 
-/// A container port published on the node.
+/// A container port published on the node: on every address of the node,
+/// or on one (`hostIP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HostPort {
     pub protocol: Protocol,
     pub host_port: u16,
     pub container_port: u16,
+    /// The one node address it is published on; none: all of them.
+    #[serde(default)]
+    pub host_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// How the agent's pods are networked.
@@ -317,11 +321,7 @@ impl Network {
     /// A port conflict names the owning pod rather than its address.
     fn name_port_owner(&self, e: NetError) -> NetError {
         match e {
-            NetError::PortInUse {
-                port,
-                protocol,
-                owner,
-            } => {
+            NetError::PortInUse { port, owner } => {
                 let pod = self.ipam.list().ok().and_then(|all| {
                     all.into_iter()
                         .find(|(_, a)| a.ip.to_string() == owner)
@@ -329,7 +329,6 @@ impl Network {
                 });
                 NetError::PortInUse {
                     port,
-                    protocol,
                     owner: pod.unwrap_or(owner),
                 }
             }

@@ -230,6 +230,7 @@ fn host_ports_forward_from_the_node_and_conflict_for_a_later_pod() {
             protocol: Protocol::Tcp,
             host_port: 18080,
             container_port: 8080,
+            host_ip: None,
         };
         let a = node.net.setup("web", &[port]).unwrap();
         let els = nft::elements("podagent").unwrap();
@@ -346,6 +347,7 @@ fn crash_helper_child_process() {
         protocol: Protocol::Tcp,
         host_port: 19090,
         container_port: 9090,
+        host_ip: None,
     };
     let _ = net.setup_observed("crashing", &[port], &mut |s| {
         if format!("{s:?}") == step {
@@ -579,6 +581,7 @@ fn udp_host_ports_forward_too() {
             protocol: Protocol::Udp,
             host_port: 15353,
             container_port: 5353,
+            host_ip: None,
         };
         let pod = node.net.setup("dns", &[port]).unwrap();
         let ns = std::fs::File::open(&pod.netns).unwrap();
@@ -651,6 +654,7 @@ fn a_pod_reaches_itself_and_others_through_a_host_port() {
             protocol: Protocol::Tcp,
             host_port: 18443,
             container_port: 8443,
+            host_ip: None,
         };
         let server = node.net.setup("server", &[port]).unwrap();
         let client = node.net.setup("client", &[]).unwrap();
@@ -669,6 +673,80 @@ fn a_pod_reaches_itself_and_others_through_a_host_port() {
         listening.join().unwrap();
         node.net.teardown("server").unwrap();
         node.net.teardown("client").unwrap();
+        assert_clean(&node);
+    });
+}
+
+/// Connecting to `addr` from `ns` (none: the node) is refused.
+fn refused_from(ns: Option<&Path>, addr: SocketAddr) {
+    let path = ns.map(Path::to_path_buf);
+    netplug::netns::run_in(path.as_deref(), move || {
+        let r = TcpStream::connect_timeout(&addr, Duration::from_secs(3));
+        assert!(r.is_err(), "{addr} answered");
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_host_port_on_one_address_is_reached_there_only() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let node = Node::new();
+        let on = |ip: Option<Ipv4Addr>| HostPort {
+            protocol: Protocol::Tcp,
+            host_port: 18081,
+            container_port: 8080,
+            host_ip: ip,
+        };
+        let gateway = Ipv4Addr::new(10, 88, 0, 1);
+        let a = node
+            .net
+            .setup("local", &[on(Some(Ipv4Addr::LOCALHOST))])
+            .unwrap();
+        let c = node.net.setup("client", &[]).unwrap();
+        let server = echo_server(&a.netns, 8080, 1);
+        echo(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 18081)),
+            "to the node's loopback",
+        );
+        server.join().unwrap();
+        // Not on the node's other address, from the node or from a pod.
+        refused_from(None, SocketAddr::from((gateway, 18081)));
+        refused_from(Some(&c.netns), SocketAddr::from((gateway, 18081)));
+        // The same port on another address is another pod's to take; on
+        // every address it is not.
+        let b = node.net.setup("gw", &[on(Some(gateway))]).unwrap();
+        let els = nft::elements("podagent").unwrap();
+        assert_eq!(els.len(), 2, "{els:?}");
+        let server = echo_server(&b.netns, 8080, 1);
+        echo_from(
+            &c.netns,
+            SocketAddr::from((gateway, 18081)),
+            "to the gateway's port",
+        );
+        server.join().unwrap();
+        let err = node.net.setup("all", &[on(None)]).unwrap_err().to_string();
+        assert!(
+            ["local", "gw"]
+                .iter()
+                .any(|p| err == format!("host port 18081/tcp is already used by pod {p}")),
+            "{err}"
+        );
+        node.net.teardown("all").unwrap();
+        let err = node
+            .net
+            .setup("again", &[on(Some(Ipv4Addr::LOCALHOST))])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host port 127.0.0.1:18081/tcp is already used by pod local"
+        );
+        for pod in ["again", "client", "gw", "local"] {
+            node.net.teardown(pod).unwrap();
+        }
         assert_clean(&node);
     });
 }

@@ -141,6 +141,8 @@ pub struct PortPlan {
     pub name: Option<String>,
     pub container_port: u16,
     pub host_port: Option<u16>,
+    /// The one node address (IPv4) the host port is published on; none
+    /// (`hostIP` absent, `0.0.0.0` or `::`): every address.
     pub host_ip: Option<String>,
     pub protocol: Protocol,
 }

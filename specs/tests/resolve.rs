@@ -483,3 +483,27 @@ fn grpc_probes_resolve_and_need_a_port() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].contains("readinessProbe.grpc.port"), "{e:?}");
 }
+
+#[test]
+fn a_host_ip_is_one_ipv4_address_or_all() {
+    let port = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    ports: [{{containerPort: 80, hostPort: 8080, hostIP: '{ip}'}}]\n"
+        )
+    };
+    let ip_of = |ip: &str| one_pod(&port(ip)).containers[0].ports[0].host_ip.clone();
+    assert_eq!(ip_of("127.0.0.1"), Some("127.0.0.1".into()));
+    assert_eq!(ip_of("0.0.0.0"), None, "every address");
+    assert_eq!(ip_of("::"), None, "every address");
+    let out = load("p.yaml", port("fd00::1").as_bytes(), &node());
+    let e = errors(&out.diagnostics);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("hostIP") && e.contains("the pod network is IPv4")),
+        "{e:?}"
+    );
+    let out = load("p.yaml", port("not-an-ip").as_bytes(), &node());
+    assert!(errors(&out.diagnostics)
+        .iter()
+        .any(|e| e.contains("is not an IP address")));
+}

@@ -36,6 +36,8 @@ fn host_ports(p: &PodPlan) -> Vec<netplug::HostPort> {
                 },
                 host_port: port.host_port?,
                 container_port: port.container_port,
+                // The plan holds an IPv4 address or none (all addresses).
+                host_ip: port.host_ip.as_deref().and_then(|a| a.parse().ok()),
             })
         })
         .collect()

@@ -391,12 +391,22 @@ fn ports(path: &str, c: &Container, issues: &mut Issues) -> Vec<PortPlan> {
                 );
             }
         }
+        // One node address, normalised; 0.0.0.0 and :: mean all of them.
+        let mut host_ip = None;
         if let Some(ip) = &p.host_ip {
-            if ip.parse::<std::net::IpAddr>().is_err() {
-                issues.error(
+            match ip.parse::<std::net::IpAddr>() {
+                Err(_) => issues.error(
                     push_key(&pp, "hostIP"),
                     format!("{ip:?} is not an IP address"),
-                );
+                ),
+                Ok(a) if a.is_unspecified() => {}
+                Ok(std::net::IpAddr::V4(a)) => host_ip = Some(a.to_string()),
+                Ok(std::net::IpAddr::V6(_)) => issues.error(
+                    push_key(&pp, "hostIP"),
+                    format!(
+                        "{ip:?}: the pod network is IPv4, so a port is published on an IPv4 address, or on all (0.0.0.0 or ::)"
+                    ),
+                ),
             }
         }
         if let (Some(cp), Some(hp)) = (container_port, host_port) {
@@ -404,7 +414,7 @@ fn ports(path: &str, c: &Container, issues: &mut Issues) -> Vec<PortPlan> {
                 name: p.name.clone(),
                 container_port: cp,
                 host_port: (hp != 0).then_some(hp),
-                host_ip: p.host_ip.clone(),
+                host_ip,
                 protocol,
             });
         }

@@ -11,6 +11,84 @@ use specs::NodeInfo;
 /// `seccomp`).
 pub const DEFAULT_SECCOMP_DIR: &str = "/var/lib/podagent/seccomp";
 
+/// The node's policy on what a pod may ask for: `podagent run`'s options and
+/// `podctl validate`'s, `apply`'s and `diff`'s of the same names, from this
+/// one definition, so that a file the tools accept is one the agent runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Policy {
+    /// Permit `privileged: true` and `procMount: Unmasked`.
+    #[arg(long)]
+    pub allow_privileged: bool,
+    /// Permit namespaced sysctls outside the safe list.
+    #[arg(long)]
+    pub allow_unsafe_sysctls: bool,
+    /// The pids limit of a pod without a `podagent.io/pids-limit` annotation.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(i64).range(1..))]
+    pub pids_limit: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allow_privileged: false,
+            allow_unsafe_sysctls: false,
+            pids_limit: NodeInfo::default().default_pids_limit,
+        }
+    }
+}
+
+impl Policy {
+    /// This node (see [`info`]) under this policy; `Localhost` seccomp
+    /// profiles are those of `seccomp_dir` (`<root dir>/seccomp`).
+    pub fn node_info(&self, seccomp_dir: &Path) -> NodeInfo {
+        NodeInfo {
+            default_pids_limit: self.pids_limit,
+            allow_privileged: self.allow_privileged,
+            allow_unsafe_sysctls: self.allow_unsafe_sysctls,
+            ..info(seccomp_dir)
+        }
+    }
+}
+
+/// The capabilities this process holds in its bounding set, in Kubernetes'
+/// spelling (`SYS_ADMIN`): what a privileged container gets.
+pub fn own_capabilities() -> BTreeSet<String> {
+    caps::read(None, caps::CapSet::Bounding)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.to_string().trim_start_matches("CAP_").to_string())
+        .collect()
+}
+
+/// The node's address, as the kubelet's `status.hostIP`: the IPv4 address
+/// of the interface the default route leaves by, else the first that is
+/// not loopback; none when the node has no address.
+pub fn host_ip() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let default_if = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+    });
+    let addrs: Vec<(String, std::net::Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|a| {
+            let ip = a.address?.as_sockaddr_in()?.ip();
+            Some((a.interface_name, ip))
+        })
+        .filter(|(_, ip)| !ip.is_loopback())
+        .collect();
+    addrs
+        .iter()
+        .find(|(i, _)| Some(i) == default_if.as_ref())
+        .or(addrs.first())
+        .map(|(_, ip)| ip.to_string())
+}
+
+/// The seccomp profile directory under a root dir.
+pub fn seccomp_dir(root_dir: &Path) -> std::path::PathBuf {
+    root_dir.join("seccomp")
+}
+
 /// This node as plans are resolved against it, with the default policy:
 /// its memory, online CPUs, hostname and the profiles in `seccomp_dir`.
 pub fn info(seccomp_dir: &Path) -> NodeInfo {

@@ -37,6 +37,8 @@ pub struct PodStatus {
     pub reason: Option<String>,
     pub conditions: Vec<Condition>,
     pub ip: Option<String>,
+    /// The node's address (`status.hostIP`), once the pod is on it.
+    pub host_ip: Option<String>,
     pub containers: Vec<ContainerStatus>,
     /// Every image its containers run, init containers' too (what `podctl
     /// image ls` and `prune` read).
@@ -234,6 +236,7 @@ pub fn pod_status(
             condition("Ready", ready),
         ],
         ip: seen.and_then(|s| s.ip.map(str::to_string)),
+        host_ip: None,
         containers,
         images: pod.all_containers().map(|c| c.image.clone()).collect(),
         created: rfc3339_nano(seen.map_or(clock.wall, |s| s.created)),
@@ -252,6 +255,7 @@ pub fn leaving_pod_status(key: &str, uid: &str) -> PodStatus {
         reason: Some("Terminating".into()),
         conditions: Vec::new(),
         ip: None,
+        host_ip: None,
         containers: Vec::new(),
         images: Vec::new(),
         created: String::new(),

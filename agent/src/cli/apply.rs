@@ -27,6 +27,11 @@ pub struct ApplyArgs {
     /// `--pods-dir-recursive` does.
     #[arg(long)]
     pub pods_dir_recursive: bool,
+    /// The agent's policy, checked before anything is written.
+    #[command(flatten)]
+    pub policy: crate::node::Policy,
+    #[command(flatten)]
+    pub profiles: crate::cli::validate::Profiles,
 }
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +43,11 @@ pub struct DiffArgs {
     /// `--pods-dir-recursive` does.
     #[arg(long)]
     pub pods_dir_recursive: bool,
+    /// The agent's policy, as `apply`'s.
+    #[command(flatten)]
+    pub policy: crate::node::Policy,
+    #[command(flatten)]
+    pub profiles: crate::cli::validate::Profiles,
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +156,7 @@ fn load_candidate(
     file: &Path,
     pods_dir: &Path,
     recursive: bool,
+    node: &specs::NodeInfo,
     err: &mut dyn Write,
 ) -> Result<(PathBuf, Vec<u8>, Sources, Sources), Outcome> {
     let Some(name) = file.file_name() else {
@@ -165,8 +176,7 @@ fn load_candidate(
         let _ = writeln!(err, "{}: {e}", file.display());
         Outcome::Usage
     })?;
-    let node = crate::cli::validate::node_info_defaults();
-    let report = specs::load(&file.display().to_string(), &bytes, &node);
+    let report = specs::load(&file.display().to_string(), &bytes, node);
     for d in &report.diagnostics {
         let _ = writeln!(err, "{d}");
     }
@@ -174,9 +184,9 @@ fn load_candidate(
         return Err(Outcome::Invalid);
     }
     let mut now = Sources::new(recursive);
-    now.resync(pods_dir, &node);
+    now.resync(pods_dir, node);
     let mut next = Sources::new(recursive);
-    next.resync(pods_dir, &node);
+    next.resync(pods_dir, node);
     let entry = next.files.entry(target.clone()).or_default();
     entry.good = report.pods;
     entry.diagnostics.clear();
@@ -193,7 +203,14 @@ fn print_changes(out: &mut dyn Write, changes: &[(String, Change)]) {
 }
 
 pub fn diff(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    match load_candidate(&args.file, &args.pods_dir, args.pods_dir_recursive, err) {
+    let node = args.policy.node_info(&args.profiles.dir());
+    match load_candidate(
+        &args.file,
+        &args.pods_dir,
+        args.pods_dir_recursive,
+        &node,
+        err,
+    ) {
         Ok((_, _, now, next)) => {
             print_changes(out, &changes(&desired(&now), &desired(&next)));
             Outcome::Ok
@@ -219,11 +236,17 @@ fn write_atomically(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 pub fn apply(args: &ApplyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    let (target, bytes, now, next) =
-        match load_candidate(&args.file, &args.pods_dir, args.pods_dir_recursive, err) {
-            Ok(v) => v,
-            Err(o) => return o,
-        };
+    let node = args.policy.node_info(&args.profiles.dir());
+    let (target, bytes, now, next) = match load_candidate(
+        &args.file,
+        &args.pods_dir,
+        args.pods_dir_recursive,
+        &node,
+        err,
+    ) {
+        Ok(v) => v,
+        Err(o) => return o,
+    };
     let conflicts = next.desired().conflicts;
     if let Some(c) = conflicts
         .iter()

@@ -111,6 +111,10 @@ pub fn pod_object(p: &Value) -> Value {
         status["podIP"] = json!(ip);
         status["podIPs"] = json!([{ "ip": ip }]);
     }
+    if let Some(ip) = p["host_ip"].as_str() {
+        status["hostIP"] = json!(ip);
+        status["hostIPs"] = json!([{ "ip": ip }]);
+    }
     if let Some(reason) = p["reason"].as_str() {
         status["reason"] = json!(reason);
     }

@@ -33,18 +33,31 @@ pub struct Args {
     /// /proc/meminfo when not given.
     #[arg(long, value_name = "BYTES")]
     pub node_memory: Option<u64>,
-    /// Allow privileged containers and an unmasked /proc, as `podagent --allow-privileged`.
+    /// The agent's policy, by the options `podagent run` takes.
+    #[command(flatten)]
+    pub policy: node::Policy,
+    #[command(flatten)]
+    pub profiles: Profiles,
+}
+
+/// Where `Localhost` seccomp profiles are: the agent's root dir's
+/// `seccomp/`, as `podagent run --root-dir` has it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Profiles {
+    /// The agent's root dir (its `seccomp/` holds the Localhost profiles).
+    #[arg(long, default_value = "/var/lib/podagent")]
+    pub root_dir: PathBuf,
+    /// The profiles' directory itself, when not under the root dir.
     #[arg(long)]
-    pub allow_privileged: bool,
-    /// Allow namespaced sysctls outside the safe list, as `podagent --allow-unsafe-sysctls`.
-    #[arg(long)]
-    pub allow_unsafe_sysctls: bool,
-    /// Where Localhost seccomp profiles live, as `podagent --seccomp-dir`.
-    #[arg(long, default_value = "/var/lib/podagent/seccomp")]
-    pub seccomp_dir: PathBuf,
-    /// Pids limit of pods without a `podagent.io/pids-limit` annotation.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(i64).range(1..))]
-    pub pids_limit: i64,
+    pub seccomp_dir: Option<PathBuf>,
+}
+
+impl Profiles {
+    pub fn dir(&self) -> PathBuf {
+        self.seccomp_dir
+            .clone()
+            .unwrap_or_else(|| node::seccomp_dir(&self.root_dir))
+    }
 }
 
 /// The manifest files named by `paths`, in the order the agent would read
@@ -69,19 +82,16 @@ pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// What `podctl` resolves plans against: this node, read with the agent's
-/// default policy and seccomp dir.
+/// What `podctl` resolves plans against when it is not told the agent's
+/// policy: this node, with the agent's default policy and seccomp dir.
 pub fn node_info_defaults() -> NodeInfo {
-    node::info(Path::new(node::DEFAULT_SECCOMP_DIR))
+    node::Policy::default().node_info(Path::new(node::DEFAULT_SECCOMP_DIR))
 }
 
 fn node_info(args: &Args) -> NodeInfo {
-    let read = node::info(&args.seccomp_dir);
+    let read = args.policy.node_info(&args.profiles.dir());
     NodeInfo {
         memory_bytes: args.node_memory.unwrap_or(read.memory_bytes),
-        default_pids_limit: args.pids_limit,
-        allow_privileged: args.allow_privileged,
-        allow_unsafe_sysctls: args.allow_unsafe_sysctls,
         ..read
     }
 }

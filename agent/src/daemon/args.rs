@@ -52,6 +52,15 @@ pub struct Args {
     /// `0-1,4`; required by the static policy.
     #[arg(long)]
     pub reserved_cpus: Option<String>,
+    /// The node's address, the downward API's `status.hostIP` and the
+    /// status's `hostIP` (as the kubelet's `--node-ip`); by default the
+    /// address of the interface the default route leaves by.
+    #[arg(long, value_parser = parse_ipv4)]
+    pub node_ip: Option<String>,
+    /// What pods may ask for (privileged containers, unsafe sysctls) and
+    /// the default pids limit; `podctl validate` takes the same options.
+    #[command(flatten)]
+    pub policy: crate::node::Policy,
     /// Pull images from their registries by each container's
     /// `imagePullPolicy`, as the kubelet does (`:latest` or no tag means
     /// Always). Off by default for now: without it only the store's images
@@ -86,6 +95,12 @@ pub struct Args {
     /// `stop-pods-on-exit: true`); options on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+fn parse_ipv4(s: &str) -> Result<String, String> {
+    s.parse::<std::net::Ipv4Addr>()
+        .map(|a| a.to_string())
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -125,7 +140,7 @@ impl Args {
     /// The node's seccomp profiles (`Localhost` profiles are relative to
     /// it): `seccomp` under the root dir.
     pub fn seccomp_dir(&self) -> PathBuf {
-        self.root_dir.join("seccomp")
+        crate::node::seccomp_dir(&self.root_dir)
     }
 }
 

@@ -153,7 +153,7 @@ impl Agent {
         // Before anything is touched: a newer agent's records are not ours
         // to misread.
         crate::records::check(&args.state_dir)?;
-        let node = crate::node::info(&args.seccomp_dir());
+        let node = args.policy.node_info(&args.seccomp_dir());
         let images = crate::image::ImageStore::open(&args.root_dir.join("store"))
             .map_err(DaemonError::Images)?;
         let cgroups = crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
@@ -193,6 +193,8 @@ impl Agent {
             cgroup_root: args.cgroup_root.clone(),
             podagent,
             cpus,
+            seccomp_dir: args.seccomp_dir(),
+            host_ip: args.node_ip.clone().or_else(crate::node::host_ip),
             registry: if args.pull_images {
                 Some(crate::image::registry::Client::new(
                     args.registry.config().map_err(DaemonError::Registry)?,

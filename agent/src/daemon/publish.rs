@@ -19,7 +19,9 @@ impl Agent {
             pods.push(match self.pods.get(key) {
                 Some(Pod::Live(run)) => {
                     let state = run.planner_state();
-                    status::pod_status(&file, p, Some(&run.seen(&state)), false, clock)
+                    let mut s = status::pod_status(&file, p, Some(&run.seen(&state)), false, clock);
+                    s.host_ip = self.rt.host_ip.clone();
+                    s
                 }
                 Some(Pod::Terminating(_)) => status::pod_status(&file, p, None, true, clock),
                 None => status::pod_status(&file, p, None, false, clock),

@@ -120,6 +120,10 @@ pub struct Runtime {
     pub cpus: Option<crate::cpu_manager::CpuManager>,
     /// Where images are pulled from; `None`: only what the store holds.
     pub registry: Option<crate::image::registry::Client>,
+    /// The node's `Localhost` seccomp profiles (`<root dir>/seccomp`).
+    pub seccomp_dir: PathBuf,
+    /// The node's address, the downward API's `status.hostIP`.
+    pub host_ip: Option<String>,
 }
 
 /// An image pulled for a start.
@@ -264,6 +268,48 @@ pub fn container_limits(r: &specs::plan::ContainerResources) -> Limits {
 }
 
 impl Runtime {
+    /// The profile of a `Localhost` seccomp policy, read from the node's
+    /// seccomp dir (the OCI format, which Docker's profiles are too; fields
+    /// of Docker's that the OCI format lacks are ignored). `None` for any
+    /// other policy.
+    fn localhost_seccomp(
+        &self,
+        c: &ContainerPlan,
+    ) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, RuntimeError> {
+        let specs::plan::SeccompPolicy::Localhost(name) = &c.security.seccomp else {
+            return Ok(None);
+        };
+        // The name was checked against the directory's listing (relative,
+        // no `..`); opened beneath it all the same.
+        let dir = std::fs::File::open(&self.seccomp_dir).map_err(io("open", &self.seccomp_dir))?;
+        let path = self.seccomp_dir.join(name);
+        let fd = nix::fcntl::openat2(
+            &dir,
+            Path::new(name),
+            nix::fcntl::OpenHow::new()
+                .flags(nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC)
+                .resolve(
+                    nix::fcntl::ResolveFlag::RESOLVE_BENEATH
+                        | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                ),
+        )
+        .map_err(|e| RuntimeError::Io {
+            op: "open",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text)
+            .map_err(io("read", &path))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| RuntimeError::Io {
+                op: "parse the seccomp profile",
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+            })
+    }
+
     /// Whether starting `c` pulls its image first, by its `imagePullPolicy`
     /// as the kubelet reads it: `Always` unless pinned by a digest the store
     /// holds, `IfNotPresent` when the store lacks it, `Never` never.
@@ -589,8 +635,9 @@ impl Runtime {
             shm_dir: sandbox.shm.clone(),
             files: sandbox.files.clone(),
             pod_ip: sandbox.pod_ip.clone(),
-            host_ip: None,
-            localhost_seccomp: None,
+            host_ip: self.host_ip.clone(),
+            localhost_seccomp: self.localhost_seccomp(c)?,
+            node_capabilities: c.security.privileged.then(crate::node::own_capabilities),
         };
         let spec = container_spec(pod, c, &inputs)?;
         let config_path = dir.join("bundle/config.json");

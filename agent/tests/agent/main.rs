@@ -12,4 +12,5 @@ mod failures;
 mod hierarchy;
 mod lifecycle;
 mod pods_dir;
+mod policy;
 mod probes;

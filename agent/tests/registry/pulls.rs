@@ -44,6 +44,8 @@ fn images_are_pulled_verified_from_a_real_registry_anonymous_and_with_basic_auth
             podagent: fx.rt.podagent.clone(),
             cpus: None,
             registry: None,
+            seccomp_dir: PathBuf::from("/nonexistent"),
+            host_ip: None,
         };
         let pod = plan(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: c, image: '{image}', command: [sh, -c, 'echo ran from the registry']}}\n"

@@ -42,6 +42,8 @@ impl Drop for Fixture {
                     podagent: self.rt.podagent.clone(),
                     cpus: None,
                     registry: None,
+                    seccomp_dir: PathBuf::from("/nonexistent"),
+                    host_ip: None,
                 };
                 let _ = agent_rt.gc(&|_| false);
             }
@@ -113,6 +115,8 @@ pub fn fixture(name: &str) -> Fixture {
         podagent: PathBuf::from(env!("CARGO_BIN_EXE_podagent")),
         cpus: None,
         registry: None,
+        seccomp_dir: PathBuf::from("/nonexistent"),
+        host_ip: None,
     };
     Fixture { rt, cg_root, dir }
 }

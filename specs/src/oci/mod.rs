@@ -112,6 +112,10 @@ pub struct OciInputs {
     pub host_ip: Option<String>,
     /// The profile of a `Localhost` seccomp policy, read by the agent.
     pub localhost_seccomp: Option<LinuxSeccomp>,
+    /// The capabilities the runtime itself holds (its bounding set), for a
+    /// privileged container: it gets these, as containerd gives it the
+    /// capabilities it has, not every one the kernel knows.
+    pub node_capabilities: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Kubernetes' command/args rules against the image's entrypoint and cmd.
@@ -450,6 +454,13 @@ pub fn container_spec(
     let caps = sec
         .capabilities
         .iter()
+        .filter(|n| {
+            !sec.privileged
+                || inputs
+                    .node_capabilities
+                    .as_ref()
+                    .is_none_or(|held| held.contains(n.as_str()))
+        })
         .map(|n| {
             Capability::from_str(n).map_err(|_| OciError::Capability {
                 container: name.clone(),

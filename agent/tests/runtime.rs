@@ -532,7 +532,7 @@ fn share_process_namespace_gives_a_pod_one_pid_namespace_held_by_pause() {
         "--",
         "sh",
         "-c",
-        "cat /proc/1/comm; ps -o args",
+        "cat /proc/1/comm; ps -o args; readlink /proc/1/exe || echo pid1-exe-refused; readlink /proc/$(pidof sleep | cut -d' ' -f1)/exe",
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -540,6 +540,10 @@ fn share_process_namespace_gives_a_pod_one_pid_namespace_held_by_pause() {
         Some("pause"),
         "PID 1 is the pod's: {out}"
     );
+    // PID 1 runs the host's binary and is not dumpable: no container can
+    // open its exe (CVE-2019-5736); a container's own process it can.
+    assert!(out.contains("pid1-exe-refused"), "{out}");
+    assert!(out.contains("/bin/busybox"), "{out}");
     assert!(out.contains("sleep 1001"), "b sees a's process: {out}");
     assert!(out.contains("sleep 1002"), "{out}");
     // Starting it again finds the running one.

@@ -71,6 +71,13 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
             args.pid
         )));
     }
+    // Not dumpable from the start: once in the container's namespaces this
+    // process, and the child it forks into the container's PID namespace,
+    // run the host's binary until the child's execve; a container process
+    // that could open the child's /proc/PID/exe would hold that binary
+    // (CVE-2019-5736). The flag is inherited by the fork; the execve of the
+    // user's command resets it.
+    init::make_undumpable().map_err(|e| ShimError::Config(e.to_string()))?;
     let mut spec: Spec = read_config(&args.bundle)?;
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(p) => Some(
@@ -141,7 +148,6 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
                 if let Some(pty) = &pty {
                     attach_terminal(&pty.slave)?;
                 }
-                init::make_undumpable()?;
                 init::enter_cwd(process.cwd())?;
                 let nnp = process.no_new_privileges() == Some(true);
                 if !nnp {

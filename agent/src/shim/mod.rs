@@ -274,6 +274,12 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
         None => None,
     };
     let mut cgroup_join = args.cgroup_join.clone();
+    // Not dumpable before the fork, so the child is not for a moment either
+    // (CVE-2019-5736): from the fork until its execve it runs the host's
+    // binary, and a process that could open its /proc/PID/exe would hold
+    // that binary. The flag is inherited by the fork and reset by the
+    // execve of the container's own binary.
+    nix::sys::prctl::set_dumpable(false).map_err(sys_err("prctl(PR_SET_DUMPABLE)"))?;
     let cloned = match &into {
         Some((dir, fd)) => sys::fork_into_cgroup(fd.as_fd())
             .map_err(sys_err(format!("clone3 into {}", dir.display())))?,

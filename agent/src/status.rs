@@ -150,7 +150,11 @@ fn container_state(
             let at = reconcile::restart_at(pod.restart_policy, s);
             let next = at.map(|at| rfc3339_nano(clock.wall_at(at)));
             let pull_failed = last.is_some_and(|e| e.reason == "ErrImagePull");
-            let word = if pull_failed && s.crashes > 1 && at.is_some() {
+            let config_error = last.is_some_and(|e| e.reason == "CreateContainerConfigError");
+            let word = if config_error {
+                // The kubelet keeps saying why, retry after retry.
+                "CreateContainerConfigError".to_string()
+            } else if pull_failed && s.crashes > 1 && at.is_some() {
                 // The kubelet's word while a failed pull waits for its retry.
                 "ImagePullBackOff".to_string()
             } else if s.crashes > 1 && at.is_some() {

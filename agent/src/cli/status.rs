@@ -63,7 +63,10 @@ pub fn pod_object(p: &Value) -> Value {
                 "Running" => json!({ "running": { "startedAt": c["started_at"] } }),
                 "Waiting" => json!({ "waiting": { "reason": "ContainerCreating" } }),
                 // An image not had is a waiting state, never a termination.
-                w @ ("ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull") => {
+                w @ ("ErrImagePull"
+                | "ImagePullBackOff"
+                | "ErrImageNeverPull"
+                | "CreateContainerConfigError") => {
                     json!({ "waiting": { "reason": w, "message": c["message"] } })
                 }
                 "CrashLoopBackOff" => json!({ "waiting": {

@@ -315,8 +315,12 @@ impl Agent {
             Err(e) => {
                 let message = crate::error_chain(&e);
                 self.event(Kind::Warning, "Failed", key, Some(name), message.clone());
+                use specs::oci::OciError;
                 let reason = match &e {
                     crate::runtime::RuntimeError::Pull { reason, .. } => *reason,
+                    crate::runtime::RuntimeError::Spec(
+                        OciError::RunsAsRoot { .. } | OciError::NonNumericUser { .. },
+                    ) => "CreateContainerConfigError",
                     _ => "StartError",
                 };
                 state.status = Status::Terminated {
@@ -325,9 +329,14 @@ impl Agent {
                     finished: now,
                 };
                 state.crashes += 1;
-                state.image_pull_failed = reason == "ErrImagePull" || reason == "ErrImageNeverPull";
+                // It never ran: retried whatever the restart policy, its pod
+                // Pending (the kubelet's waiting reasons).
+                state.image_pull_failed = matches!(
+                    reason,
+                    "ErrImagePull" | "ErrImageNeverPull" | "CreateContainerConfigError"
+                );
                 // The kubelet's `BackOff` for an image: the next try's wait.
-                if state.image_pull_failed {
+                if state.image_pull_failed && reason != "CreateContainerConfigError" {
                     let policy = reconcile::effective_policy(p, name);
                     if let Some(at) = reconcile::restart_at(policy, &state) {
                         self.event(

@@ -606,11 +606,8 @@ impl Runtime {
         let rootfs = dir.join("bundle/rootfs");
         mount_overlay(&image, &dir, &rootfs)?;
         let config = image.config.clone();
-        let user = config
-            .user
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .and_then(|u| image_user(&rootfs, u));
+        let user_name = config.user.clone().filter(|u| !u.is_empty());
+        let user = user_name.as_deref().and_then(|u| image_user(&rootfs, u));
         let cg = self.container_cgroup(pod, c)?;
         let inputs = OciInputs {
             rootfs: rootfs.clone(),
@@ -620,6 +617,7 @@ impl Runtime {
                 env: config.env.unwrap_or_default(),
                 working_dir: config.working_dir,
                 user,
+                user_name,
             },
             net_ns: if pod.host_network {
                 None

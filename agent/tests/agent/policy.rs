@@ -144,3 +144,48 @@ fn privileged_pods_and_the_pids_limit_follow_the_agents_options() {
         assert!(k8s.contains("\"hostIP\": \"192.0.2.7\""), "{k8s}");
     });
 }
+
+#[test]
+fn run_as_non_root_refuses_an_image_that_runs_as_root_and_keeps_the_pod_pending() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("non-root");
+        let (pods, state, state_s) = fx.agent_dirs();
+        let _agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
+        let pod = |name: &str, sc: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  securityContext: {sc}\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '100000']}}\n"
+            )
+        };
+        // The test image has no User: it runs as root.
+        put_manifest(&pods, "root.yaml", &pod("root", "{runAsNonRoot: true}"));
+        put_manifest(
+            &pods,
+            "user.yaml",
+            &pod("user", "{runAsNonRoot: true, runAsUser: 1000}"),
+        );
+        let c = |n: &str| pod_status(&state_s, n)["containers"][0].clone();
+        assert!(
+            eventually(Duration::from_secs(20), || c("root")["state"]
+                == "CreateContainerConfigError"),
+            "{:#}",
+            pod_status(&state_s, "root")
+        );
+        let m = c("root")["message"].as_str().unwrap_or("").to_string();
+        assert!(m.contains("image will run as root"), "{m}");
+        assert_eq!(pod_status(&state_s, "root")["phase"], "Pending");
+        assert_eq!(c("root")["restart_count"], 0);
+        assert!(
+            eventually(Duration::from_secs(20), || c("user")["state"] == "Running"),
+            "{:#}",
+            pod_status(&state_s, "user")
+        );
+        let k8s = podctl(&["status", "-o", "json", "--state-dir", &state_s]).1;
+        assert!(
+            k8s.contains("\"reason\": \"CreateContainerConfigError\""),
+            "{k8s}"
+        );
+    });
+}

@@ -62,6 +62,11 @@ pub enum OciError {
     MissingSeccompProfile { container: String, profile: String },
     #[error("container {container}: capability {name:?} is unknown to the OCI spec library")]
     Capability { container: String, name: String },
+    /// The kubelet's `CreateContainerConfigError`, as its words.
+    #[error("container {container}: container has runAsNonRoot and image will run as root")]
+    RunsAsRoot { container: String },
+    #[error("container {container}: container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root")]
+    NonNumericUser { container: String, user: String },
     #[error("container {container}: building the OCI spec")]
     Build {
         container: String,
@@ -81,6 +86,9 @@ pub struct ImageConfig {
     /// The image's user, resolved to numbers by the runtime (names need the
     /// image's /etc/passwd, which this crate does not read).
     pub user: Option<(u32, u32)>,
+    /// The image's `User` as written (`nginx`, `101:101`), for
+    /// `runAsNonRoot`: a name cannot be verified, as the kubelet says.
+    pub user_name: Option<String>,
 }
 
 /// What the runtime knows when it starts a container. A namespace path of
@@ -441,6 +449,23 @@ pub fn container_spec(
     let args: Vec<String> = args.iter().map(|a| expand(a, &vars)).collect();
     let sec = &c.security;
     let (image_uid, image_gid) = inputs.image.user.unwrap_or((0, 0));
+    // The kubelet's verifyRunAsNonRoot: with no runAsUser the image's user
+    // decides; validation already refused runAsUser 0.
+    if sec.run_as_non_root && sec.run_as_user.is_none() {
+        let written = inputs.image.user_name.as_deref().unwrap_or("");
+        let user_part = written.split(':').next().unwrap_or("");
+        if !user_part.is_empty() && user_part.parse::<u32>().is_err() {
+            return Err(OciError::NonNumericUser {
+                container: name.clone(),
+                user: written.to_string(),
+            });
+        }
+        if image_uid == 0 {
+            return Err(OciError::RunsAsRoot {
+                container: name.clone(),
+            });
+        }
+    }
     let uid = sec.run_as_user.unwrap_or(image_uid);
     let gid = sec.run_as_group.unwrap_or(if sec.run_as_user.is_some() {
         0
@@ -644,7 +669,45 @@ mod tests {
             env: vec!["PATH=/image/bin".into(), "MODE=image".into()],
             working_dir: Some("/srv".into()),
             user: Some((100, 101)),
+            user_name: Some("100:101".into()),
         }
+    }
+
+    #[test]
+    fn run_as_non_root_is_checked_against_the_images_user_as_the_kubelet_does() {
+        let p = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers:\n  - {name: c, image: busybox, command: [sh]}\n");
+        let with_user = |user: Option<(u32, u32)>, name: Option<&str>| OciInputs {
+            image: ImageConfig {
+                user,
+                user_name: name.map(str::to_string),
+                ..image()
+            },
+            ..OciInputs::default()
+        };
+        let e = container_spec(&p, &p.containers[0], &with_user(None, None)).unwrap_err();
+        assert!(matches!(e, OciError::RunsAsRoot { .. }), "{e}");
+        let e =
+            container_spec(&p, &p.containers[0], &with_user(Some((0, 0)), Some("0"))).unwrap_err();
+        assert!(matches!(e, OciError::RunsAsRoot { .. }), "{e}");
+        let e = container_spec(
+            &p,
+            &p.containers[0],
+            &with_user(Some((101, 101)), Some("nginx")),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "container c: container has runAsNonRoot and image has non-numeric user (nginx), cannot verify user is non-root"
+        );
+        assert!(container_spec(
+            &p,
+            &p.containers[0],
+            &with_user(Some((100, 101)), Some("100:101"))
+        )
+        .is_ok());
+        // runAsUser decides when given.
+        let q = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true, runAsUser: 1000}\n  containers:\n  - {name: c, image: busybox, command: [sh]}\n");
+        assert!(container_spec(&q, &q.containers[0], &with_user(None, None)).is_ok());
     }
 
     fn container(fields: &str) -> ContainerPlan {

@@ -64,6 +64,11 @@ pub struct PodRecord {
     /// Its `terminationGracePeriodSeconds`.
     #[serde(default = "default_grace")]
     pub grace_secs: u64,
+    /// When the sandbox was made, in milliseconds since the epoch (the
+    /// pod's start time, which `activeDeadlineSeconds` counts from); 0 in
+    /// an older agent's record: unknown.
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 fn default_grace() -> u64 {
@@ -256,7 +261,8 @@ mod tests {
             read::<PodRecord>(&path).unwrap(),
             Some(PodRecord {
                 sandbox_hash: "abc".into(),
-                grace_secs: 30
+                grace_secs: 30,
+                created_ms: 0,
             })
         );
         std::fs::write(&path, r#"{"hash": "h"}"#).unwrap();

@@ -507,3 +507,19 @@ fn a_host_ip_is_one_ipv4_address_or_all() {
         .iter()
         .any(|e| e.contains("is not an IP address")));
 }
+
+#[test]
+fn active_deadline_seconds_is_a_positive_number_of_seconds() {
+    let pod = |v: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  activeDeadlineSeconds: {v}\n  containers: [{{name: c, image: busybox}}]\n")
+    };
+    assert_eq!(one_pod(&pod("30")).active_deadline_secs, Some(30));
+    let r = load("p.yaml", pod("0").as_bytes(), &node());
+    assert!(
+        errors(&r.diagnostics)
+            .iter()
+            .any(|e| e.contains("activeDeadlineSeconds") && e.contains("must be a positive number")),
+        "{:?}",
+        r.diagnostics
+    );
+}

@@ -116,6 +116,7 @@ pub fn changes(
                     uid: p.uid.clone(),
                     sandbox_hash: reconcile::sandbox_hash(p),
                     grace: std::time::Duration::from_secs(p.termination_grace_period_secs),
+                    deadline_exceeded: false,
                     containers,
                 },
             )

@@ -21,6 +21,8 @@ use crate::shim::{Exited, Started};
 #[derive(Debug)]
 pub struct Found {
     pub grace: Duration,
+    /// When its sandbox was made; none in an older agent's record.
+    pub created: Option<std::time::SystemTime>,
     pub containers: Vec<FoundContainer>,
 }
 
@@ -115,6 +117,8 @@ pub fn read_pod(
     }
     Some(Found {
         grace: Duration::from_secs(rec.grace_secs),
+        created: (rec.created_ms > 0)
+            .then(|| std::time::UNIX_EPOCH + Duration::from_millis(rec.created_ms)),
         containers,
     })
 }
@@ -145,6 +149,9 @@ impl Agent {
                     source: Box::new(source),
                 })?;
             run.grace = found.grace;
+            if let Some(created) = found.created {
+                run.created = created;
+            }
             for f in found.containers {
                 let mut c = ContainerRun::new(f.state);
                 c.image_id = f.image_id;

@@ -302,6 +302,7 @@ impl Agent {
         let resync = Duration::from_secs(self.args.resync_secs);
         let mut last_resync = Instant::now();
         loop {
+            self.enforce_deadlines();
             let wake = self.reconcile();
             self.run_probes();
             self.enforce_kills();
@@ -416,6 +417,9 @@ impl Agent {
                     }
                 }
             }
+        }
+        if let Some(d) = self.next_deadline() {
+            at(d);
         }
         first
     }

@@ -86,11 +86,15 @@ impl Agent {
             net_ns = Some(a.netns);
         }
         let sandbox_hash = crate::reconcile::sandbox_hash(p);
+        let created = SystemTime::now();
         if !adopting {
             self.rt.create_pod_cgroup(p)?;
             let record = PodRecord {
                 sandbox_hash: sandbox_hash.clone(),
                 grace_secs: p.termination_grace_period_secs,
+                created_ms: created
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
             };
             crate::records::write(&record_path(&self.args.state_dir, &p.uid), &record)?;
         }
@@ -101,7 +105,8 @@ impl Agent {
             sandbox: sb,
             net_ns,
             ip,
-            created: SystemTime::now(),
+            created,
+            deadline_exceeded: false,
             containers: Default::default(),
         })
     }

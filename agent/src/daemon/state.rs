@@ -96,7 +96,12 @@ pub struct PodRun {
     pub sandbox: Sandbox,
     pub net_ns: Option<PathBuf>,
     pub ip: Option<String>,
+    /// When its sandbox was made (kept in its record across agent
+    /// restarts): its start time.
     pub created: SystemTime,
+    /// Its `activeDeadlineSeconds` passed: its containers were stopped and
+    /// none starts again; the pod is Failed (`DeadlineExceeded`).
+    pub deadline_exceeded: bool,
     pub containers: Containers,
 }
 
@@ -107,6 +112,7 @@ impl PodRun {
             uid: self.uid.clone(),
             sandbox_hash: self.sandbox_hash.clone(),
             grace: self.grace,
+            deadline_exceeded: self.deadline_exceeded,
             containers: self
                 .containers
                 .iter()

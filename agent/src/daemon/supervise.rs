@@ -214,6 +214,13 @@ impl Agent {
             return;
         };
         c.last_exit = Some(exited);
+        // A pod failed by its deadline restarts nothing.
+        if self.live(key).is_some_and(|r| r.deadline_exceeded) {
+            return;
+        }
+        let Some(c) = self.container_mut(key, name) else {
+            return;
+        };
         let next = policy.and_then(|policy| reconcile::restart_at(policy, &c.state));
         if let Some(at) = next {
             let wait = at.saturating_duration_since(Instant::now());

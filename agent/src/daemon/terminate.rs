@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::events::Kind;
+use crate::reconcile::Status;
+
 use super::state::{Pod, Terminating, KILL_WAIT};
 use super::Agent;
 
@@ -30,6 +33,66 @@ impl Agent {
         c.kill_at = Some(Instant::now() + grace);
         let dir = crate::runtime::container_dir(&state_dir, &uid, name).join("state");
         crate::runtime::signal_init(&dir, Signal::SIGTERM);
+    }
+
+    /// Fails the pods whose `activeDeadlineSeconds` have passed since their
+    /// start, as the kubelet does: an event, every running container
+    /// stopped within its grace period, none started again (the planner
+    /// skips the pod), and the phase Failed with reason `DeadlineExceeded`.
+    /// A container whose start was in flight is stopped once it runs.
+    pub(super) fn enforce_deadlines(&mut self) {
+        let now = std::time::SystemTime::now();
+        let mut newly = Vec::new();
+        let mut to_stop = Vec::new();
+        for (key, pod) in self.pods.iter_mut() {
+            let Pod::Live(run) = pod else { continue };
+            let Some(p) = self.sources.pod(key).filter(|p| p.uid == run.uid) else {
+                continue;
+            };
+            let Some(secs) = p.active_deadline_secs else {
+                continue;
+            };
+            if !run.deadline_exceeded && now >= run.created + Duration::from_secs(secs) {
+                run.deadline_exceeded = true;
+                newly.push(key.clone());
+            }
+            if run.deadline_exceeded {
+                for (name, c) in run.containers.iter() {
+                    if matches!(c.state.status, Status::Running { .. }) && c.kill_at.is_none() {
+                        to_stop.push((key.clone(), name.clone()));
+                    }
+                }
+            }
+        }
+        for key in newly {
+            self.event(
+                Kind::Warning,
+                "DeadlineExceeded",
+                &key,
+                None,
+                "Pod was active on the node longer than the specified deadline".into(),
+            );
+        }
+        for (key, name) in to_stop {
+            self.stop_container(&key, &name);
+        }
+    }
+
+    /// When the next live pod's `activeDeadlineSeconds` pass.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        self.pods
+            .iter()
+            .filter_map(|(key, pod)| {
+                let Pod::Live(run) = pod else { return None };
+                let secs = self.sources.pod(key)?.active_deadline_secs?;
+                if run.deadline_exceeded {
+                    return None;
+                }
+                let at = run.created + Duration::from_secs(secs);
+                Some(now + at.duration_since(wall).unwrap_or_default())
+            })
+            .min()
     }
 
     /// SIGKILLs what is left of containers whose grace period is over.

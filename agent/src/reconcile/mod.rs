@@ -105,6 +105,8 @@ pub struct PodState {
     pub sandbox_hash: String,
     /// Its `terminationGracePeriodSeconds`, kept for when its file is gone.
     pub grace: Duration,
+    /// Its `activeDeadlineSeconds` passed: nothing of it starts again.
+    pub deadline_exceeded: bool,
     pub containers: ByName<ContainerState>,
 }
 
@@ -242,6 +244,9 @@ pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>)
     let Some(state) = state else {
         return (Phase::Pending, None);
     };
+    if state.deadline_exceeded {
+        return (Phase::Failed, Some("DeadlineExceeded".into()));
+    }
     let get = |c: &ContainerPlan| state.containers.get(c.name.as_str());
     let inits = &pod.init_containers;
     let done = inits
@@ -318,6 +323,10 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
         };
         if state.sandbox_hash != sandbox_hash(pod) {
             out.actions.push(Action::RecreatePod { pod: key.clone() });
+            continue;
+        }
+        // Failed by its deadline: it stays so until its file changes or goes.
+        if state.deadline_exceeded {
             continue;
         }
         let act = |a: Action, out: &mut Plan| out.actions.push(a);

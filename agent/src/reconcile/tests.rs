@@ -45,6 +45,7 @@ fn state(p: &PodPlan, containers: Vec<(&ContainerPlan, Status)>) -> Actual {
             uid: p.uid.clone(),
             sandbox_hash: sandbox_hash(p),
             grace: Duration::from_secs(p.termination_grace_period_secs),
+            deadline_exceeded: false,
             containers,
         },
     )])
@@ -541,4 +542,23 @@ fn a_failed_pull_is_retried_whatever_the_policy_counts_no_restart_and_keeps_the_
     // It never ran: Pending, and the try is no restart.
     assert_eq!(phase(&p, actual.get(&key)).0, Phase::Pending);
     assert_eq!(next_run_counts(Some(&pulling), false), (0, 1));
+}
+
+#[test]
+fn a_pod_past_its_deadline_starts_and_restarts_nothing_and_is_failed() {
+    let p = pod(&WEB.replace("spec:\n", "spec:\n  activeDeadlineSeconds: 5\n"));
+    assert_eq!(p.active_deadline_secs, Some(5));
+    let t = Instant::now();
+    let mut actual = state(&p, vec![(&p.init_containers[0], done(t))]);
+    actual.values_mut().for_each(|s| s.deadline_exceeded = true);
+    let plan = plan(&desired(&p), &actual, t);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    let (phase, reason) = phase(&p, actual.values().next());
+    assert_eq!(
+        (phase, reason.as_deref()),
+        (Phase::Failed, Some("DeadlineExceeded"))
+    );
+    // Its file gone, it is deleted as any pod is.
+    let plan = super::plan(&Desired::new(), &actual, t);
+    assert!(matches!(plan.actions[..], [Action::DeletePod { .. }]));
 }

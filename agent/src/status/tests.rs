@@ -45,6 +45,7 @@ fn pod_state(p: &PodPlan, containers: Vec<(&str, ContainerState)>) -> PodState {
         uid: p.uid.clone(),
         sandbox_hash: sandbox_hash(p),
         grace: Duration::from_secs(30),
+        deadline_exceeded: false,
         containers: containers
             .into_iter()
             .map(|(n, s)| (n.to_string(), s))

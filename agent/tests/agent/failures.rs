@@ -201,3 +201,58 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         fx.assert_no_mounts();
     });
 }
+
+#[test]
+fn a_pod_past_its_active_deadline_is_failed_and_its_containers_stopped() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("deadline");
+        let (pods, state, state_s) = fx.agent_dirs();
+        let _agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
+        let t = std::time::Instant::now();
+        put_manifest(
+            &pods,
+            "d.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: d}\nspec:\n  activeDeadlineSeconds: 3\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'trap \"exit 0\" TERM; sleep 100000 & wait']\n",
+        );
+        let pod = || pod_status(&state_s, "d");
+        assert!(
+            eventually(Duration::from_secs(10), || pod()["containers"][0]["state"]
+                == "Running"),
+            "{:#}",
+            pod()
+        );
+        assert!(
+            eventually(Duration::from_secs(15), || pod()["phase"] == "Failed"),
+            "{:#}",
+            pod()
+        );
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_secs(3),
+            "failed after {took:?}, before its deadline"
+        );
+        assert_eq!(pod()["reason"], "DeadlineExceeded", "{:#}", pod());
+        // Its container stops and is not started again (its policy is
+        // Always, and a back-off is 10 s: 12 s shows none came).
+        assert!(
+            eventually(Duration::from_secs(10), || pod()["containers"][0]["state"]
+                != "Running"),
+            "{:#}",
+            pod()
+        );
+        assert!(!eventually(Duration::from_secs(12), || pod()["containers"]
+            [0]["state"]
+            == "Running"
+            || pod()["containers"][0]["restart_count"] != 0));
+        assert_eq!(pod()["phase"], "Failed");
+        let events = podctl(&["events", "--state-dir", &state_s]).1;
+        assert!(events.contains("DeadlineExceeded"), "{events}");
+        assert!(
+            events.contains("Pod was active on the node longer than the specified deadline"),
+            "{events}"
+        );
+    });
+}

@@ -439,7 +439,7 @@ fn resolve_spec<'a>(
         share_process_namespace: share_pid,
         restart_policy,
         termination_grace_period_secs: grace,
-        active_deadline_secs: None,
+        active_deadline_secs: active_deadline(sp, spec, issues),
         qos_class: qos,
         dns,
         host_aliases,
@@ -571,10 +571,6 @@ fn notes_and_unsupported(sp: &str, spec: &PodSpec, issues: &mut Issues) {
         ("ephemeralContainers", spec.ephemeral_containers.is_some()),
         ("resourceClaims", spec.resource_claims.is_some()),
         ("resources", spec.resources.is_some()),
-        (
-            "activeDeadlineSeconds",
-            spec.active_deadline_seconds.is_some(),
-        ),
     ] {
         if set {
             issues.error(k(field), format!("{field} is not supported by podagent"));
@@ -590,6 +586,20 @@ fn notes_and_unsupported(sp: &str, spec: &PodSpec, issues: &mut Issues) {
             "user namespaces (hostUsers: false) are not supported by podagent",
         );
     }
+}
+
+/// `activeDeadlineSeconds`: a positive number of seconds, as the API server
+/// requires.
+fn active_deadline(sp: &str, spec: &PodSpec, issues: &mut Issues) -> Option<u64> {
+    let v = spec.active_deadline_seconds?;
+    if v < 1 {
+        issues.error(
+            push_key(sp, "activeDeadlineSeconds"),
+            format!("{v} must be a positive number of seconds"),
+        );
+        return None;
+    }
+    Some(v as u64)
 }
 
 fn dns(sp: &str, spec: &PodSpec, issues: &mut Issues) -> DnsPlan {

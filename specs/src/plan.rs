@@ -264,6 +264,12 @@ pub struct ContainerPlan {
     pub tty: bool,
     pub stdin: bool,
     pub termination_message_path: String,
+    /// `terminationMessagePolicy: FallbackToLogsOnError`: an empty message
+    /// file of a failed run is replaced by the end of its log. (Not
+    /// serialised when false, so the hashes of containers without it stay
+    /// as they were.)
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub termination_message_from_logs: bool,
     /// Hex SHA-256 of this container's plan: a change restarts only it.
     pub hash: String,
 }

@@ -164,6 +164,23 @@ impl Agent {
                 warnings: Vec::new(),
             },
         };
+        // The run's termination message (its file, or its log's end by its
+        // policy) becomes the exit's message, as the kubelet's lastState.
+        let from_logs = self
+            .sources
+            .pod(key)
+            .and_then(|p| p.all_containers().find(|pc| pc.name.as_str() == name))
+            .is_some_and(|pc| pc.termination_message_from_logs);
+        let cdir = crate::runtime::container_dir(&state_dir, &uid, name);
+        if let Some(m) = crate::runtime::termination_message(&cdir, exited.exit_code, from_logs) {
+            exited.message = m;
+        }
+        let Some(super::state::Pod::Live(run)) = self.pods.get_mut(key) else {
+            return;
+        };
+        let Some(c) = run.containers.get_mut(name) else {
+            return;
+        };
         c.state.status = Status::Terminated {
             exit_code: exited.exit_code,
             started: since,

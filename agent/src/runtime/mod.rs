@@ -240,6 +240,56 @@ pub fn wait_for_file(dir: &Path, name: &str, timeout: Duration) -> bool {
     }
 }
 
+/// The file in a container's directory bound at its
+/// `terminationMessagePath`.
+pub const TERMINATION_MESSAGE: &str = "termination-log";
+
+/// A run's termination message, as the kubelet reads it: the container's
+/// message file (at most 4096 bytes); when that is empty, the run failed and
+/// the policy is `FallbackToLogsOnError`, the end of its log (at most 80
+/// lines and 2048 bytes).
+pub fn termination_message(dir: &Path, exit_code: i32, from_logs: bool) -> Option<String> {
+    let read_tail = |path: &Path, max: u64| -> Option<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+        let mut buf = Vec::new();
+        f.take(max).read_to_end(&mut buf).ok()?;
+        Some(buf)
+    };
+    let own = std::fs::File::open(dir.join(TERMINATION_MESSAGE))
+        .ok()
+        .and_then(|f| {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf).into_owned())
+        });
+    if let Some(m) = own.filter(|m| !m.is_empty()) {
+        return Some(m);
+    }
+    if !from_logs || exit_code == 0 {
+        return None;
+    }
+    // The log is CRI lines (`<time> <stream> <P|F> <text>`): the texts of
+    // the last 80, cut to their last 2048 bytes.
+    let tail = read_tail(&dir.join("container.log"), 64 << 10)?;
+    let text = String::from_utf8_lossy(&tail);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    let mut out = lines[lines.len().saturating_sub(80)..].join("\n");
+    if out.len() > 2048 {
+        let mut cut = out.len() - 2048;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out = out[cut..].to_string();
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The kubelet's `imageID` of an image run by `reference`:
 /// `docker.io/library/busybox@sha256:…`.
 pub fn image_id(reference: &str, digest: &str) -> String {
@@ -609,6 +659,18 @@ impl Runtime {
         let user_name = config.user.clone().filter(|u| !u.is_empty());
         let user = user_name.as_deref().and_then(|u| image_user(&rootfs, u));
         let cg = self.container_cgroup(pod, c)?;
+        // The termination message file, empty for each run, bound at the
+        // container's terminationMessagePath; writable by any user, as the
+        // kubelet makes it.
+        let message = dir.join(TERMINATION_MESSAGE);
+        std::fs::write(&message, b"").map_err(io("create", &message))?;
+        std::fs::set_permissions(
+            &message,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .map_err(io("chmod", &message))?;
+        let mut files = sandbox.files.clone();
+        files.push((c.termination_message_path.clone(), message));
         let inputs = OciInputs {
             rootfs: rootfs.clone(),
             image: ImageConfig {
@@ -631,7 +693,7 @@ impl Runtime {
             cgroup_namespace: self.cgroups.private_namespace(),
             volume_dirs: sandbox.volumes.iter().cloned().collect(),
             shm_dir: sandbox.shm.clone(),
-            files: sandbox.files.clone(),
+            files,
             pod_ip: sandbox.pod_ip.clone(),
             host_ip: self.host_ip.clone(),
             localhost_seccomp: self.localhost_seccomp(c)?,
@@ -949,5 +1011,32 @@ mod tests {
         nix::unistd::mkfifo(&root.join("etc/passwd"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(image_user(root, "app"), None);
         assert_eq!(image_user(root, "9"), Some((9, 0)));
+    }
+
+    #[test]
+    fn a_termination_message_is_bounded_as_the_kubelets() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // The file wins, cut at 4096 bytes.
+        std::fs::write(d.join(TERMINATION_MESSAGE), "x".repeat(5000)).unwrap();
+        assert_eq!(termination_message(d, 1, true).unwrap().len(), 4096);
+        // Empty: the log's last 80 lines for a failed run by the policy.
+        std::fs::write(d.join(TERMINATION_MESSAGE), "").unwrap();
+        let log: String = (0..100)
+            .map(|i| format!("2026-12-02T00:00:00.0Z stdout F line {i}\n"))
+            .collect();
+        std::fs::write(d.join("container.log"), log).unwrap();
+        let m = termination_message(d, 1, true).unwrap();
+        assert!(m.starts_with("line 20\n") && m.ends_with("line 99"), "{m}");
+        assert_eq!(termination_message(d, 0, true), None, "a clean exit");
+        assert_eq!(termination_message(d, 1, false), None, "the File policy");
+        // At most 2048 bytes of it.
+        std::fs::write(
+            d.join("container.log"),
+            format!("t stderr F {}\n", "é".repeat(3000)),
+        )
+        .unwrap();
+        let m = termination_message(d, 2, true).unwrap();
+        assert!(m.len() <= 2048 && m.chars().all(|c| c == 'é'), "{}", m.len());
     }
 }

@@ -256,3 +256,80 @@ fn a_pod_past_its_active_deadline_is_failed_and_its_containers_stopped() {
         );
     });
 }
+
+#[test]
+fn a_termination_message_is_the_file_or_by_policy_the_logs_end() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("termination-message");
+        let (pods, state, state_s) = fx.agent_dirs();
+        let _agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
+        let pod = |name: &str, extra: &str, script: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n{extra}    command: [sh, -c, '{script}']\n"
+            )
+        };
+        put_manifest(
+            &pods,
+            "p.yaml",
+            &[
+                // Written by a user other than root: the file is everyone's.
+                pod(
+                    "file",
+                    "    securityContext: {runAsUser: 1000}\n",
+                    "echo all done > /dev/termination-log; exit 3",
+                ),
+                pod(
+                    "custom",
+                    "    terminationMessagePath: /tmp/why\n",
+                    "echo in my own place > /tmp/why",
+                ),
+                pod(
+                    "logs",
+                    "    terminationMessagePolicy: FallbackToLogsOnError\n",
+                    "echo line one; echo the cause; exit 4",
+                ),
+                pod(
+                    "clean",
+                    "    terminationMessagePolicy: FallbackToLogsOnError\n",
+                    "echo fine",
+                ),
+            ]
+            .join("---\n"),
+        );
+        let c = |n: &str| pod_status(&state_s, n)["containers"][0].clone();
+        let ended = || {
+            ["file", "custom", "logs", "clean"]
+                .iter()
+                .all(|n| !c(n)["exit_code"].is_null())
+        };
+        assert!(
+            eventually(Duration::from_secs(20), ended),
+            "{:#}",
+            raw_status(&state_s)
+        );
+        assert_eq!(c("file")["message"], "all done\n", "{:#}", c("file"));
+        assert_eq!(c("file")["exit_code"], 3);
+        assert_eq!(
+            c("custom")["message"],
+            "in my own place\n",
+            "{:#}",
+            c("custom")
+        );
+        assert_eq!(
+            c("logs")["message"],
+            "line one\nthe cause",
+            "{:#}",
+            c("logs")
+        );
+        assert!(
+            c("clean")["message"].is_null(),
+            "a clean exit uses no log: {:#}",
+            c("clean")
+        );
+        let k8s = podctl(&["status", "-o", "json", "--state-dir", &state_s]).1;
+        assert!(k8s.contains("\"message\": \"all done\\n\""), "{k8s}");
+    });
+}

@@ -43,6 +43,7 @@ pub struct PartialContainer {
     pub tty: bool,
     pub stdin: bool,
     pub termination_message_path: String,
+    pub termination_message_from_logs: bool,
 }
 
 /// An env value, or a reference still to resolve against the pod.
@@ -165,6 +166,8 @@ pub fn resolve_container(
             p.to_string()
         }
     };
+    let termination_message_from_logs =
+        c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
     if let Some(p) = c.termination_message_policy.as_deref() {
         if p != "File" && p != "FallbackToLogsOnError" {
             issues.error(
@@ -209,6 +212,7 @@ pub fn resolve_container(
         tty: c.tty.unwrap_or(false),
         stdin: c.stdin.unwrap_or(false),
         termination_message_path,
+        termination_message_from_logs,
     })
 }
 

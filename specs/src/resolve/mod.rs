@@ -408,6 +408,7 @@ fn resolve_spec<'a>(
                     tty: pc.tty,
                     stdin: pc.stdin,
                     termination_message_path: pc.termination_message_path,
+                    termination_message_from_logs: pc.termination_message_from_logs,
                     hash: String::new(),
                 };
                 plan.hash = container_hash(&plan);

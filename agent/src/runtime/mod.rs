@@ -1037,6 +1037,10 @@ mod tests {
         )
         .unwrap();
         let m = termination_message(d, 2, true).unwrap();
-        assert!(m.len() <= 2048 && m.chars().all(|c| c == 'é'), "{}", m.len());
+        assert!(
+            m.len() <= 2048 && m.chars().all(|c| c == 'é'),
+            "{}",
+            m.len()
+        );
     }
 }

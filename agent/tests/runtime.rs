@@ -909,3 +909,82 @@ fn resource_files_match_the_kubelets_values() {
     assert!(checked >= 15, "{checked}");
     fx.tear_down(&pod);
 }
+
+/// An emptyDir is everyone's (0777), and with an `fsGroup` the group's:
+/// what a non-root container makes in it is the group's too (setgid).
+#[test]
+fn an_empty_dir_is_writable_by_any_user_and_owned_by_the_fs_group() {
+    if !require() {
+        return;
+    }
+    let fx = fixture("fsgroup");
+    let rt = &fx.rt;
+    let pod = plan(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fsg}\nspec:\n  restartPolicy: Never\n  securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}\n  volumes: [{name: v, emptyDir: {}}]\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'touch /v/f && mkdir /v/d && stat -c \"%g %a %n\" /v /v/f /v/d']\n    volumeMounts: [{name: v, mountPath: /v}]\n",
+    );
+    let sb = fx.sandbox(&pod);
+    let h = rt.start(&pod, &sb, None, &pod.containers[0]).unwrap();
+    assert!(agent::runtime::wait_for_file(
+        &h.dir.join("state"),
+        "exit.json",
+        Duration::from_secs(10)
+    ));
+    let log = std::fs::read_to_string(h.dir.join("container.log")).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" F ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(
+        lines,
+        ["2000 2777 /v", "2000 644 /v/f", "2000 2755 /v/d"],
+        "{log}"
+    );
+    // On the host, as the container left them.
+    use std::os::unix::fs::MetadataExt;
+    let volume = &sb.volumes[0].1;
+    assert_eq!(std::fs::metadata(volume.join("f")).unwrap().gid(), 2000);
+    fx.tear_down(&pod);
+}
+
+/// `fsGroup` on a volume with content: every file gets the group and group
+/// read-write, directories setgid; a symlink is not followed; with
+/// `OnRootMismatch` a root that already has them stops the walk.
+#[test]
+fn fs_group_ownership_walks_without_following_links_and_honours_on_root_mismatch() {
+    if !require() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("v");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/f"), "x").unwrap();
+    std::fs::set_permissions(root.join("sub/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, "not the pod's").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    let gid_mode = |p: &std::path::Path| {
+        let md = std::fs::metadata(p).unwrap();
+        (md.gid(), md.mode() & 0o7777)
+    };
+    agent::runtime::sandbox::fs_group_ownership(&root, 3000, false).unwrap();
+    assert_eq!(gid_mode(&root.join("sub/f")), (3000, 0o660));
+    assert_eq!(gid_mode(&root.join("sub")).0, 3000);
+    assert_eq!(gid_mode(&root.join("sub")).1 & 0o2070, 0o2070);
+    assert_eq!(
+        gid_mode(&outside).0,
+        0,
+        "the link's target is not the pod's"
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(root.join("link")).unwrap().gid(),
+        3000
+    );
+    // OnRootMismatch: the root is right, so a file changed since stays.
+    std::os::unix::fs::chown(root.join("sub/f"), None, Some(0)).unwrap();
+    agent::runtime::sandbox::fs_group_ownership(&root, 3000, true).unwrap();
+    assert_eq!(gid_mode(&root.join("sub/f")).0, 0);
+    // Always walks again.
+    agent::runtime::sandbox::fs_group_ownership(&root, 3000, false).unwrap();
+    assert_eq!(gid_mode(&root.join("sub/f")).0, 3000);
+}

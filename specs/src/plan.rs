@@ -46,6 +46,11 @@ pub struct PodPlan {
     pub host_aliases: Vec<(String, Vec<String>)>,
     pub sysctls: Vec<(String, String)>,
     pub fs_group: Option<u32>,
+    /// `fsGroupChangePolicy: OnRootMismatch`: a volume whose root already
+    /// has the group and mode is not walked. (Not serialised when false:
+    /// the hashes of pods without it stay as they were.)
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fs_group_on_root_mismatch: bool,
     pub supplemental_groups: Vec<u32>,
     pub volumes: Vec<VolumePlan>,
     pub init_containers: Vec<ContainerPlan>,

@@ -153,6 +153,13 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
                     )
                     .map_err(sys("mount emptyDir tmpfs at", &p))?;
                 }
+                // Everyone's, as the kubelet makes an emptyDir (0777).
+                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                    .map_err(io("chmod", &p))?;
+                if let Some(gid) = pod.fs_group {
+                    fs_group_ownership(&p, gid, pod.fs_group_on_root_mismatch)
+                        .map_err(io("give fsGroup", &p))?;
+                }
                 p
             }
             VolumeSource::HostPath { path, kind } => {
@@ -174,6 +181,43 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
         files: Vec::new(),
         pod_ip: None,
     })
+}
+
+/// The kubelet's `SetVolumeOwnership` for a volume with an `fsGroup`:
+/// everything in it gets the group, and group read-write; directories get
+/// the setgid bit and group search, so what is made in them is the group's
+/// too. Symlinks are given the group, never followed. With
+/// `OnRootMismatch`, a volume whose root already has the group and bits is
+/// left as it is. (A hostPath is not the pod's to change, as with the
+/// kubelet.)
+pub fn fs_group_ownership(root: &Path, gid: u32, on_root_mismatch: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const DIR_BITS: u32 = 0o2000 | 0o070;
+    if on_root_mismatch {
+        let md = std::fs::symlink_metadata(root)?;
+        if md.gid() == gid && md.mode() & DIR_BITS == DIR_BITS {
+            return Ok(());
+        }
+    }
+    fn walk(p: &Path, gid: u32, depth: usize) -> std::io::Result<()> {
+        let md = std::fs::symlink_metadata(p)?;
+        std::os::unix::fs::lchown(p, None, Some(gid))?;
+        if md.file_type().is_symlink() {
+            return Ok(());
+        }
+        let bits = if md.is_dir() { DIR_BITS } else { 0o060 };
+        let mode = md.mode() & 0o7777;
+        if mode & bits != bits {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | bits))?;
+        }
+        if md.is_dir() && depth < 256 {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), gid, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+    walk(root, gid, 0)
 }
 
 /// Checks (or creates) a hostPath by its type, as the kubelet does.

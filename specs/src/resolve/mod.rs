@@ -446,6 +446,7 @@ fn resolve_spec<'a>(
         host_aliases,
         sysctls: pod_sec.sysctls,
         fs_group: pod_sec.fs_group,
+        fs_group_on_root_mismatch: pod_sec.fs_group_on_root_mismatch,
         supplemental_groups: pod_sec.supplemental_groups,
         volumes,
         init_containers,

@@ -111,6 +111,8 @@ pub struct PodSecurity {
     pub run_as_group: Option<u32>,
     pub run_as_non_root: bool,
     pub fs_group: Option<u32>,
+    /// `fsGroupChangePolicy: OnRootMismatch`.
+    pub fs_group_on_root_mismatch: bool,
     pub supplemental_groups: Vec<u32>,
     pub seccomp: Option<SeccompPolicy>,
     pub sysctls: Vec<(String, String)>,
@@ -170,6 +172,7 @@ pub fn pod_security(
         run_as_group: id(issues, k("runAsGroup"), sc.run_as_group),
         run_as_non_root: sc.run_as_non_root.unwrap_or(false),
         fs_group: id(issues, k("fsGroup"), sc.fs_group),
+        fs_group_on_root_mismatch: sc.fs_group_change_policy.as_deref() == Some("OnRootMismatch"),
         supplemental_groups: groups,
         seccomp,
         sysctls: sysctls(&k("sysctls"), &sc.sysctls, host_network, node, issues),

@@ -863,10 +863,35 @@ impl Runtime {
                 source: e.into(),
             })?;
         }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("remove", &dir)(e)),
+        // A shim still alive writes its last records (the log's end,
+        // exit.json) as its init dies, racing the removal: it is given a
+        // little while to go (it is not in the container's cgroup), and a
+        // removal that met its writes is tried again.
+        let state = dir.join("state");
+        let shim = read_json::<Started>(&state.join("state.json"))
+            .ok()
+            .filter(|st| crate::shim::start_ticks(st.shim_pid) == Some(st.shim_start_ticks));
+        let shim_alive = || {
+            shim.as_ref().is_some_and(|st| {
+                crate::shim::start_ticks(st.shim_pid) == Some(st.shim_start_ticks)
+            })
+        };
+        if shim_alive() {
+            wait_for_file(&state, "exit.json", Duration::from_secs(5));
+        }
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 50 => {
+                    tries += 1;
+                    // 20 ms, without sleeping the thread's clock away: a
+                    // poll of nothing.
+                    let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::from(20u16));
+                }
+                Err(e) => return Err(io("remove", &dir)(e)),
+            }
         }
     }
 

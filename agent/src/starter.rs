@@ -156,25 +156,6 @@ impl Pulls {
     }
 }
 
-/// The error of a shared pull, for one of the jobs that waited on it.
-fn pull_failed(e: &RuntimeError, image: &str) -> RuntimeError {
-    match e {
-        RuntimeError::Pull { reason, source, .. } => RuntimeError::Pull {
-            reason,
-            image: image.to_string(),
-            source: source.clone(),
-        },
-        other => RuntimeError::Pull {
-            reason: "ErrImagePull",
-            image: image.to_string(),
-            source: Arc::new(crate::image::ImageError::NotFound(format!(
-                "{image} ({})",
-                crate::error_chain(other)
-            ))),
-        },
-    }
-}
-
 impl Starter {
     /// `workers` threads (at least one) starting containers with `rt`, and
     /// `pullers` (at least one) pulling their images; each finished start
@@ -303,7 +284,13 @@ impl Starter {
                                     }
                                 }
                                 Err(e) => {
-                                    let result = Err(pull_failed(e, &job.container.image));
+                                    // The kubelet's ErrImagePull, one for each
+                                    // start that waited on the pull.
+                                    let result = Err(RuntimeError::Pull {
+                                        reason: "ErrImagePull",
+                                        image: job.container.image.clone(),
+                                        source: e.clone(),
+                                    });
                                     let done = Done {
                                         job,
                                         result,

@@ -155,9 +155,18 @@ struct ProgressBar {
     state: std::sync::Mutex<BarState>,
 }
 
+/// One blob's line.
+struct BarBlob {
+    digest: String,
+    size: u64,
+    done: u64,
+    started: std::time::Instant,
+    present: bool,
+}
+
 struct BarState {
-    /// By digest, in the order first seen: (size, done, started, present).
-    blobs: Vec<(String, u64, u64, std::time::Instant, bool)>,
+    /// In the order first seen.
+    blobs: Vec<BarBlob>,
     drawn_lines: usize,
     last: Option<std::time::Instant>,
 }
@@ -176,15 +185,15 @@ impl ProgressBar {
     fn update(&self, p: crate::image::BlobProgress<'_>) {
         {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            match st.blobs.iter_mut().find(|b| b.0 == p.digest) {
-                Some(b) => b.2 = p.done,
-                None => st.blobs.push((
-                    p.digest.to_string(),
-                    p.size,
-                    p.done,
-                    std::time::Instant::now(),
-                    p.present,
-                )),
+            match st.blobs.iter_mut().find(|b| b.digest == p.digest) {
+                Some(b) => b.done = p.done,
+                None => st.blobs.push(BarBlob {
+                    digest: p.digest.to_string(),
+                    size: p.size,
+                    done: p.done,
+                    started: std::time::Instant::now(),
+                    present: p.present,
+                }),
             }
         }
         self.draw(false);
@@ -206,22 +215,24 @@ impl ProgressBar {
         if st.drawn_lines > 0 {
             text.push_str(&format!("\x1b[{}A", st.drawn_lines));
         }
-        for (digest, size, done, started, present) in &st.blobs {
-            let short: String = digest
+        for b in &st.blobs {
+            let (size, done) = (b.size, b.done);
+            let short: String = b
+                .digest
                 .trim_start_matches("sha256:")
                 .chars()
                 .take(12)
                 .collect();
-            let line = if *present {
-                format!("{short}  {:>8.1} MiB  already present", mib(*size))
+            let line = if b.present {
+                format!("{short}  {:>8.1} MiB  already present", mib(size))
             } else {
-                let secs = (now - *started).as_secs_f64().max(1e-3);
+                let secs = (now - b.started).as_secs_f64().max(1e-3);
                 let state = if done >= size { "done" } else { "" };
                 format!(
                     "{short}  {:>8.1} / {:.1} MiB  {:>7.1} MiB/s  {state}",
-                    mib(*done),
-                    mib(*size),
-                    mib(*done) / secs
+                    mib(done),
+                    mib(size),
+                    mib(done) / secs
                 )
             };
             text.push_str(&format!("\x1b[2K{line}\n"));

@@ -88,9 +88,11 @@ impl Agent {
             .name("image-gc".into())
             .spawn(move || {
                 // Overlays still mounted (a container being stopped, or one
-                // whose pod changed) keep their images too.
+                // whose pod changed) keep their images too. Read once: an
+                // overlay mounted after this is a start's, whose image the
+                // in-use set already holds.
+                let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
                 let mounted = |layers: &[std::path::PathBuf]| {
-                    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
                     !crate::image::gc::overlays_using(&mi, layers).is_empty()
                 };
                 crate::image::gc::collect(

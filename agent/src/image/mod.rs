@@ -977,34 +977,23 @@ impl ImageStore {
     fn manifest(&self, reference: &str) -> Result<(String, String, Manifest)> {
         let reference = normalise_reference(reference)?;
         let manifests = self.index()?.manifests;
-        let pinned = reference.split_once('@').map(|(name, digest)| {
-            let repo = match specs::resolve::paths::image_tag(name) {
-                Some(t) => &name[..name.len() - t.len() - 1],
-                None => name,
-            };
-            (repo.to_string(), digest.to_string())
-        });
-        let same = |d: &Descriptor| -> bool {
-            let Some(r) = d.annotations.get(REF_NAME) else {
+        // The same repository is the same registry and path once both are
+        // normalised as Docker does (`busybox` is docker.io/library/busybox).
+        let pinned = reference::Reference::parse(&reference)
+            .ok()
+            .and_then(|r| Some((r.digest.clone()?, r)));
+        let same_digest = |d: &Descriptor| -> bool {
+            let (Some((digest, p)), Some(name)) = (&pinned, d.annotations.get(REF_NAME)) else {
                 return false;
             };
-            if *r == reference {
-                return true;
-            }
-            let Some((repo, digest)) = &pinned else {
-                return false;
-            };
-            let name = r.split_once('@').map_or(r.as_str(), |(n, _)| n);
-            let r_repo = match specs::resolve::paths::image_tag(name) {
-                Some(t) => &name[..name.len() - t.len() - 1],
-                None => name,
-            };
-            d.digest == *digest && r_repo == repo
+            d.digest == *digest
+                && reference::Reference::parse(name)
+                    .is_ok_and(|r| r.registry == p.registry && r.repository == p.repository)
         };
         let desc = manifests
             .iter()
             .find(|d| d.annotations.get(REF_NAME) == Some(&reference))
-            .or_else(|| manifests.iter().find(|d| same(d)))
+            .or_else(|| manifests.iter().find(|d| same_digest(d)))
             .cloned()
             .ok_or_else(|| ImageError::NotFound(reference.clone()))?;
         let manifest: Manifest = read_json(&self.blob(&desc.digest)?)?;

@@ -376,20 +376,24 @@ impl Runtime {
             }
     }
 
-    /// Pulls the image of `c` (the start workers call this when
-    /// [`Runtime::pulls`] says so). A failed pull is `ErrImagePull`, with
-    /// the registry's own words in it.
-    pub fn pull_image(&self, c: &ContainerPlan) -> Result<Pulled, RuntimeError> {
-        let failed = |source| RuntimeError::Pull {
-            reason: "ErrImagePull",
-            image: c.image.clone(),
-            source: std::sync::Arc::new(source),
-        };
+    /// Pulls the image of `c` (the pull pool calls this when
+    /// [`Runtime::pulls`] says so). The error is shared by every start that
+    /// waited on the pull; each becomes an `ErrImagePull` with the
+    /// registry's own words in it.
+    pub fn pull_image(
+        &self,
+        c: &ContainerPlan,
+    ) -> Result<Pulled, std::sync::Arc<crate::image::ImageError>> {
         let Some(client) = &self.registry else {
-            return Err(failed(crate::image::ImageError::NotFound(c.image.clone())));
+            return Err(std::sync::Arc::new(crate::image::ImageError::NotFound(
+                c.image.clone(),
+            )));
         };
         let t = Instant::now();
-        let info = self.images.pull(client, &c.image, None).map_err(failed)?;
+        let info = self
+            .images
+            .pull(client, &c.image, None)
+            .map_err(std::sync::Arc::new)?;
         Ok(Pulled {
             info,
             took: t.elapsed(),
@@ -868,15 +872,9 @@ impl Runtime {
         // little while to go (it is not in the container's cgroup), and a
         // removal that met its writes is tried again.
         let state = dir.join("state");
-        let shim = read_json::<Started>(&state.join("state.json"))
-            .ok()
-            .filter(|st| crate::shim::start_ticks(st.shim_pid) == Some(st.shim_start_ticks));
-        let shim_alive = || {
-            shim.as_ref().is_some_and(|st| {
-                crate::shim::start_ticks(st.shim_pid) == Some(st.shim_start_ticks)
-            })
-        };
-        if shim_alive() {
+        let shim_alive = read_json::<Started>(&state.join("state.json"))
+            .is_ok_and(|st| crate::shim::start_ticks(st.shim_pid) == Some(st.shim_start_ticks));
+        if shim_alive {
             wait_for_file(&state, "exit.json", Duration::from_secs(5));
         }
         let mut tries = 0;

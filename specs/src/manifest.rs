@@ -182,8 +182,8 @@ pub struct Container {
     pub termination_message_path: Option<String>,
     pub termination_message_policy: Option<String>,
     // Valid Kubernetes that changes what runs, unsupported here: an error.
+    pub lifecycle: Option<Lifecycle>,
     pub env_from: Option<Value>,
-    pub lifecycle: Option<Value>,
     pub volume_devices: Option<Value>,
     pub resize_policy: Option<Value>,
 }
@@ -416,6 +416,29 @@ pub struct HttpHeader {
 pub struct TcpSocketAction {
     pub port: Option<IntOrString>,
     pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    pub post_start: Option<LifecycleHandler>,
+    pub pre_stop: Option<LifecycleHandler>,
+    pub stop_signal: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleHandler {
+    pub exec: Option<ExecAction>,
+    pub http_get: Option<HttpGetAction>,
+    /// Accepted by the API server for old manifests; the kubelet fails it.
+    pub tcp_socket: Option<TcpSocketAction>,
+    pub sleep: Option<SleepAction>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SleepAction {
+    pub seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

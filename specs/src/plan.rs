@@ -66,6 +66,16 @@ impl PodPlan {
     pub fn all_containers(&self) -> impl Iterator<Item = &ContainerPlan> {
         self.init_containers.iter().chain(self.containers.iter())
     }
+
+    /// The native sidecars: init containers with `restartPolicy: Always`.
+    pub fn sidecars(&self) -> impl Iterator<Item = &ContainerPlan> {
+        self.init_containers.iter().filter(|c| c.sidecar)
+    }
+
+    /// Whether `name` is one of its native sidecars.
+    pub fn is_sidecar(&self, name: &str) -> bool {
+        self.sidecars().any(|c| c.name.as_str() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -239,6 +249,24 @@ pub enum ProbeAction {
     },
 }
 
+/// What a lifecycle hook does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HookAction {
+    /// `exec` or `httpGet`, made as a probe's attempt is.
+    Run(ProbeAction),
+    /// `sleep`: the hook waits, in the agent.
+    Sleep { seconds: u64 },
+}
+
+/// `lifecycle`: the hooks and the stop signal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecyclePlan {
+    pub post_start: Option<HookAction>,
+    pub pre_stop: Option<HookAction>,
+    /// `lifecycle.stopSignal` (`SIGTERM` when none): the signal's name.
+    pub stop_signal: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbePlan {
     pub action: ProbeAction,
@@ -275,6 +303,15 @@ pub struct ContainerPlan {
     /// as they were.)
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub termination_message_from_logs: bool,
+    /// Its hooks and stop signal; none when it has neither (not serialised
+    /// then, so the hashes of containers without them stay as they were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecyclePlan>,
+    /// An init container with `restartPolicy: Always` (a native sidecar):
+    /// it runs beside the app containers for the pod's life. (Not
+    /// serialised when false.)
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sidecar: bool,
     /// Hex SHA-256 of this container's plan: a change restarts only it.
     pub hash: String,
 }

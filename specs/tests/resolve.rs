@@ -310,13 +310,134 @@ fn unknown_fields_warn_and_cluster_fields_are_noted() {
 
 #[test]
 fn unsupported_fields_that_change_what_runs_are_errors() {
-    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  volumes: [{name: v, persistentVolumeClaim: {claimName: x}}]\n  containers:\n  - name: c\n    image: busybox\n    lifecycle: {preStop: {exec: {command: [x]}}}\n    envFrom: [{configMapRef: {name: x}}]\n";
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  volumes: [{name: v, persistentVolumeClaim: {claimName: x}}]\n  containers:\n  - name: c\n    image: busybox\n    envFrom: [{configMapRef: {name: x}}]\n";
     let r = load("f.yaml", yaml.as_bytes(), &node());
     let e = errors(&r.diagnostics);
-    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(e.len(), 2, "{e:#?}");
     assert!(e[0].contains("persistentVolumeClaim volumes are not supported"));
-    assert!(e[1].contains("spec.containers[0].lifecycle"));
-    assert!(e[2].contains("spec.containers[0].envFrom"));
+    assert!(e[1].contains("spec.containers[0].envFrom"));
+}
+
+#[test]
+fn lifecycle_hooks_resolve_and_bad_ones_are_placed() {
+    use specs::plan::{HookAction, ProbeAction};
+    let p = one_pod(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  terminationGracePeriodSeconds: 20
+  os: {name: linux}
+  containers:
+  - name: c
+    image: busybox
+    ports: [{name: http, containerPort: 8080}]
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, 'echo up > /tmp/up']}}
+      preStop: {httpGet: {path: /quit, port: http}}
+      stopSignal: SIGQUIT
+  - name: d
+    image: busybox
+    lifecycle: {preStop: {sleep: {seconds: 5}}}
+",
+    );
+    let l = p.containers[0].lifecycle.as_ref().unwrap();
+    assert_eq!(
+        l.post_start,
+        Some(HookAction::Run(ProbeAction::Exec {
+            command: vec!["sh".into(), "-c".into(), "echo up > /tmp/up".into()]
+        }))
+    );
+    assert!(matches!(
+        &l.pre_stop,
+        Some(HookAction::Run(ProbeAction::HttpGet { path, port: 8080, .. })) if path == "/quit"
+    ));
+    assert_eq!(l.stop_signal.as_deref(), Some("SIGQUIT"));
+    let d = p.containers[1].lifecycle.as_ref().unwrap();
+    assert_eq!(d.pre_stop, Some(HookAction::Sleep { seconds: 5 }));
+
+    let bad = "apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  terminationGracePeriodSeconds: 10
+  initContainers:
+  - {name: i, image: busybox, lifecycle: {postStart: {exec: {command: [x]}}}}
+  containers:
+  - name: c
+    image: busybox
+    lifecycle:
+      postStart: {tcpSocket: {port: 80}}
+      preStop: {sleep: {seconds: 11}}
+      stopSignal: SIGTERM
+  - name: d
+    image: busybox
+    lifecycle: {preStop: {exec: {command: [x]}, sleep: {seconds: 1}}}
+";
+    let r = load("f.yaml", bad.as_bytes(), &node());
+    assert_eq!(
+        errors(&r.diagnostics),
+        [
+            "f.yaml:7:43: spec.initContainers[0].lifecycle: init containers may not have lifecycle hooks (a sidecar, restartPolicy: Always, may)",
+            "f.yaml:12:31: spec.containers[0].lifecycle.postStart.tcpSocket: tcpSocket is not a lifecycle handler (the kubelet fails such a hook): use exec, httpGet or sleep",
+            "f.yaml:13:34: spec.containers[0].lifecycle.preStop.sleep.seconds: 11 must be non-negative and at most terminationGracePeriodSeconds (10)",
+            "f.yaml:14:19: spec.containers[0].lifecycle.stopSignal: needs spec.os.name to be set (\"linux\")",
+            "f.yaml:17:27: spec.containers[1].lifecycle.preStop: exactly one of exec, httpGet, sleep is required",
+        ]
+    );
+}
+
+#[test]
+fn sidecars_are_init_containers_that_restart_and_count_in_the_pod_cgroup() {
+    let p = one_pod(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  initContainers:
+  - name: log
+    image: busybox
+    restartPolicy: Always
+    startupProbe: {exec: {command: ['true']}}
+    resources: {limits: {cpu: 500m, memory: 64Mi}}
+  - {name: migrate, image: busybox, resources: {limits: {cpu: '1', memory: 256Mi}}}
+  - {name: proxy, image: busybox, restartPolicy: Always, resources: {limits: {cpu: 250m, memory: 32Mi}}}
+  containers:
+  - {name: a, image: busybox, resources: {limits: {cpu: 500m, memory: 64Mi}}}
+",
+    );
+    let names: Vec<(&str, bool)> = p
+        .init_containers
+        .iter()
+        .map(|c| (c.name.as_str(), c.sidecar))
+        .collect();
+    assert_eq!(names, [("log", true), ("migrate", false), ("proxy", true)]);
+    assert!(p.is_sidecar("proxy") && !p.is_sidecar("a"));
+    assert!(p.init_containers[0].startup.is_some());
+    // cpu: max(apps 0.5 + sidecars 0.75, migrate 1 + log 0.5) = 1.5;
+    // memory: max(64 + 96, 256 + 64) Mi = 320 Mi.
+    assert_eq!(p.pod_resources.cfs_quota_us, Some(150_000));
+    assert_eq!(p.pod_resources.memory_limit_bytes, Some(320 << 20));
+
+    let bad = "apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  initContainers:
+  - {name: i, image: busybox, restartPolicy: OnFailure}
+  - {name: j, image: busybox, readinessProbe: {exec: {command: [x]}}}
+  containers:
+  - {name: c, image: busybox, restartPolicy: Always}
+";
+    let r = load("f.yaml", bad.as_bytes(), &node());
+    assert_eq!(
+        errors(&r.diagnostics),
+        [
+            "f.yaml:6:46: spec.initContainers[0].restartPolicy: \"OnFailure\": an init container's restartPolicy may only be \"Always\"",
+            "f.yaml:7:48: spec.initContainers[1].readinessProbe: init containers may not have probes (a sidecar, restartPolicy: Always, may)",
+            "f.yaml:9:46: spec.containers[0].restartPolicy: only init containers may set restartPolicy",
+        ]
+    );
 }
 
 #[test]

@@ -3,9 +3,14 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::diag::{push_index, push_key, Issues};
-use crate::manifest::{Container, EnvVar, IntOrString, Probe, ResourceRequirements, Scalar};
+use crate::manifest::{
+    Container, EnvVar, IntOrString, LifecycleHandler, Probe, ResourceRequirements, Scalar,
+};
 use crate::names::{self, ContainerName};
-use crate::plan::{EnvValue, MountPlan, PortPlan, ProbeAction, ProbePlan, Protocol, PullPolicy};
+use crate::plan::{
+    EnvValue, HookAction, LifecyclePlan, MountPlan, PortPlan, ProbeAction, ProbePlan, Protocol,
+    PullPolicy,
+};
 use crate::quantity::{Quantity, Suffix};
 
 use super::paths::{absolute_clean, image_reference, image_tag, is_under};
@@ -44,6 +49,8 @@ pub struct PartialContainer {
     pub stdin: bool,
     pub termination_message_path: String,
     pub termination_message_from_logs: bool,
+    pub lifecycle: Option<LifecyclePlan>,
+    pub sidecar: bool,
 }
 
 /// An env value, or a reference still to resolve against the pod.
@@ -60,6 +67,10 @@ pub enum EnvSpec {
 pub struct PodScope<'a> {
     pub volumes: &'a HashSet<String>,
     pub init: bool,
+    /// `terminationGracePeriodSeconds`: a sleep hook may not be longer.
+    pub grace_secs: u64,
+    /// `spec.os` is set: a container may then name its stop signal.
+    pub os_set: bool,
 }
 
 const UNSUPPORTED_CONTAINER_FIELDS: &str = "is not supported by podagent";
@@ -126,7 +137,6 @@ pub fn resolve_container(
     }
     for (field, v) in [
         ("envFrom", &c.env_from),
-        ("lifecycle", &c.lifecycle),
         ("volumeDevices", &c.volume_devices),
     ] {
         if v.is_some() {
@@ -139,12 +149,9 @@ pub fn resolve_container(
             "ignored: podagent resizes cpu and memory in place when only resources change",
         );
     }
+    let sidecar = scope.init && c.restart_policy.as_deref() == Some("Always");
     match (scope.init, c.restart_policy.as_deref()) {
-        (_, None) => {}
-        (true, Some("Always")) => issues.error(
-            k("restartPolicy"),
-            "sidecar init containers (restartPolicy: Always) are not supported by podagent",
-        ),
+        (_, None) | (true, Some("Always")) => {}
         (true, Some(p)) => issues.error(
             k("restartPolicy"),
             format!("{p:?}: an init container's restartPolicy may only be \"Always\""),
@@ -186,8 +193,11 @@ pub fn resolve_container(
         .collect();
     let mut probe = |field: &str, p: &Option<Probe>, liveness_like: bool| {
         let p = p.as_ref()?;
-        if scope.init {
-            issues.error(k(field), "init containers may not have probes");
+        if scope.init && !sidecar {
+            issues.error(
+                k(field),
+                "init containers may not have probes (a sidecar, restartPolicy: Always, may)",
+            );
             return None;
         }
         self::probe(&k(field), p, liveness_like, &named_ports, issues)
@@ -195,6 +205,32 @@ pub fn resolve_container(
     let liveness = probe("livenessProbe", &c.liveness_probe, true);
     let readiness = probe("readinessProbe", &c.readiness_probe, false);
     let startup = probe("startupProbe", &c.startup_probe, true);
+    let lifecycle = c.lifecycle.as_ref().and_then(|l| {
+        if scope.init && !sidecar {
+            issues.error(
+                k("lifecycle"),
+                "init containers may not have lifecycle hooks (a sidecar, restartPolicy: Always, may)",
+            );
+            return None;
+        }
+        let lp = k("lifecycle");
+        let mut hook = |field: &str, h: &Option<LifecycleHandler>| {
+            hook(&push_key(&lp, field), h.as_ref()?, scope, &named_ports, issues)
+        };
+        let post_start = hook("postStart", &l.post_start);
+        let pre_stop = hook("preStop", &l.pre_stop);
+        let stop_signal = l
+            .stop_signal
+            .as_deref()
+            .and_then(|s| stop_signal(&push_key(&lp, "stopSignal"), s, scope, issues));
+        let plan = LifecyclePlan {
+            post_start,
+            pre_stop,
+            stop_signal,
+        };
+        let empty = plan.post_start.is_none() && plan.pre_stop.is_none();
+        (!empty || plan.stop_signal.is_some()).then_some(plan)
+    });
     Some(PartialContainer {
         name: name?,
         image: image?,
@@ -213,7 +249,121 @@ pub fn resolve_container(
         stdin: c.stdin.unwrap_or(false),
         termination_message_path,
         termination_message_from_logs,
+        lifecycle,
+        sidecar,
     })
+}
+
+/// The signals `lifecycle.stopSignal` may name, as the API server's list
+/// for Linux, less the real-time ones.
+const STOP_SIGNALS: &[&str] = &[
+    "SIGABRT",
+    "SIGALRM",
+    "SIGBUS",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGFPE",
+    "SIGHUP",
+    "SIGILL",
+    "SIGINT",
+    "SIGIO",
+    "SIGKILL",
+    "SIGPIPE",
+    "SIGPROF",
+    "SIGPWR",
+    "SIGQUIT",
+    "SIGSEGV",
+    "SIGSTKFLT",
+    "SIGSTOP",
+    "SIGSYS",
+    "SIGTERM",
+    "SIGTRAP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGVTALRM",
+    "SIGWINCH",
+    "SIGXCPU",
+    "SIGXFSZ",
+];
+
+fn stop_signal(path: &str, s: &str, scope: &PodScope<'_>, issues: &mut Issues) -> Option<String> {
+    if !scope.os_set {
+        // The API server's rule: the signal is the OS's.
+        issues.error(path, "needs spec.os.name to be set (\"linux\")");
+        return None;
+    }
+    if s.starts_with("SIGRT") {
+        issues.error(
+            path,
+            format!("{s:?}: real-time stop signals are not supported by podagent"),
+        );
+        return None;
+    }
+    if !STOP_SIGNALS.contains(&s) {
+        issues.error(
+            path,
+            format!("{s:?} is not a signal name (e.g. \"SIGTERM\", \"SIGQUIT\", \"SIGUSR1\")"),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+/// One lifecycle hook: `exec`, `httpGet` or `sleep`.
+fn hook(
+    path: &str,
+    h: &LifecycleHandler,
+    scope: &PodScope<'_>,
+    named_ports: &BTreeMap<&str, u16>,
+    issues: &mut Issues,
+) -> Option<HookAction> {
+    let k = |key: &str| push_key(path, key);
+    let set = [
+        h.exec.is_some(),
+        h.http_get.is_some(),
+        h.tcp_socket.is_some(),
+        h.sleep.is_some(),
+    ];
+    if set.iter().filter(|b| **b).count() != 1 {
+        issues.error(path, "exactly one of exec, httpGet, sleep is required");
+        return None;
+    }
+    if h.tcp_socket.is_some() {
+        issues.error(
+            k("tcpSocket"),
+            "tcpSocket is not a lifecycle handler (the kubelet fails such a hook): use exec, httpGet or sleep",
+        );
+        return None;
+    }
+    if let Some(sl) = &h.sleep {
+        return match sl.seconds {
+            None => {
+                issues.error(push_key(&k("sleep"), "seconds"), "required");
+                None
+            }
+            Some(n) if n < 0 || n as u64 > scope.grace_secs => {
+                issues.error(
+                    push_key(&k("sleep"), "seconds"),
+                    format!(
+                        "{n} must be non-negative and at most terminationGracePeriodSeconds ({})",
+                        scope.grace_secs
+                    ),
+                );
+                None
+            }
+            Some(n) => Some(HookAction::Sleep { seconds: n as u64 }),
+        };
+    }
+    let as_probe = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        ..Probe::default()
+    };
+    action(path, &as_probe, named_ports, issues).map(HookAction::Run)
 }
 
 /// Field paths `valueFrom.fieldRef` may name.
@@ -636,6 +786,49 @@ fn probe(
         );
         return None;
     }
+    let action = action(path, p, named_ports, issues)?;
+    let num = |field: &str, v: Option<i64>, default: u32, min: i64, issues: &mut Issues| -> u32 {
+        match v {
+            None => default,
+            Some(n) if n >= min && n <= i64::from(u32::MAX) => n as u32,
+            Some(n) => {
+                issues.error(k(field), format!("{n} must be at least {min}"));
+                default
+            }
+        }
+    };
+    let success_threshold = num("successThreshold", p.success_threshold, 1, 1, issues);
+    if liveness_like && success_threshold != 1 {
+        issues.error(
+            k("successThreshold"),
+            "must be 1 for liveness and startup probes",
+        );
+    }
+    if p.termination_grace_period_seconds.is_some() {
+        issues.warn(
+            k("terminationGracePeriodSeconds"),
+            "ignored: the pod's terminationGracePeriodSeconds applies",
+        );
+    }
+    Some(ProbePlan {
+        action,
+        initial_delay_secs: num("initialDelaySeconds", p.initial_delay_seconds, 0, 0, issues),
+        period_secs: num("periodSeconds", p.period_seconds, 10, 1, issues),
+        timeout_secs: num("timeoutSeconds", p.timeout_seconds, 1, 1, issues),
+        success_threshold,
+        failure_threshold: num("failureThreshold", p.failure_threshold, 3, 1, issues),
+    })
+}
+
+/// The handler of a probe (or of a hook, given as a probe): exactly one of
+/// exec, httpGet, tcpSocket, grpc is set.
+fn action(
+    path: &str,
+    p: &Probe,
+    named_ports: &BTreeMap<&str, u16>,
+    issues: &mut Issues,
+) -> Option<ProbeAction> {
+    let k = |key: &str| push_key(path, key);
     let port = |field: String, v: &Option<IntOrString>, issues: &mut Issues| -> Option<u16> {
         match v {
             Some(IntOrString::Int(n)) if (1..=65535).contains(n) => Some(*n as u16),
@@ -736,35 +929,5 @@ fn probe(
             service: g.service.clone(),
         }
     };
-    let num = |field: &str, v: Option<i64>, default: u32, min: i64, issues: &mut Issues| -> u32 {
-        match v {
-            None => default,
-            Some(n) if n >= min && n <= i64::from(u32::MAX) => n as u32,
-            Some(n) => {
-                issues.error(k(field), format!("{n} must be at least {min}"));
-                default
-            }
-        }
-    };
-    let success_threshold = num("successThreshold", p.success_threshold, 1, 1, issues);
-    if liveness_like && success_threshold != 1 {
-        issues.error(
-            k("successThreshold"),
-            "must be 1 for liveness and startup probes",
-        );
-    }
-    if p.termination_grace_period_seconds.is_some() {
-        issues.warn(
-            k("terminationGracePeriodSeconds"),
-            "ignored: the pod's terminationGracePeriodSeconds applies",
-        );
-    }
-    Some(ProbePlan {
-        action,
-        initial_delay_secs: num("initialDelaySeconds", p.initial_delay_seconds, 0, 0, issues),
-        period_secs: num("periodSeconds", p.period_seconds, 10, 1, issues),
-        timeout_secs: num("timeoutSeconds", p.timeout_seconds, 1, 1, issues),
-        success_threshold,
-        failure_threshold: num("failureThreshold", p.failure_threshold, 3, 1, issues),
-    })
+    Some(action)
 }

@@ -299,6 +299,8 @@ fn resolve_spec<'a>(
         let scope = PodScope {
             volumes: &volume_names,
             init,
+            grace_secs: grace,
+            os_set: spec.os.is_some(),
         };
         let mut out = Vec::new();
         for (i, c) in list.iter().enumerate() {
@@ -409,6 +411,8 @@ fn resolve_spec<'a>(
                     stdin: pc.stdin,
                     termination_message_path: pc.termination_message_path,
                     termination_message_from_logs: pc.termination_message_from_logs,
+                    lifecycle: pc.lifecycle,
+                    sidecar: pc.sidecar,
                     hash: String::new(),
                 };
                 plan.hash = container_hash(&plan);
@@ -467,19 +471,26 @@ fn qos_input(r: &RawResources) -> QosInput {
     }
 }
 
-/// The pod cgroup, as the kubelet sizes it: for each resource the larger of the
-/// app containers' sum and the largest init container; a limit only when every
-/// container has one.
+/// The pod cgroup, as the kubelet sizes it (`PodRequests`, `PodLimits`):
+/// for each resource the larger of the app containers' sum with every
+/// sidecar's, and of each init container with the sidecars started before it
+/// (a sidecar counts from its own start); a limit only when every container
+/// has one.
 fn pod_resources(init: &[ContainerPlan], apps: &[ContainerPlan], pids_limit: i64) -> PodResources {
     let effective = |f: &dyn Fn(&ContainerPlan) -> Option<u64>| -> Option<u64> {
-        let sum = apps.iter().map(f).sum::<Option<u64>>()?;
-        let init_max = init
-            .iter()
-            .map(f)
-            .collect::<Option<Vec<u64>>>()?
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let mut sidecars = 0u64;
+        let mut init_max = 0u64;
+        for c in init {
+            let v = f(c)?;
+            let during = if c.sidecar {
+                sidecars += v;
+                sidecars
+            } else {
+                v + sidecars
+            };
+            init_max = init_max.max(during);
+        }
+        let sum = apps.iter().map(f).sum::<Option<u64>>()? + sidecars;
         Some(sum.max(init_max))
     };
     let cpu_request = effective(&|c| Some(c.resources.cpu_request_milli)).unwrap_or(0);

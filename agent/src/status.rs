@@ -9,12 +9,13 @@
 //!   termination's reason: `CrashLoopBackOff` once it crashed more than once
 //!   and a restart is due, else the reason its exit record gives
 //!   (Completed, Error, OOMKilled, StartError);
-//! - a container is ready when it runs and its probes (if any) say so;
+//! - a container is ready when it runs and its probes (if any) say so; an
+//!   init container when it succeeded, a sidecar as an app container;
 //! - the pod's phase is `reconcile::phase`; a pod being deleted shows
 //!   `Terminating`;
 //! - conditions: PodScheduled once it has a sandbox, Initialized once its
-//!   init containers succeeded, ContainersReady and Ready when it runs and
-//!   every container is ready.
+//!   init containers succeeded (its sidecars started), ContainersReady and
+//!   Ready when it runs and every app container and sidecar is ready.
 
 use std::time::{Instant, SystemTime};
 
@@ -40,6 +41,9 @@ pub struct PodStatus {
     /// The node's address (`status.hostIP`), once the pod is on it.
     pub host_ip: Option<String>,
     pub containers: Vec<ContainerStatus>,
+    /// Its init containers, sidecars among them (`initContainerStatuses`).
+    #[serde(default)]
+    pub init_containers: Vec<ContainerStatus>,
     /// Every image its containers run, init containers' too (what `podctl
     /// image ls` and `prune` read).
     pub images: Vec<String>,
@@ -76,6 +80,9 @@ pub struct ContainerStatus {
     pub last_started_at: Option<String>,
     pub last_finished_at: Option<String>,
     pub last_exit_code: Option<i32>,
+    /// A native sidecar (an init container with `restartPolicy: Always`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sidecar: bool,
 }
 
 /// Everything `/v1/status` serves.
@@ -135,7 +142,7 @@ impl Clock {
 
 /// A container's state word and exit code, and when it is tried again.
 fn container_state(
-    pod: &PodPlan,
+    policy: specs::plan::RestartPolicy,
     s: Option<&ContainerState>,
     last: Option<&Exited>,
     clock: Clock,
@@ -147,7 +154,7 @@ fn container_state(
         Status::Waiting | Status::Starting => ("Waiting".into(), None, None),
         Status::Running { .. } | Status::Stopping { .. } => ("Running".into(), None, None),
         Status::Terminated { exit_code, .. } => {
-            let at = reconcile::restart_at(pod.restart_policy, s);
+            let at = reconcile::restart_at(policy, s);
             let next = at.map(|at| rfc3339_nano(clock.wall_at(at)));
             let pull_failed = last.is_some_and(|e| e.reason == "ErrImagePull");
             let config_error = last.is_some_and(|e| e.reason == "CreateContainerConfigError");
@@ -188,43 +195,58 @@ pub fn pod_status(
     clock: Clock,
 ) -> PodStatus {
     let state = seen.map(|s| s.state);
-    let containers: Vec<ContainerStatus> = pod
-        .containers
+    let status_of = |c: &specs::plan::ContainerPlan, init: bool| {
+        let s = state.and_then(|s| s.containers.get(c.name.as_str()));
+        let extra = seen
+            .and_then(|p| p.containers.get(c.name.as_str()))
+            .copied()
+            .unwrap_or(ContainerSeen {
+                probes_ready: true,
+                ..ContainerSeen::default()
+            });
+        let last = extra.last_exit;
+        let policy = reconcile::effective_policy(pod, c.name.as_str());
+        let (word, exit_code, next_start) = container_state(policy, s, last, clock);
+        let ready = if init && !c.sidecar {
+            exit_code == Some(0)
+        } else {
+            word == "Running" && extra.probes_ready
+        };
+        ContainerStatus {
+            name: c.name.to_string(),
+            ready,
+            state: word,
+            restart_count: s.map_or(0, |s| s.restart_count),
+            exit_code,
+            reason: last.map(|e| e.reason.clone()),
+            message: last.map(|e| e.message.clone()).filter(|m| !m.is_empty()),
+            next_start,
+            image: c.image.clone(),
+            image_id: extra.image_id.map(str::to_string),
+            started_at: extra.started_at.map(str::to_string),
+            last_started_at: last.and_then(|e| e.started_at.clone()),
+            last_finished_at: last.map(|e| e.finished_at.clone()),
+            last_exit_code: last.map(|e| e.exit_code),
+            sidecar: c.sidecar,
+        }
+    };
+    let containers: Vec<ContainerStatus> =
+        pod.containers.iter().map(|c| status_of(c, false)).collect();
+    let init_containers: Vec<ContainerStatus> = pod
+        .init_containers
         .iter()
-        .map(|c| {
-            let s = state.and_then(|s| s.containers.get(c.name.as_str()));
-            let extra = seen
-                .and_then(|p| p.containers.get(c.name.as_str()))
-                .copied()
-                .unwrap_or(ContainerSeen {
-                    probes_ready: true,
-                    ..ContainerSeen::default()
-                });
-            let last = extra.last_exit;
-            let (word, exit_code, next_start) = container_state(pod, s, last, clock);
-            ContainerStatus {
-                name: c.name.to_string(),
-                ready: word == "Running" && extra.probes_ready,
-                state: word,
-                restart_count: s.map_or(0, |s| s.restart_count),
-                exit_code,
-                reason: last.map(|e| e.reason.clone()),
-                message: last.map(|e| e.message.clone()).filter(|m| !m.is_empty()),
-                next_start,
-                image: c.image.clone(),
-                image_id: extra.image_id.map(str::to_string),
-                started_at: extra.started_at.map(str::to_string),
-                last_started_at: last.and_then(|e| e.started_at.clone()),
-                last_finished_at: last.map(|e| e.finished_at.clone()),
-                last_exit_code: last.map(|e| e.exit_code),
-            }
-        })
+        .map(|c| status_of(c, true))
         .collect();
     let (phase, mut reason) = reconcile::phase(pod, state);
     if terminating {
         reason = Some("Terminating".into());
     }
-    let ready = phase == reconcile::Phase::Running && containers.iter().all(|c| c.ready);
+    let ready = phase == reconcile::Phase::Running
+        && containers.iter().all(|c| c.ready)
+        && init_containers
+            .iter()
+            .filter(|c| c.sidecar)
+            .all(|c| c.ready);
     let initialized = reason.is_none() && state.is_some();
     PodStatus {
         namespace: pod.namespace.clone(),
@@ -242,6 +264,7 @@ pub fn pod_status(
         ip: seen.and_then(|s| s.ip.map(str::to_string)),
         host_ip: None,
         containers,
+        init_containers,
         images: pod.all_containers().map(|c| c.image.clone()).collect(),
         created: rfc3339_nano(seen.map_or(clock.wall, |s| s.created)),
     }
@@ -261,6 +284,7 @@ pub fn leaving_pod_status(key: &str, uid: &str) -> PodStatus {
         ip: None,
         host_ip: None,
         containers: Vec::new(),
+        init_containers: Vec::new(),
         images: Vec::new(),
         created: String::new(),
     }

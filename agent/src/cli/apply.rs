@@ -137,7 +137,8 @@ pub fn changes(
             }
             // A new container alone changes the set of containers, which
             // recreates the pod; nothing else starts from a running state.
-            Action::StartContainer { .. } => None,
+            // A sidecar stopped once its pod's app containers are done.
+            Action::StartContainer { .. } | Action::StopContainer { .. } => None,
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));

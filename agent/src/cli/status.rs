@@ -51,65 +51,75 @@ fn terminated(code: &Value, reason: &Value, message: &Value, start: &Value, end:
     json!({ "terminated": t })
 }
 
+/// One container's status object (`containerStatuses[i]`).
+fn container_object(c: &Value) -> Value {
+    let state = match c["state"].as_str().unwrap_or("") {
+        "Running" => json!({ "running": { "startedAt": c["started_at"] } }),
+        "Waiting" => json!({ "waiting": { "reason": "ContainerCreating" } }),
+        // An image not had is a waiting state, never a termination.
+        w @ ("ErrImagePull"
+        | "ImagePullBackOff"
+        | "ErrImageNeverPull"
+        | "CreateContainerConfigError") => {
+            json!({ "waiting": { "reason": w, "message": c["message"] } })
+        }
+        "CrashLoopBackOff" => json!({ "waiting": {
+            "reason": "CrashLoopBackOff",
+            "message": format!("back-off restarting failed container; next try at {}", c["next_start"].as_str().unwrap_or("?")),
+        } }),
+        _ => terminated(
+            &c["exit_code"],
+            &c["reason"],
+            &c["message"],
+            &c["last_started_at"],
+            &c["last_finished_at"],
+        ),
+    };
+    let mut s = json!({
+        "name": c["name"],
+        "image": c["image"],
+        // Empty until it has run, as the kubelet's.
+        "imageID": c["image_id"].as_str().unwrap_or(""),
+        "ready": c["ready"],
+        "started": c["state"] == "Running",
+        "restartCount": c["restart_count"],
+        "state": state,
+        "lastState": {},
+    });
+    let running_or_waiting = state.get("terminated").is_none();
+    if running_or_waiting && !c["last_exit_code"].is_null() {
+        s["lastState"] = terminated(
+            &c["last_exit_code"],
+            &c["reason"],
+            &c["message"],
+            &c["last_started_at"],
+            &c["last_finished_at"],
+        );
+    }
+    s
+}
+
 /// A pod of the agent's record as a Kubernetes `v1 Pod` (metadata, the
 /// manifest's spec when its file loads, status).
 pub fn pod_object(p: &Value) -> Value {
-    let statuses: Vec<Value> = p["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let state = match c["state"].as_str().unwrap_or("") {
-                "Running" => json!({ "running": { "startedAt": c["started_at"] } }),
-                "Waiting" => json!({ "waiting": { "reason": "ContainerCreating" } }),
-                // An image not had is a waiting state, never a termination.
-                w @ ("ErrImagePull"
-                | "ImagePullBackOff"
-                | "ErrImageNeverPull"
-                | "CreateContainerConfigError") => {
-                    json!({ "waiting": { "reason": w, "message": c["message"] } })
-                }
-                "CrashLoopBackOff" => json!({ "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": format!("back-off restarting failed container; next try at {}", c["next_start"].as_str().unwrap_or("?")),
-                } }),
-                _ => terminated(
-                    &c["exit_code"],
-                    &c["reason"],
-                    &c["message"],
-                    &c["last_started_at"],
-                    &c["last_finished_at"],
-                ),
-            };
-            let mut s = json!({
-                "name": c["name"],
-                "image": c["image"],
-                // Empty until it has run, as the kubelet's.
-                "imageID": c["image_id"].as_str().unwrap_or(""),
-                "ready": c["ready"],
-                "started": c["state"] == "Running",
-                "restartCount": c["restart_count"],
-                "state": state,
-                "lastState": {},
-            });
-            let running_or_waiting = state.get("terminated").is_none();
-            if running_or_waiting && !c["last_exit_code"].is_null() {
-                s["lastState"] = terminated(
-                    &c["last_exit_code"],
-                    &c["reason"],
-                    &c["message"],
-                    &c["last_started_at"],
-                    &c["last_finished_at"],
-                );
-            }
-            s
-        })
-        .collect();
+    let objects = |field: &str| -> Vec<Value> {
+        p[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(container_object)
+            .collect()
+    };
+    let statuses = objects("containers");
+    let init_statuses = objects("init_containers");
     let mut status = json!({
         "phase": p["phase"],
         "conditions": p["conditions"],
         "containerStatuses": statuses,
     });
+    if !init_statuses.is_empty() {
+        status["initContainerStatuses"] = json!(init_statuses);
+    }
     if let Some(ip) = p["ip"].as_str() {
         status["podIP"] = json!(ip);
         status["podIPs"] = json!([{ "ip": ip }]);
@@ -263,7 +273,20 @@ fn problems(v: &Value) -> Vec<String> {
 /// One pod's row.
 fn row(p: &Value) -> String {
     let cs = p["containers"].as_array().cloned().unwrap_or_default();
-    let ready = cs.iter().filter(|c| c["ready"] == true).count();
+    // kubectl counts the sidecars with the app containers.
+    let sidecars: Vec<Value> = p["init_containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["sidecar"] == true)
+        .cloned()
+        .collect();
+    let ready = cs
+        .iter()
+        .chain(&sidecars)
+        .filter(|c| c["ready"] == true)
+        .count();
+    let total = cs.len() + sidecars.len();
     let restarts: u64 = cs
         .iter()
         .map(|c| c["restart_count"].as_u64().unwrap_or(0))
@@ -282,7 +305,7 @@ fn row(p: &Value) -> String {
     format!(
         "{:<24} {:<6} {:<18} {:<9} {:<16} {}",
         p["name"].as_str().unwrap_or("?"),
-        format!("{ready}/{}", cs.len()),
+        format!("{ready}/{total}"),
         status,
         restarts,
         p["ip"].as_str().unwrap_or("<none>"),

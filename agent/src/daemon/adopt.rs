@@ -110,6 +110,7 @@ pub fn read_pod(
                 crashes: crec.crashes,
                 // A start whose pull failed left no run to adopt.
                 image_pull_failed: false,
+                started: false,
             },
             started,
             state_dir: state,
@@ -161,7 +162,9 @@ impl Agent {
                         let mut probes = crate::probe::ContainerProbes::new(plan, now);
                         probes.pid = st.pid;
                         c.probes = Some(probes);
+                        c.stop = super::state::StopSpec::of(p, plan);
                     }
+                    c.pid = st.pid;
                     c.started_at = Some(st.started_at.clone());
                     shims.push((key.clone(), f.name.clone(), st));
                 }

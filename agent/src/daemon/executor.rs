@@ -77,6 +77,29 @@ impl Agent {
             Action::StartContainer { pod, container } => {
                 self.start(pod, &plans[pod], container, false)
             }
+            Action::StopContainer { pod, container } => {
+                let since = match self.live(pod).and_then(|r| r.containers.get(container)) {
+                    Some(c) => match c.state.status {
+                        Status::Running { since } => since,
+                        _ => return,
+                    },
+                    None => return,
+                };
+                self.event(
+                    Kind::Normal,
+                    "Killing",
+                    pod,
+                    Some(container),
+                    "the pod's app containers have ended: stopping its sidecar".into(),
+                );
+                self.stop_container(pod, container);
+                if let Some(c) = self.container_mut(pod, container) {
+                    c.state.status = Status::Stopping {
+                        since,
+                        restart: false,
+                    };
+                }
+            }
             Action::RestartContainer { pod, container } => {
                 self.restart(pod, &plans[pod], container, "its definition changed");
             }
@@ -297,6 +320,7 @@ impl Agent {
                 let mut probes = crate::probe::ContainerProbes::new(c, now);
                 probes.pid = h.started.pid;
                 let exit_watch = self.watch_exit(key, name, &h.dir.join("state"));
+                let stop = super::state::StopSpec::of(p, c);
                 // Without its record it runs, but a restarted agent would
                 // not adopt it.
                 self.report(recorded, "FailedRecord", key, Some(name));
@@ -307,6 +331,16 @@ impl Agent {
                     run.image_id = Some(h.image_id.clone());
                     run.probes = Some(probes);
                     run.exit_watch = exit_watch;
+                    run.pid = h.started.pid;
+                    run.stop = stop;
+                }
+                // With a postStart hook it is not Running (nor probed) until
+                // the hook returns.
+                if self.begin_post_start(key, name, h.started.pid) {
+                    if let Some(run) = self.container_mut(key, name) {
+                        run.state.status = Status::Starting;
+                        run.probes = None;
+                    }
                 }
                 // Once it is recorded as running: a container that already
                 // exited is found through its shim's pidfd.
@@ -391,7 +425,10 @@ impl Agent {
                 );
                 self.stop_container(key, name);
                 if let Some(c) = self.container_mut(key, name) {
-                    c.state.status = Status::Stopping { since };
+                    c.state.status = Status::Stopping {
+                        since,
+                        restart: true,
+                    };
                 }
             }
             _ => self.start(key, p, name, true),

@@ -15,6 +15,8 @@
 //!   from its records, and the rest removed;
 //! - `supervise`: exits (the shim's `exit.json`), OOM kills, shims that die;
 //! - `probes`: attempts on threads, their results applied;
+//! - `hooks`: lifecycle hooks (postStart, preStop) on threads, their
+//!   results applied;
 //! - `images`: image garbage collection, on a thread, started at resyncs;
 //! - `terminate`: stops and kills with their deadlines, pods removed once
 //!   their containers are gone;
@@ -26,6 +28,7 @@ mod adopt;
 mod args;
 mod event_loop;
 mod executor;
+mod hooks;
 mod images;
 mod probes;
 mod publish;
@@ -142,6 +145,9 @@ pub struct Agent {
     /// write a byte to `wake` so the loop wakes (as finished starts do).
     probe_tx: std::sync::mpsc::Sender<ProbeResult>,
     probe_rx: std::sync::mpsc::Receiver<ProbeResult>,
+    /// Lifecycle hooks run on threads, and report likewise.
+    hook_tx: std::sync::mpsc::Sender<hooks::HookResult>,
+    hook_rx: std::sync::mpsc::Receiver<hooks::HookResult>,
     wake: (UnixStream, UnixStream),
     /// The shims this agent spawned (its children), to reap.
     children: Vec<i32>,
@@ -224,6 +230,7 @@ impl Agent {
                 }
             })?;
         let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+        let (hook_tx, hook_rx) = std::sync::mpsc::channel();
         let io = |what| move |source| DaemonError::Io { what, source };
         let wake = UnixStream::pair().map_err(io("socketpair"))?;
         wake.0.set_nonblocking(true).map_err(io("socketpair"))?;
@@ -252,6 +259,8 @@ impl Agent {
             reported: Vec::new(),
             probe_tx,
             probe_rx,
+            hook_tx,
+            hook_rx,
             wake,
             children: Vec::new(),
             image_gc,
@@ -340,6 +349,7 @@ impl Agent {
                     Token::Wake => {
                         self.drain_wake();
                         self.probe_results();
+                        self.hook_results();
                         self.start_results();
                     }
                     Token::Shim { pod, container } => self.shim_gone(&pod, &container),

@@ -31,7 +31,10 @@ impl Agent {
             }
         }
         for (id, pid, kind, plan) in due {
-            let target = self.probe_target(&id);
+            let target = match self.live(&id.0) {
+                Some(run) => self.container_target(&run.uid, run.ip.as_deref(), &id.1),
+                None => Err(ProbeError::PodGone),
+            };
             let tx = self.probe_tx.clone();
             let wake = self.wake.1.try_clone();
             let for_thread = id.clone();
@@ -68,12 +71,16 @@ impl Agent {
         }
     }
 
-    /// Where a container's probe is made: its network namespace (opened
-    /// through its pid, checked by start time), the pod's IP, and `podagent
-    /// exec` for it.
-    fn probe_target(&self, (key, name): &(String, String)) -> Result<Target, ProbeError> {
-        let run = self.live(key).ok_or(ProbeError::PodGone)?;
-        let dir = crate::runtime::container_dir(&self.args.state_dir, &run.uid, name);
+    /// Where a container's probe or hook is made: its network namespace
+    /// (opened through its pid, checked by start time), the pod's IP, and
+    /// `podagent exec` for it.
+    pub(super) fn container_target(
+        &self,
+        uid: &str,
+        ip: Option<&str>,
+        name: &str,
+    ) -> Result<Target, ProbeError> {
+        let dir = crate::runtime::container_dir(&self.args.state_dir, uid, name);
         let st: crate::shim::Started = crate::records::read(&dir.join("state/state.json"))
             .ok()
             .flatten()
@@ -85,7 +92,7 @@ impl Agent {
         }
         Ok(Target {
             net_ns: ns.into(),
-            pod_ip: run.ip.as_deref().and_then(|ip| ip.parse().ok()),
+            pod_ip: ip.and_then(|ip| ip.parse().ok()),
             exec: crate::probe::exec_command(
                 &self.rt.podagent,
                 &dir,

@@ -4,12 +4,14 @@
 //! kill deadline, its last exit) lives in its `ContainerRun`, so that
 //! forgetting a container or a pod forgets all of it in one place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::inotify::{Inotify, WatchDescriptor};
+use nix::sys::signal::Signal;
+use specs::plan::{ContainerPlan, HookAction, PodPlan};
 
 use crate::probe::ContainerProbes;
 use crate::reconcile::{ContainerState, PodState};
@@ -22,6 +24,58 @@ use crate::status::{ContainerSeen, PodSeen};
 pub struct Shim {
     pub pidfd: OwnedFd,
     pub pid: i32,
+}
+
+/// What stopping a container needs of its plan, kept with the container
+/// so that a pod whose file is gone still stops as its plan said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopSpec {
+    /// A native sidecar: stopped after the app containers, the last first
+    /// (its place among the init containers).
+    pub sidecar: Option<usize>,
+    pub pre_stop: Option<HookAction>,
+    /// `lifecycle.stopSignal`; SIGTERM when none.
+    pub signal: Signal,
+}
+
+impl Default for StopSpec {
+    fn default() -> Self {
+        StopSpec {
+            sidecar: None,
+            pre_stop: None,
+            signal: Signal::SIGTERM,
+        }
+    }
+}
+
+impl StopSpec {
+    pub fn of(pod: &PodPlan, c: &ContainerPlan) -> Self {
+        let lifecycle = c.lifecycle.as_ref();
+        StopSpec {
+            sidecar: pod
+                .init_containers
+                .iter()
+                .position(|i| i.name == c.name)
+                .filter(|_| c.sidecar),
+            pre_stop: lifecycle.and_then(|l| l.pre_stop.clone()),
+            // specs admits only names nix knows.
+            signal: lifecycle
+                .and_then(|l| l.stop_signal.as_deref())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(Signal::SIGTERM),
+        }
+    }
+}
+
+/// A lifecycle hook of the current run, in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookRun {
+    /// Its postStart hook runs: it is `Starting` until the hook returns,
+    /// and then Running since `since`.
+    PostStart { since: Instant, pid: i32 },
+    /// Its preStop hook runs: its stop signal follows the hook, or the end
+    /// of its grace period (`kill_at`), whichever comes first.
+    PreStop,
 }
 
 /// One container of a pod the agent runs.
@@ -44,8 +98,15 @@ pub struct ContainerRun {
     /// The inotify watch on its state dir that sees `exit.json` arrive.
     pub exit_watch: Option<WatchDescriptor>,
     /// When what is left of it is SIGKILLed: its grace period after the
-    /// SIGTERM of a stop.
+    /// SIGTERM of a stop. While a preStop hook runs: when the hook is given
+    /// up and the stop signal sent.
     pub kill_at: Option<Instant>,
+    /// The current run's container pid (0: none known).
+    pub pid: i32,
+    /// How it is stopped: its preStop hook, its signal, its order.
+    pub stop: StopSpec,
+    /// A hook of the current run in flight.
+    pub hook: Option<HookRun>,
 }
 
 impl ContainerRun {
@@ -61,6 +122,9 @@ impl ContainerRun {
             shim: None,
             exit_watch: None,
             kill_at: None,
+            pid: 0,
+            stop: StopSpec::default(),
+            hook: None,
         }
     }
 
@@ -116,7 +180,12 @@ impl PodRun {
             containers: self
                 .containers
                 .iter()
-                .map(|(n, c)| (n.clone(), c.state.clone()))
+                .map(|(n, c)| {
+                    let mut s = c.state.clone();
+                    s.started = matches!(s.status, crate::reconcile::Status::Running { .. })
+                        && c.probes.as_ref().is_some_and(|p| p.started);
+                    (n.clone(), s)
+                })
                 .collect(),
         }
     }
@@ -156,6 +225,19 @@ pub struct Terminating {
     pub exit_watches: Vec<WatchDescriptor>,
     pub deadline: Instant,
     pub killed: bool,
+    /// The pod's IP, for its preStop hooks' httpGet.
+    pub ip: Option<String>,
+    /// The stops still to send, in order, each group once everything
+    /// stopped before it has exited: the app containers together, then
+    /// each sidecar, the last first.
+    pub waves: VecDeque<Vec<(String, i32, StopSpec)>>,
+    /// The containers of the groups begun.
+    pub stopping: Vec<String>,
+    /// preStop hooks in flight: the container and its stop signal.
+    pub hooks: Vec<(String, Signal)>,
+    /// The deadline was moved once for a preStop hook still running at it
+    /// (the kubelet's 2 s).
+    pub extended: bool,
 }
 
 impl Terminating {
@@ -254,6 +336,11 @@ mod tests {
                 exit_watches: Vec::new(),
                 deadline: Instant::now(),
                 killed: false,
+                ip: None,
+                waves: VecDeque::new(),
+                stopping: Vec::new(),
+                hooks: Vec::new(),
+                extended: false,
             }),
         );
         let t = Tracked::count(&pods);

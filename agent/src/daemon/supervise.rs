@@ -143,11 +143,17 @@ impl Agent {
         let Some(c) = run.containers.get_mut(name) else {
             return;
         };
-        let (since, stopping) = match c.state.status {
-            Status::Running { since } => (since, false),
-            Status::Stopping { since } => (since, true),
+        let (since, stopping) = match (&c.state.status, c.hook) {
+            (Status::Running { since }, _) => (*since, false),
+            (Status::Stopping { since, restart }, _) => (*since, *restart),
+            // Exited while its postStart hook ran: the hook's result finds
+            // it no longer starting.
+            (Status::Starting, Some(super::state::HookRun::PostStart { since, .. })) => {
+                (since, false)
+            }
             _ => return,
         };
+        c.hook = None;
         let path = crate::runtime::container_dir(&state_dir, &uid, name).join("state/exit.json");
         let mut exited = match crate::records::read::<Exited>(&path) {
             Ok(Some(e)) => e,

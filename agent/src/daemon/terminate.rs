@@ -1,11 +1,15 @@
-//! Stopping: a container stopped alone gets SIGTERM now and SIGKILL to its
-//! cgroup at its deadline (`kill_at`); a pod being deleted becomes
-//! `Terminating` (all its per-container state goes with its `PodRun`) and is
-//! removed, with its network, once its containers have exited or been
-//! killed. Nothing here waits: the loop goes on, so a slow pod holds up no
+//! Stopping: a container stopped alone gets its preStop hook (`hooks`) or
+//! its stop signal (SIGTERM, or `lifecycle.stopSignal`) now and SIGKILL to
+//! its cgroup at its deadline (`kill_at`); a pod being deleted becomes
+//! `Terminating` (all its per-container state goes with its `PodRun`): its
+//! app containers are stopped first, then its sidecars one by one, the
+//! last first, each once everything before it has exited, all within the
+//! one grace period; the pod is removed, with its network, once its
+//! containers have exited or been killed. Nothing here waits: the loop goes on, so a slow pod holds up no
 //! other. Only the agent's own exit with `--stop-pods-on-exit` waits, one
 //! grace period for every pod.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -13,7 +17,8 @@ use nix::sys::signal::Signal;
 use crate::events::Kind;
 use crate::reconcile::Status;
 
-use super::state::{Pod, Terminating, KILL_WAIT};
+use super::hooks::MIN_GRACE;
+use super::state::{HookRun, Pod, StopSpec, Terminating, KILL_WAIT};
 use super::Agent;
 
 impl Agent {
@@ -21,7 +26,6 @@ impl Agent {
     /// grace period is over; its exit then restarts it by policy (or, when
     /// it is `Stopping`, at once).
     pub(super) fn stop_container(&mut self, key: &str, name: &str) {
-        let state_dir = self.args.state_dir.clone();
         let Some(Pod::Live(run)) = self.pods.get_mut(key) else {
             return;
         };
@@ -29,10 +33,26 @@ impl Agent {
         let Some(c) = run.containers.get_mut(name) else {
             return;
         };
+        if c.hook == Some(HookRun::PreStop) {
+            return; // being stopped already
+        }
         c.probes = None;
         c.kill_at = Some(Instant::now() + grace);
-        let dir = crate::runtime::container_dir(&state_dir, &uid, name).join("state");
-        crate::runtime::signal_init(&dir, Signal::SIGTERM);
+        let (pid, stop) = (c.pid, c.stop.clone());
+        let ip = run.ip.clone();
+        let to = super::hooks::StopTo {
+            uid: &uid,
+            ip: ip.as_deref(),
+            key,
+            name,
+            pid,
+        };
+        let hooked = self.send_stop(&to, stop.pre_stop.as_ref(), stop.signal, grace);
+        if hooked {
+            if let Some(c) = self.container_mut(key, name) {
+                c.hook = Some(HookRun::PreStop);
+            }
+        }
     }
 
     /// Fails the pods whose `activeDeadlineSeconds` have passed since their
@@ -95,26 +115,55 @@ impl Agent {
             .min()
     }
 
-    /// SIGKILLs what is left of containers whose grace period is over.
+    /// SIGKILLs what is left of containers whose grace period is over; a
+    /// preStop hook still running then is given up: the stop signal now,
+    /// SIGKILL 2 s later (the kubelet's minimum).
     pub(super) fn enforce_kills(&mut self) {
         let now = Instant::now();
         let mut due = Vec::new();
+        let mut late_hooks = Vec::new();
         for (key, pod) in self.pods.iter_mut() {
             let Pod::Live(run) = pod else { continue };
             for (name, c) in run.containers.iter_mut() {
-                if c.kill_at.is_some_and(|at| at <= now) {
+                if c.kill_at.is_none_or(|at| at > now) {
+                    continue;
+                }
+                if c.hook == Some(HookRun::PreStop) {
+                    c.hook = None;
+                    c.kill_at = Some(now + MIN_GRACE);
+                    late_hooks.push((key.clone(), run.uid.clone(), name.clone(), c.stop.signal));
+                } else {
                     c.kill_at = None;
                     due.push((key.clone(), run.uid.clone(), name.clone()));
                 }
             }
+        }
+        for (key, uid, name, signal) in late_hooks {
+            self.pre_stop_late(&key, &uid, &name, signal);
         }
         for (key, uid, name) in due {
             self.kill(&key, &uid, &name);
         }
     }
 
-    /// Starts deleting a pod: SIGTERM to every container now; the loop goes
-    /// on and `progress_terminations` removes the pod once they are gone.
+    /// A preStop hook outlived its grace period: given up, and the stop
+    /// signal sent.
+    fn pre_stop_late(&self, key: &str, uid: &str, name: &str, signal: Signal) {
+        self.event(
+            Kind::Warning,
+            "FailedPreStopHook",
+            key,
+            Some(name),
+            "PreStop hook did not complete within the grace period: stopping the container".into(),
+        );
+        let dir = crate::runtime::container_dir(&self.args.state_dir, uid, name).join("state");
+        crate::runtime::signal_init(&dir, signal);
+    }
+
+    /// Starts deleting a pod: its app containers get their stop now (a
+    /// preStop hook, or the stop signal), its sidecars later, one by one;
+    /// the loop goes on and `progress_terminations` sends the next stops
+    /// and removes the pod once its containers are gone.
     pub(super) fn begin_delete(&mut self, key: &str, grace: Duration) {
         if !matches!(self.pods.get(key), Some(Pod::Live(_))) {
             return;
@@ -122,22 +171,63 @@ impl Agent {
         let Some(Pod::Live(mut run)) = self.pods.remove(key) else {
             return;
         };
-        let base = self.args.state_dir.join("containers").join(&run.uid);
         let mut exit_watches = Vec::new();
+        let mut apps = Vec::new();
+        let mut sidecars = Vec::new();
         for (name, c) in run.containers.iter_mut() {
             exit_watches.extend(c.exit_watch.take());
-            crate::runtime::signal_init(&base.join(name).join("state"), Signal::SIGTERM);
+            // A preStop hook already running (the container was being
+            // stopped alone) is not made again.
+            let mut stop = c.stop.clone();
+            if c.hook == Some(HookRun::PreStop) {
+                stop.pre_stop = None;
+            }
+            let entry = (name.clone(), c.pid, stop);
+            match entry.2.sidecar {
+                Some(i) => sidecars.push((i, entry)),
+                None => apps.push(entry),
+            }
         }
-        self.pods.insert(
-            key.to_string(),
-            Pod::Terminating(Terminating {
-                uid: run.uid.clone(),
-                containers: run.containers.keys().cloned().collect(),
-                exit_watches,
-                deadline: Instant::now() + grace,
-                killed: false,
-            }),
-        );
+        sidecars.sort_by_key(|s| std::cmp::Reverse(s.0));
+        let mut waves: VecDeque<Vec<(String, i32, StopSpec)>> = VecDeque::new();
+        waves.push_back(apps);
+        waves.extend(sidecars.into_iter().map(|(_, e)| vec![e]));
+        let mut t = Terminating {
+            uid: run.uid.clone(),
+            containers: run.containers.keys().cloned().collect(),
+            exit_watches,
+            deadline: Instant::now() + grace,
+            killed: false,
+            ip: run.ip.clone(),
+            waves,
+            stopping: Vec::new(),
+            hooks: Vec::new(),
+            extended: false,
+        };
+        self.next_wave(key, &mut t);
+        self.pods.insert(key.to_string(), Pod::Terminating(t));
+    }
+
+    /// Sends the stops of the next group of a terminating pod.
+    fn next_wave(&self, key: &str, t: &mut Terminating) {
+        let Some(wave) = t.waves.pop_front() else {
+            return;
+        };
+        let left = t.deadline.saturating_duration_since(Instant::now());
+        for (name, pid, stop) in wave {
+            let to = super::hooks::StopTo {
+                uid: &t.uid,
+                ip: t.ip.as_deref(),
+                key,
+                name: &name,
+                pid,
+            };
+            let hooked = self.send_stop(&to, stop.pre_stop.as_ref(), stop.signal, left);
+            if hooked {
+                t.hooks.push((name.clone(), stop.signal));
+            }
+            t.stopping.push(name);
+        }
     }
 
     /// Kills what outlived its grace period and removes the pods whose
@@ -146,23 +236,49 @@ impl Agent {
         let now = Instant::now();
         let mut done = Vec::new();
         let mut kill = Vec::new();
+        let mut waves = Vec::new();
+        let mut late_hooks = Vec::new();
         for (key, pod) in self.pods.iter_mut() {
             let Pod::Terminating(t) = pod else { continue };
+            let base = self.args.state_dir.join("containers").join(&t.uid);
+            let gone = |n: &String| {
+                let st = base.join(n).join("state");
+                !st.join("state.json").exists() || st.join("exit.json").exists()
+            };
+            // The next group once the stopped ones have exited.
+            if !t.killed && t.hooks.is_empty() && !t.waves.is_empty() && t.stopping.iter().all(gone)
+            {
+                waves.push(key.clone());
+                continue;
+            }
             // A start in flight still writes into the pod's directories.
             if self.starter.starting_for(&t.uid) {
                 continue;
             }
-            let base = self.args.state_dir.join("containers").join(&t.uid);
-            let exited = t.containers.iter().all(|n| {
-                let st = base.join(n).join("state");
-                !st.join("state.json").exists() || st.join("exit.json").exists()
-            });
+            let exited = t.containers.iter().all(gone);
             if exited || (t.killed && now >= t.deadline + KILL_WAIT) {
                 done.push(key.clone());
+            } else if now >= t.deadline && !t.killed && !t.hooks.is_empty() && !t.extended {
+                // preStop hooks still running at the deadline: given up, the
+                // stop signal sent, and 2 s more, once.
+                t.extended = true;
+                t.deadline = now + MIN_GRACE;
+                for (name, signal) in t.hooks.drain(..) {
+                    late_hooks.push((key.clone(), t.uid.clone(), name, signal));
+                }
             } else if now >= t.deadline && !t.killed {
                 t.killed = true;
                 kill.push((key.clone(), t.uid.clone(), t.containers.clone()));
             }
+        }
+        for key in waves {
+            if let Some(Pod::Terminating(mut t)) = self.pods.remove(&key) {
+                self.next_wave(&key, &mut t);
+                self.pods.insert(key, Pod::Terminating(t));
+            }
+        }
+        for (key, uid, name, signal) in late_hooks {
+            self.pre_stop_late(&key, &uid, &name, signal);
         }
         for (key, uid, names) in kill {
             for n in names {

@@ -20,6 +20,12 @@
 //!   stopped to start again (`Stopping`), gets no action until that is done;
 //! - a container whose applied resources are unknown (adopted from a record
 //!   that differs) is resized to the plan's;
+//! - a native sidecar (an init container with `restartPolicy: Always`)
+//!   starts in init order; the next init container starts once it runs and
+//!   its startup probe succeeded (`started`); it restarts whatever the pod's
+//!   policy, for as long as the pod lives; once every app container of a
+//!   pod that restarts nothing more has ended, the sidecars are stopped and
+//!   not started again;
 //! - an unchanged pod produces no action.
 
 use std::collections::BTreeMap;
@@ -55,10 +61,12 @@ pub enum Status {
     Running {
         since: Instant,
     },
-    /// Running, and signalled to stop so that it starts again at once with
-    /// its current spec (a changed spec, refused resources).
+    /// Running, and signalled to stop: so that it starts again at once with
+    /// its current spec (`restart`: a changed spec, refused resources), or
+    /// for good (a sidecar of a pod whose app containers have ended).
     Stopping {
         since: Instant,
+        restart: bool,
     },
     Terminated {
         exit_code: i32,
@@ -82,6 +90,10 @@ pub struct ContainerState {
     /// again whatever the restart policy, without counting a restart, and
     /// its pod is Pending (the kubelet's `ErrImagePull`, a waiting state).
     pub image_pull_failed: bool,
+    /// Running, past its postStart hook, and its startup probe (if any)
+    /// succeeded: what lets the init container after a sidecar start. Set
+    /// from what the agent sees when it plans.
+    pub started: bool,
 }
 
 impl ContainerState {
@@ -94,6 +106,7 @@ impl ContainerState {
             restart_count,
             crashes,
             image_pull_failed: false,
+            started: false,
         }
     }
 }
@@ -120,6 +133,11 @@ pub enum Action {
         pod: String,
     },
     StartContainer {
+        pod: String,
+        container: String,
+    },
+    /// Stop for good (a sidecar once its pod's app containers are done).
+    StopContainer {
         pod: String,
         container: String,
     },
@@ -170,16 +188,47 @@ pub fn sandbox_hash(p: &PodPlan) -> String {
 
 /// The restart policy that applies to one container of `pod`: the pod's,
 /// except that an init container restarts only on failure (Always acts as
-/// OnFailure; Never stays Never).
+/// OnFailure; Never stays Never), and a sidecar always restarts.
 pub fn effective_policy(pod: &PodPlan, container: &str) -> RestartPolicy {
     let init = pod
         .init_containers
         .iter()
-        .any(|c| c.name.as_str() == container);
+        .find(|c| c.name.as_str() == container);
     match (init, pod.restart_policy) {
-        (true, RestartPolicy::Always) => RestartPolicy::OnFailure,
+        (Some(c), _) if c.sidecar => RestartPolicy::Always,
+        (Some(_), RestartPolicy::Always) => RestartPolicy::OnFailure,
         (_, policy) => policy,
     }
+}
+
+/// Whether init container `i` of `pod` no longer holds up the ones after
+/// it: a regular one succeeded; a sidecar is `started`, or it was once (a
+/// container after it has run, or it has ended since).
+fn init_passed(pod: &PodPlan, state: &PodState, i: usize) -> bool {
+    let c = &pod.init_containers[i];
+    let Some(s) = state.containers.get(c.name.as_str()) else {
+        return false;
+    };
+    if !c.sidecar {
+        return matches!(s.status, Status::Terminated { exit_code: 0, .. });
+    }
+    let later = pod.init_containers[i + 1..]
+        .iter()
+        .chain(&pod.containers)
+        .any(|l| state.containers.get(l.name.as_str()).is_some());
+    s.started || later
+}
+
+/// Every app container has ended and none will restart: the pod is done
+/// (Succeeded or Failed) and its sidecars are stopped.
+fn apps_ended(pod: &PodPlan, state: &PodState) -> bool {
+    pod.containers.iter().all(|c| {
+        state.containers.get(c.name.as_str()).is_some_and(|s| {
+            matches!(s.status, Status::Terminated { .. })
+                && s.hash == c.hash
+                && restart_at(pod.restart_policy, s).is_none()
+        })
+    })
 }
 
 /// A container's next run after it exited, for the executor: its restart
@@ -249,15 +298,13 @@ pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>)
     }
     let get = |c: &ContainerPlan| state.containers.get(c.name.as_str());
     let inits = &pod.init_containers;
-    let done = inits
-        .iter()
-        .take_while(|c| {
-            get(c).is_some_and(|s| matches!(s.status, Status::Terminated { exit_code: 0, .. }))
-        })
+    let done = (0..inits.len())
+        .take_while(|i| init_passed(pod, state, *i))
         .count();
     if done < inits.len() {
         let failed = get(&inits[done])
             .filter(|s| matches!(s.status, Status::Terminated { exit_code, .. } if exit_code != 0));
+        let never = pod.restart_policy == RestartPolicy::Never && !inits[done].sidecar;
         return match failed {
             Some(s) if s.image_pull_failed => {
                 let word = if s.crashes > 1 {
@@ -267,9 +314,7 @@ pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>)
                 };
                 (Phase::Pending, Some(format!("Init:{word}")))
             }
-            Some(_) if pod.restart_policy == RestartPolicy::Never => {
-                (Phase::Failed, Some("Init:Error".into()))
-            }
+            Some(_) if never => (Phase::Failed, Some("Init:Error".into())),
             Some(s) if s.crashes > 1 => (Phase::Pending, Some("Init:CrashLoopBackOff".into())),
             Some(_) => (Phase::Pending, Some("Init:Error".into())),
             None => (Phase::Pending, Some(format!("Init:{done}/{}", inits.len()))),
@@ -330,10 +375,34 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
             continue;
         }
         let act = |a: Action, out: &mut Plan| out.actions.push(a);
-        // Init containers, in order: the first one not yet successful decides.
+        let ended = apps_ended(pod, state);
+        // Init containers, in order: the first one not yet passed decides;
+        // the sidecars before it are kept running as app containers are.
         let mut inits_done = true;
-        for c in &pod.init_containers {
+        for (i, c) in pod.init_containers.iter().enumerate() {
             let name = c.name.to_string();
+            if c.sidecar {
+                let s = state.containers.get(&name);
+                if ended {
+                    // Its pod is done: stopped, and not started again.
+                    if s.is_some_and(|s| matches!(s.status, Status::Running { .. })) {
+                        act(
+                            Action::StopContainer {
+                                pod: key.clone(),
+                                container: name,
+                            },
+                            &mut out,
+                        );
+                    }
+                    continue;
+                }
+                keep_running(key, c, s, RestartPolicy::Always, now, &mut out);
+                if init_passed(pod, state, i) {
+                    continue;
+                }
+                inits_done = false;
+                break;
+            }
             match state.containers.get(&name) {
                 None => {
                     act(
@@ -388,67 +457,59 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
             continue;
         }
         for c in &pod.containers {
-            let name = c.name.to_string();
-            let Some(s) = state.containers.get(&name) else {
-                act(
-                    Action::StartContainer {
-                        pod: key.clone(),
-                        container: name,
-                    },
-                    &mut out,
-                );
-                continue;
-            };
-            if matches!(s.status, Status::Starting | Status::Stopping { .. }) {
-                continue; // the executor is already on it
-            }
-            if s.hash != c.hash {
-                // A new version starts at once, whatever back-off the old had.
-                act(
-                    Action::RestartContainer {
-                        pod: key.clone(),
-                        container: name,
-                    },
-                    &mut out,
-                );
-                continue;
-            }
-            match &s.status {
-                Status::Waiting => act(
-                    Action::StartContainer {
-                        pod: key.clone(),
-                        container: name.clone(),
-                    },
-                    &mut out,
-                ),
-                Status::Running { .. } if s.resources.as_ref() != Some(&c.resources) => act(
-                    Action::ResizeContainer {
-                        pod: key.clone(),
-                        container: name.clone(),
-                        resources: c.resources.clone(),
-                    },
-                    &mut out,
-                ),
-                Status::Running { .. } | Status::Starting | Status::Stopping { .. } => {}
-                Status::Terminated { .. } => {
-                    if let Some(at) = restart_at(pod.restart_policy, s) {
-                        if at <= now {
-                            act(
-                                Action::StartContainer {
-                                    pod: key.clone(),
-                                    container: name.clone(),
-                                },
-                                &mut out,
-                            );
-                        } else {
-                            wake(at, &mut out);
-                        }
-                    }
+            let s = state.containers.get(c.name.as_str());
+            keep_running(key, c, s, pod.restart_policy, now, &mut out);
+        }
+    }
+    out
+}
+
+/// The actions that keep one app container (or a sidecar) running its
+/// current plan: started when it has not been, restarted for a new spec
+/// (at once, whatever back-off the old one had), resized for new
+/// resources, started again after its exit by `policy` and its back-off.
+fn keep_running(
+    key: &str,
+    c: &ContainerPlan,
+    s: Option<&ContainerState>,
+    policy: RestartPolicy,
+    now: Instant,
+    out: &mut Plan,
+) {
+    let pod = key.to_string();
+    let container = c.name.to_string();
+    let Some(s) = s else {
+        out.actions.push(Action::StartContainer { pod, container });
+        return;
+    };
+    if matches!(s.status, Status::Starting | Status::Stopping { .. }) {
+        return; // the executor is already on it
+    }
+    if s.hash != c.hash {
+        out.actions
+            .push(Action::RestartContainer { pod, container });
+        return;
+    }
+    match &s.status {
+        Status::Waiting => out.actions.push(Action::StartContainer { pod, container }),
+        Status::Running { .. } if s.resources.as_ref() != Some(&c.resources) => {
+            out.actions.push(Action::ResizeContainer {
+                pod,
+                container,
+                resources: c.resources.clone(),
+            })
+        }
+        Status::Running { .. } | Status::Starting | Status::Stopping { .. } => {}
+        Status::Terminated { .. } => {
+            if let Some(at) = restart_at(policy, s) {
+                if at <= now {
+                    out.actions.push(Action::StartContainer { pod, container });
+                } else {
+                    out.wake_at = Some(out.wake_at.map_or(at, |w| w.min(at)));
                 }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

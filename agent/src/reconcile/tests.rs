@@ -427,7 +427,13 @@ fn a_start_in_flight_or_a_stop_for_restart_gets_no_action() {
     let q = pod(&WEB
         .replace("command: [serve]", "command: [serve2]")
         .replace("limits: {cpu: 500m}", "limits: {cpu: '1'}"));
-    for busy in [Status::Starting, Status::Stopping { since: t }] {
+    for busy in [
+        Status::Starting,
+        Status::Stopping {
+            since: t,
+            restart: true,
+        },
+    ] {
         let mut actual = running_app(&p, busy.clone(), t);
         assert_eq!(plan(&desired(&q), &actual, t).actions, [], "{busy:?}");
         let s = actual.get_mut("default/web").unwrap();
@@ -436,7 +442,13 @@ fn a_start_in_flight_or_a_stop_for_restart_gets_no_action() {
     }
     // An init container in flight holds the app containers back.
     let (ia, ib) = (&p.init_containers[0], &p.init_containers[1]);
-    for busy in [Status::Starting, Status::Stopping { since: t }] {
+    for busy in [
+        Status::Starting,
+        Status::Stopping {
+            since: t,
+            restart: true,
+        },
+    ] {
         let actual = state(&p, vec![(ia, done(t)), (ib, busy)]);
         assert_eq!(plan(&desired(&p), &actual, t).actions, []);
     }
@@ -561,4 +573,125 @@ fn a_pod_past_its_deadline_starts_and_restarts_nothing_and_is_failed() {
     // Its file gone, it is deleted as any pod is.
     let plan = super::plan(&Desired::new(), &actual, t);
     assert!(matches!(plan.actions[..], [Action::DeletePod { .. }]));
+}
+
+const SIDECARS: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: log, image: busybox, restartPolicy: Always}
+  - {name: migrate, image: busybox}
+  containers:
+  - {name: app, image: busybox}
+";
+
+fn started(mut s: ContainerState) -> ContainerState {
+    s.started = true;
+    s
+}
+
+#[test]
+fn a_sidecar_starts_in_init_order_and_lets_the_next_one_start_once_started() {
+    let p = pod(SIDECARS);
+    let t = Instant::now();
+    let (log, migrate, app) = (
+        &p.init_containers[0],
+        &p.init_containers[1],
+        &p.containers[0],
+    );
+    let key = "default/web";
+    let plan_of = |a: &Actual| plan(&desired(&p), a, t).actions;
+    assert_eq!(plan_of(&state(&p, vec![])), [start("log")]);
+    // Running but not yet started (its startup probe or postStart pending).
+    let mut a = state(&p, vec![(log, Status::Running { since: t })]);
+    assert_eq!(plan_of(&a), []);
+    assert_eq!(phase(&p, a.get(key)).1.as_deref(), Some("Init:0/2"));
+    let s = a.get_mut(key).unwrap().containers.get_mut("log").unwrap();
+    *s = started(s.clone());
+    assert_eq!(plan_of(&a), [start("migrate")]);
+    assert_eq!(phase(&p, a.get(key)).1.as_deref(), Some("Init:1/2"));
+    // The init container done, the app starts beside the sidecar.
+    let mut a = state(
+        &p,
+        vec![(log, Status::Running { since: t }), (migrate, done(t))],
+    );
+    assert_eq!(plan_of(&a), [start("app")]);
+    // A sidecar that is not `started` any more (restarting) holds up
+    // nothing once a later container has run.
+    a.get_mut(key)
+        .unwrap()
+        .containers
+        .insert("app".into(), cs(app, Status::Running { since: t }));
+    assert_eq!(plan_of(&a), []);
+    assert_eq!(phase(&p, a.get(key)), (Phase::Running, None));
+}
+
+#[test]
+fn a_sidecar_restarts_whatever_the_pods_policy_until_the_apps_end() {
+    let p = pod(SIDECARS);
+    let t = Instant::now();
+    let (log, migrate, app) = (
+        &p.init_containers[0],
+        &p.init_containers[1],
+        &p.containers[0],
+    );
+    let crashed = Status::Terminated {
+        exit_code: 1,
+        started: t,
+        finished: t,
+    };
+    let a = state(
+        &p,
+        vec![
+            (log, crashed.clone()),
+            (migrate, done(t)),
+            (app, Status::Running { since: t }),
+        ],
+    );
+    let pl = plan(&desired(&p), &a, t);
+    assert_eq!(pl.actions, [], "in back-off");
+    assert_eq!(pl.wake_at, Some(t + BACKOFF_INITIAL));
+    let later = t + BACKOFF_INITIAL;
+    assert_eq!(plan(&desired(&p), &a, later).actions, [start("log")]);
+    assert_eq!(effective_policy(&p, "log"), RestartPolicy::Always);
+
+    // The app done under Never: the running sidecar is stopped, for good.
+    let a = state(
+        &p,
+        vec![
+            (log, Status::Running { since: t }),
+            (migrate, done(t)),
+            (app, done(t)),
+        ],
+    );
+    assert_eq!(
+        plan(&desired(&p), &a, t).actions,
+        [Action::StopContainer {
+            pod: "default/web".into(),
+            container: "log".into(),
+        }]
+    );
+    assert_eq!(phase(&p, a.get("default/web")), (Phase::Succeeded, None));
+    // Stopped, it is not started again, and the pod stays Succeeded.
+    let a = state(
+        &p,
+        vec![(log, crashed.clone()), (migrate, done(t)), (app, done(t))],
+    );
+    assert_eq!(plan(&desired(&p), &a, later).actions, []);
+    assert_eq!(phase(&p, a.get("default/web")), (Phase::Succeeded, None));
+    // A sidecar that crash-loops before it started: the pod waits, never
+    // Failed by its Never policy.
+    let mut a = state(&p, vec![(log, crashed)]);
+    a.get_mut("default/web")
+        .unwrap()
+        .containers
+        .get_mut("log")
+        .unwrap()
+        .crashes = 2;
+    assert_eq!(
+        phase(&p, a.get("default/web")),
+        (Phase::Pending, Some("Init:CrashLoopBackOff".into()))
+    );
 }

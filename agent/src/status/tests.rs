@@ -37,6 +37,7 @@ fn cs(status: Status, crashes: u32) -> ContainerState {
         restart_count: crashes,
         crashes,
         image_pull_failed: false,
+        started: false,
     }
 }
 
@@ -127,7 +128,16 @@ fn phase_reason_and_conditions_follow_the_pods_progress() {
             Some(vec![
                 ("init", cs(exited(0, t), 0)),
                 ("app", cs(run(), 0)),
-                ("side", cs(Status::Stopping { since: t }, 0)),
+                (
+                    "side",
+                    cs(
+                        Status::Stopping {
+                            since: t,
+                            restart: true,
+                        },
+                        0,
+                    ),
+                ),
             ]),
             false,
             "Running",

@@ -143,6 +143,7 @@ impl Agent {
         let Some(c) = run.containers.get_mut(name) else {
             return;
         };
+        let for_good = matches!(c.state.status, Status::Stopping { restart: false, .. });
         let (since, stopping) = match (&c.state.status, c.hook) {
             (Status::Running { since }, _) => (*since, false),
             (Status::Stopping { since, restart }, _) => (*since, *restart),
@@ -237,8 +238,9 @@ impl Agent {
             return;
         };
         c.last_exit = Some(exited);
-        // A pod failed by its deadline restarts nothing.
-        if self.live(key).is_some_and(|r| r.deadline_exceeded) {
+        // A pod failed by its deadline restarts nothing, nor does a sidecar
+        // stopped once its pod's app containers ended.
+        if for_good || self.live(key).is_some_and(|r| r.deadline_exceeded) {
             return;
         }
         let Some(c) = self.container_mut(key, name) else {

@@ -10,6 +10,7 @@ mod config;
 mod cpu_manager;
 mod failures;
 mod hierarchy;
+mod hooks;
 mod host_ports;
 mod lifecycle;
 mod pods_dir;

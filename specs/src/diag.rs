@@ -63,6 +63,12 @@ impl Issues {
     pub fn has_errors(&self) -> bool {
         self.list.iter().any(|i| i.severity == Severity::Error)
     }
+    pub fn error_count(&self) -> usize {
+        self.list
+            .iter()
+            .filter(|i| i.severity == Severity::Error)
+            .count()
+    }
     pub fn into_vec(self) -> Vec<Issue> {
         self.list
     }

@@ -348,15 +348,61 @@ pub struct Volume {
     pub persistent_volume_claim: Option<Value>,
     pub config_map: Option<Value>,
     pub secret: Option<Value>,
-    pub projected: Option<Value>,
+    pub projected: Option<ProjectedVolume>,
     #[serde(rename = "downwardAPI")]
-    pub downward_api: Option<Value>,
+    pub downward_api: Option<DownwardApiVolume>,
     pub nfs: Option<Value>,
     pub csi: Option<Value>,
     pub ephemeral: Option<Value>,
     pub image: Option<Value>,
     pub iscsi: Option<Value>,
     pub git_repo: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiVolume {
+    #[serde(default)]
+    pub items: Vec<DownwardApiFile>,
+    /// A scalar: YAML 1.1 readers (the API server's) take `0644` as octal.
+    pub default_mode: Option<Scalar>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiFile {
+    pub path: Option<String>,
+    pub field_ref: Option<FieldRef>,
+    pub resource_field_ref: Option<ResourceFieldRef>,
+    pub mode: Option<Scalar>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedVolume {
+    #[serde(default)]
+    pub sources: Vec<VolumeProjection>,
+    pub default_mode: Option<Scalar>,
+}
+
+/// One source of a projected volume. Only `downwardAPI` is runnable here:
+/// the others need objects of an API server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeProjection {
+    #[serde(rename = "downwardAPI")]
+    pub downward_api: Option<DownwardApiProjection>,
+    pub config_map: Option<Value>,
+    pub secret: Option<Value>,
+    pub service_account_token: Option<Value>,
+    pub cluster_trust_bundle: Option<Value>,
+    pub pod_certificate: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DownwardApiProjection {
+    #[serde(default)]
+    pub items: Vec<DownwardApiFile>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -115,6 +115,20 @@ pub enum VolumeSource {
         path: String,
         kind: HostPathType,
     },
+    /// `downwardAPI` and `projected`: files the agent writes, swapped in
+    /// as one set (the kubelet's `..data` symlink) when they change.
+    Files {
+        files: Vec<FilePlan>,
+    },
+}
+
+/// One file of a `Files` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FilePlan {
+    /// Relative to the volume, no `..`.
+    pub path: String,
+    pub content: String,
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -644,3 +644,94 @@ fn active_deadline_seconds_is_a_positive_number_of_seconds() {
         r.diagnostics
     );
 }
+
+#[test]
+fn downward_api_and_projected_volumes_resolve_to_files() {
+    use specs::plan::FilePlan;
+    let p = one_pod(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  namespace: edge
+  labels: {app: web, tier: front}
+  annotations: {build: "42", note: 'say "hi"'}
+spec:
+  volumes:
+  - name: info
+    downwardAPI:
+      defaultMode: 0600
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: annotations, fieldRef: {fieldPath: metadata.annotations}}
+      - {path: meta/name, fieldRef: {fieldPath: metadata.name}, mode: 0444}
+      - {path: mem, resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}
+  - name: all
+    projected:
+      sources:
+      - downwardAPI:
+          items:
+          - {path: build, fieldRef: {fieldPath: "metadata.annotations['build']"}}
+          - {path: ns, fieldRef: {fieldPath: metadata.namespace}}
+  containers:
+  - name: c
+    image: busybox
+    resources: {limits: {memory: 64Mi}}
+    volumeMounts: [{name: info, mountPath: /info}, {name: all, mountPath: /all}]
+"#,
+    );
+    let files = |i: usize| match &p.volumes[i].source {
+        VolumeSource::Files { files } => files.clone(),
+        other => panic!("{other:?}"),
+    };
+    let f = |path: &str, content: &str, mode: u32| FilePlan {
+        path: path.into(),
+        content: content.into(),
+        mode,
+    };
+    assert_eq!(
+        files(0),
+        [
+            f("labels", "app=\"web\"\ntier=\"front\"", 0o600),
+            f(
+                "annotations",
+                "build=\"42\"\nnote=\"say \\\"hi\\\"\"",
+                0o600
+            ),
+            f("meta/name", "p", 0o444),
+            f("mem", "64", 0o600),
+        ]
+    );
+    assert_eq!(files(1), [f("build", "42", 0o644), f("ns", "edge", 0o644)]);
+
+    let bad = r#"apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  volumes:
+  - name: a
+    downwardAPI:
+      items:
+      - {path: ../x, fieldRef: {fieldPath: metadata.name}}
+      - {path: ip, fieldRef: {fieldPath: status.podIP}}
+      - {path: cpu, resourceFieldRef: {resource: limits.cpu}}
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+      - {path: name, fieldRef: {fieldPath: metadata.uid}}
+  - name: b
+    projected:
+      sources: [{configMap: {name: settings}}]
+  containers:
+  - {name: c, image: busybox}
+"#;
+    let r = load("f.yaml", bad.as_bytes(), &node());
+    assert_eq!(
+        errors(&r.diagnostics),
+        [
+            "f.yaml:9:16: spec.volumes[0].downwardAPI.items[0].path: \"../x\" must not contain '..', '.' or empty components",
+            "f.yaml:10:42: spec.volumes[0].downwardAPI.items[1].fieldRef.fieldPath: \"status.podIP\" is not a field a downwardAPI volume may show (metadata.name, metadata.namespace, metadata.uid, metadata.labels, metadata.annotations, metadata.labels['k'], metadata.annotations['k'])",
+            "f.yaml:11:40: spec.volumes[0].downwardAPI.items[2].resourceFieldRef.containerName: required in a volume",
+            "f.yaml:13:16: spec.volumes[0].downwardAPI.items[4].path: \"name\" is given twice (or is a file and a directory)",
+            "f.yaml:16:30: spec.volumes[1].projected.sources[0].configMap: configMap projections need an API server's objects: not supported by podagent (supported: downwardAPI)",
+        ]
+    );
+}

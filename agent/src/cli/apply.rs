@@ -71,6 +71,8 @@ pub enum Change {
     Deleted,
     Restarted(String),
     Resized(String),
+    /// Its downward API files rewritten in place.
+    FilesRewritten,
 }
 
 impl std::fmt::Display for Change {
@@ -81,6 +83,7 @@ impl std::fmt::Display for Change {
             Change::Deleted => write!(f, "deleted"),
             Change::Restarted(c) => write!(f, "container {c} restarted (its spec changed)"),
             Change::Resized(c) => write!(f, "container {c} resized in place"),
+            Change::FilesRewritten => write!(f, "downward API files rewritten in place"),
         }
     }
 }
@@ -117,6 +120,7 @@ pub fn changes(
                     sandbox_hash: reconcile::sandbox_hash(p),
                     grace: std::time::Duration::from_secs(p.termination_grace_period_secs),
                     deadline_exceeded: false,
+                    files_hash: reconcile::files_hash(p),
                     containers,
                 },
             )
@@ -135,6 +139,7 @@ pub fn changes(
             Action::ResizeContainer { pod, container, .. } => {
                 Some((pod, Change::Resized(container)))
             }
+            Action::RefreshFiles { pod } => Some((pod, Change::FilesRewritten)),
             // A new container alone changes the set of containers, which
             // recreates the pod; nothing else starts from a running state.
             // A sidecar stopped once its pod's app containers are done.

@@ -65,7 +65,9 @@ pub fn read_pod(
         }
     };
     let rec: PodRecord = typed(read(super::sandbox::record_path(state_dir, &p.uid))?)?;
-    if rec.sandbox_hash != reconcile::sandbox_hash(p) {
+    let same = rec.sandbox_hash == reconcile::sandbox_hash(p)
+        || rec.sandbox_hash == reconcile::legacy_sandbox_hash(p);
+    if !same {
         return None;
     }
     let mut containers = Vec::new();
@@ -320,5 +322,27 @@ spec:
         leave_records(dir.path(), &p);
         let changed = plan(&POD.replace("terminationGracePeriodSeconds: 7", "hostIPC: true"));
         assert!(read_pod(dir.path(), &changed, Instant::now(), &mut unreadable).is_none());
+    }
+
+    #[test]
+    fn a_record_with_the_older_sandbox_hash_is_adopted() {
+        // Agents before downward API volumes hashed labels into the sandbox.
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(&POD.replace(
+            "metadata: {name: web}",
+            "metadata: {name: web, labels: {a: b}}",
+        ));
+        assert_ne!(
+            reconcile::sandbox_hash(&p),
+            reconcile::legacy_sandbox_hash(&p)
+        );
+        leave_records(dir.path(), &p);
+        let pod = super::super::sandbox::record_path(dir.path(), &p.uid);
+        write(
+            &pod,
+            serde_json::json!({"sandbox_hash": reconcile::legacy_sandbox_hash(&p), "grace_secs": 7}),
+        );
+        let mut unreadable = Vec::new();
+        assert!(read_pod(dir.path(), &p, Instant::now(), &mut unreadable).is_some());
     }
 }

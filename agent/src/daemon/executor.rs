@@ -108,6 +108,32 @@ impl Agent {
                 container,
                 resources,
             } => self.resize(pod, &plans[pod], container, resources),
+            Action::RefreshFiles { pod } => {
+                let p = &plans[pod];
+                let Some(run) = self.live(pod) else { return };
+                let written = crate::runtime::sandbox::write_file_volumes(&run.sandbox, p);
+                match written {
+                    Ok(()) => self.event(
+                        Kind::Normal,
+                        "FilesUpdated",
+                        pod,
+                        None,
+                        "its downward API files were rewritten in place".into(),
+                    ),
+                    Err(e) => self.event(
+                        Kind::Warning,
+                        "FailedMount",
+                        pod,
+                        None,
+                        crate::error_chain(&e),
+                    ),
+                }
+                // Not tried again until they change once more: a pass
+                // must not spin on a failing write.
+                if let Some(run) = self.live_mut(pod) {
+                    run.files_hash = reconcile::files_hash(p);
+                }
+            }
             Action::RecreatePod { pod } | Action::DeletePod { pod, .. } => {
                 let (reason, message) = match action {
                     Action::RecreatePod { .. } => (

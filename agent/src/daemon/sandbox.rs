@@ -107,6 +107,7 @@ impl Agent {
             ip,
             created,
             deadline_exceeded: false,
+            files_hash: crate::reconcile::files_hash(p),
             containers: Default::default(),
         })
     }

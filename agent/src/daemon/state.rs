@@ -166,6 +166,8 @@ pub struct PodRun {
     /// Its `activeDeadlineSeconds` passed: its containers were stopped and
     /// none starts again; the pod is Failed (`DeadlineExceeded`).
     pub deadline_exceeded: bool,
+    /// `reconcile::files_hash` of what its API data volumes hold.
+    pub files_hash: String,
     pub containers: Containers,
 }
 
@@ -177,6 +179,7 @@ impl PodRun {
             sandbox_hash: self.sandbox_hash.clone(),
             grace: self.grace,
             deadline_exceeded: self.deadline_exceeded,
+            files_hash: self.files_hash.clone(),
             containers: self
                 .containers
                 .iter()

@@ -15,6 +15,7 @@
 //!   containers) recreate the pod; one container's spec restarts that
 //!   container alone, at once even if it was backing off; resources alone
 //!   resize it in place;
+//! - new labels or annotations rewrite its downward API files in place;
 //! - a pod no longer desired is deleted within its grace period;
 //! - a container whose start is in flight (`Starting`), or that is being
 //!   stopped to start again (`Stopping`), gets no action until that is done;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use specs::hash::sha256_hex;
 
 pub use crate::by_name::ByName;
-use specs::plan::{ContainerPlan, ContainerResources, PodPlan, RestartPolicy};
+use specs::plan::{ContainerPlan, ContainerResources, PodPlan, RestartPolicy, VolumeSource};
 
 /// The kubelet's crash back-off: 10 s, doubling, at most 5 min.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -120,6 +121,8 @@ pub struct PodState {
     pub grace: Duration,
     /// Its `activeDeadlineSeconds` passed: nothing of it starts again.
     pub deadline_exceeded: bool,
+    /// `files_hash` of the files its API data volumes hold.
+    pub files_hash: String,
     pub containers: ByName<ContainerState>,
 }
 
@@ -155,6 +158,11 @@ pub enum Action {
     RecreatePod {
         pod: String,
     },
+    /// Write the files of its API data volumes anew (labels or
+    /// annotations changed), in place.
+    RefreshFiles {
+        pod: String,
+    },
     DeletePod {
         pod: String,
         grace: Duration,
@@ -169,9 +177,27 @@ pub struct Plan {
     pub wake_at: Option<Instant>,
 }
 
-/// Everything about the pod except its containers' specs and resources: a
-/// change here recreates the pod. The names of the containers are part of it.
+/// Everything about the pod except its containers' specs and resources,
+/// its labels and annotations and the files of its API data volumes: a
+/// change here recreates the pod. The names of the containers are part of
+/// it. (Labels and annotations reach a container through its env, which is
+/// its own hash, or through a downward API volume, rewritten in place.)
 pub fn sandbox_hash(p: &PodPlan) -> String {
+    let mut copy = p.clone();
+    copy.labels.clear();
+    copy.annotations.clear();
+    for v in &mut copy.volumes {
+        if let VolumeSource::Files { files } = &mut v.source {
+            files.clear();
+        }
+    }
+    legacy_sandbox_hash(&copy)
+}
+
+/// The sandbox hash as agents before downward API volumes computed it
+/// (with labels and annotations): their pods' records carry it, and they
+/// are adopted all the same.
+pub fn legacy_sandbox_hash(p: &PodPlan) -> String {
     let mut copy = p.clone();
     copy.hash.clear();
     copy.pod_resources.cpu_shares = 0;
@@ -184,6 +210,20 @@ pub fn sandbox_hash(p: &PodPlan) -> String {
     let mut bytes = serde_json::to_vec(&copy).unwrap_or_default();
     bytes.extend(serde_json::to_vec(&(init, apps)).unwrap_or_default());
     sha256_hex(&bytes)
+}
+
+/// The files of the pod's API data volumes (downwardAPI, projected): a
+/// change is written into the volumes in place, no container restarted.
+pub fn files_hash(p: &PodPlan) -> String {
+    let files: Vec<_> = p
+        .volumes
+        .iter()
+        .filter(|v| matches!(v.source, VolumeSource::Files { .. }))
+        .collect();
+    if files.is_empty() {
+        return String::new();
+    }
+    sha256_hex(&serde_json::to_vec(&files).unwrap_or_default())
 }
 
 /// The restart policy that applies to one container of `pod`: the pod's,
@@ -369,6 +409,9 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
         if state.sandbox_hash != sandbox_hash(pod) {
             out.actions.push(Action::RecreatePod { pod: key.clone() });
             continue;
+        }
+        if state.files_hash != files_hash(pod) {
+            out.actions.push(Action::RefreshFiles { pod: key.clone() });
         }
         // Failed by its deadline: it stays so until its file changes or goes.
         if state.deadline_exceeded {

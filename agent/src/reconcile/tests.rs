@@ -46,6 +46,7 @@ fn state(p: &PodPlan, containers: Vec<(&ContainerPlan, Status)>) -> Actual {
             sandbox_hash: sandbox_hash(p),
             grace: Duration::from_secs(p.termination_grace_period_secs),
             deadline_exceeded: false,
+            files_hash: String::new(),
             containers,
         },
     )])
@@ -256,10 +257,7 @@ fn a_pod_level_change_recreates_the_pod() {
     let t = Instant::now();
     let actual = running_app(&p, Status::Running { since: t }, t);
     for changed in [
-        WEB.replace(
-            "metadata: {name: web}",
-            "metadata: {name: web, labels: {tier: front}}",
-        ),
+        WEB.replace("spec:\n", "spec:\n  shareProcessNamespace: true\n"),
         WEB.replace("spec:\n", "spec:\n  hostname: other\n"),
         WEB.replace("  - {name: side, image: busybox, command: [ship]}\n", ""),
     ] {
@@ -272,6 +270,12 @@ fn a_pod_level_change_recreates_the_pod() {
             "{changed}"
         );
     }
+    // Labels and annotations alone change nothing that runs.
+    let labelled = WEB.replace(
+        "metadata: {name: web}",
+        "metadata: {name: web, labels: {tier: front}, annotations: {a: b}}",
+    );
+    assert_eq!(plan(&desired(&pod(&labelled)), &actual, t).actions, []);
 }
 
 #[test]
@@ -693,5 +697,51 @@ fn a_sidecar_restarts_whatever_the_pods_policy_until_the_apps_end() {
     assert_eq!(
         phase(&p, a.get("default/web")),
         (Phase::Pending, Some("Init:CrashLoopBackOff".into()))
+    );
+}
+
+#[test]
+fn a_label_edit_rewrites_downward_api_files_in_place_and_restarts_only_what_reads_it_in_env() {
+    let yaml = |label: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{version: '{label}'}}}}
+spec:
+  volumes:
+  - name: info
+    downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}
+  containers:
+  - {{name: app, image: busybox, volumeMounts: [{{name: info, mountPath: /info}}]}}
+  - name: env
+    image: busybox
+    env: [{{name: V, valueFrom: {{fieldRef: {{fieldPath: \"metadata.labels['version']\"}}}}}}]
+"
+        )
+    };
+    let (old, new) = (pod(&yaml("1")), pod(&yaml("2")));
+    let t = Instant::now();
+    let mut a = state(
+        &old,
+        vec![
+            (&old.containers[0], Status::Running { since: t }),
+            (&old.containers[1], Status::Running { since: t }),
+        ],
+    );
+    a.get_mut("default/web").unwrap().files_hash = files_hash(&old);
+    assert_eq!(plan(&desired(&old), &a, t).actions, []);
+    assert_eq!(sandbox_hash(&old), sandbox_hash(&new), "not recreated");
+    assert_ne!(legacy_sandbox_hash(&old), legacy_sandbox_hash(&new));
+    assert_eq!(
+        plan(&desired(&new), &a, t).actions,
+        [
+            Action::RefreshFiles {
+                pod: "default/web".into()
+            },
+            Action::RestartContainer {
+                pod: "default/web".into(),
+                container: "env".into()
+            },
+        ]
     );
 }

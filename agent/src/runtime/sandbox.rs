@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use specs::plan::{HostPathType, PodPlan, VolumeSource};
+use specs::plan::{FilePlan, HostPathType, PodPlan, VolumeSource};
 
 use super::{io, RuntimeError};
 
@@ -167,6 +167,11 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
                 host_path(&v.name, &p, *kind)?;
                 p
             }
+            VolumeSource::Files { files } => {
+                let p = dir.join("volumes").join(&v.name);
+                write_files(&p, files).map_err(io("write the files of", &p))?;
+                p
+            }
         };
         volumes.push((v.name.clone(), path));
     }
@@ -181,6 +186,123 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
         files: Vec::new(),
         pod_ip: None,
     })
+}
+
+/// Writes the files of every API data volume of `pod` again (its labels
+/// or annotations changed), each volume swapped as one.
+pub fn write_file_volumes(sb: &Sandbox, pod: &PodPlan) -> Result<(), RuntimeError> {
+    for v in &pod.volumes {
+        let VolumeSource::Files { files } = &v.source else {
+            continue;
+        };
+        let Some((_, p)) = sb.volumes.iter().find(|(n, _)| *n == v.name) else {
+            continue;
+        };
+        write_files(p, files).map_err(io("write the files of", p))?;
+    }
+    Ok(())
+}
+
+/// The link naming the current set of a files volume.
+const DATA: &str = "..data";
+
+/// Writes a set of files into `dir` as the kubelet's `AtomicWriter` does,
+/// so that a container reading the volume sees the old set or the new one,
+/// never a mix: the files go into a new hidden directory
+/// (`..<seconds>.<nanos>`), the link `..data` is replaced by one to it with
+/// a rename, each top-level name is a link through `..data`
+/// (`labels -> ..data/labels`), and the old directory is removed. A set
+/// equal to the current one is left as it is.
+pub fn write_files(dir: &Path, files: &[FilePlan]) -> std::io::Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    std::fs::create_dir_all(dir)?;
+    let current = std::fs::read_link(dir.join(DATA)).ok();
+    if let Some(cur) = &current {
+        if same_files(&dir.join(cur), files) {
+            return Ok(());
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut name = format!("..{}.{:09}", now.as_secs(), now.subsec_nanos());
+    while dir.join(&name).exists() {
+        name.push('_');
+    }
+    let new = dir.join(&name);
+    std::fs::create_dir(&new)?;
+    std::fs::set_permissions(&new, PermissionsExt::from_mode(0o755))?;
+    for f in files {
+        let path = new.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &f.content)?;
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(f.mode))?;
+    }
+    let tmp = dir.join("..data_tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    symlink(&name, &tmp)?;
+    std::fs::rename(&tmp, dir.join(DATA))?;
+    let tops: std::collections::BTreeSet<&str> = files
+        .iter()
+        .filter_map(|f| f.path.split('/').next())
+        .collect();
+    for top in &tops {
+        let link = dir.join(top);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new(DATA).join(top), &link)?;
+        }
+    }
+    // Names of the old set that the new one lacks.
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let n = entry.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with("..") || tops.contains(n.as_ref()) {
+            continue;
+        }
+        if entry.file_type()?.is_symlink() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    if let Some(cur) = current.filter(|c| c.as_os_str() != name.as_str()) {
+        let old = dir.join(cur);
+        // Only a directory of this volume's own making.
+        if old.parent() == Some(dir)
+            && old
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".."))
+        {
+            std::fs::remove_dir_all(old)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `data` holds exactly `files`, with their modes.
+fn same_files(data: &Path, files: &[FilePlan]) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fn count(p: &Path) -> usize {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => count(&e.path()),
+                _ => 1,
+            })
+            .sum()
+    }
+    files.iter().all(|f| {
+        let p = data.join(&f.path);
+        std::fs::symlink_metadata(&p)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o777 == f.mode)
+            && std::fs::read(&p).is_ok_and(|b| b == f.content.as_bytes())
+    }) && count(data) == files.len()
 }
 
 /// The kubelet's `SetVolumeOwnership` for a volume with an `fsGroup`:
@@ -307,4 +429,74 @@ pub fn pause_pid(pod_dir: &Path) -> Option<i32> {
         serde_json::from_slice(&std::fs::read(pod_dir.join("pause.json")).ok()?).ok()?;
     let pid = i32::try_from(v["pid"].as_i64()?).ok()?;
     (crate::shim::start_ticks(pid) == v["start_ticks"].as_u64()).then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str, mode: u32) -> FilePlan {
+        FilePlan {
+            path: path.into(),
+            content: content.into(),
+            mode,
+        }
+    }
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn a_files_volume_is_swapped_as_one_set_through_its_data_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("info");
+        write_files(
+            &dir,
+            &[
+                file("labels", "app=\"a\"", 0o644),
+                file("meta/name", "p", 0o400),
+            ],
+        )
+        .unwrap();
+        let first = std::fs::read_link(dir.join("..data")).unwrap();
+        assert_eq!(read(&dir.join("labels")), "app=\"a\"");
+        assert_eq!(read(&dir.join("meta/name")), "p");
+        assert_eq!(
+            std::fs::read_link(dir.join("labels")).unwrap(),
+            Path::new("..data/labels"),
+            "a name is a link through ..data"
+        );
+        let mode = std::fs::metadata(dir.join("meta/name"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400);
+
+        // The same set: nothing is swapped.
+        write_files(
+            &dir,
+            &[
+                file("labels", "app=\"a\"", 0o644),
+                file("meta/name", "p", 0o400),
+            ],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_link(dir.join("..data")).unwrap(), first);
+
+        // A new set: a new directory, the old one and names it alone had gone.
+        write_files(&dir, &[file("labels", "app=\"b\"", 0o644)]).unwrap();
+        let second = std::fs::read_link(dir.join("..data")).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(read(&dir.join("labels")), "app=\"b\"");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want = vec!["..data", second.to_str().unwrap(), "labels"];
+        want.sort();
+        assert_eq!(names, want);
+    }
 }

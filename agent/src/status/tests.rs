@@ -47,6 +47,7 @@ fn pod_state(p: &PodPlan, containers: Vec<(&str, ContainerState)>) -> PodState {
         sandbox_hash: sandbox_hash(p),
         grace: Duration::from_secs(30),
         deadline_exceeded: false,
+        files_hash: String::new(),
         containers: containers
             .into_iter()
             .map(|(n, s)| (n.to_string(), s))

@@ -8,6 +8,7 @@ mod support;
 mod adoption;
 mod config;
 mod cpu_manager;
+mod downward;
 mod failures;
 mod hierarchy;
 mod hooks;

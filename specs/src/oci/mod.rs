@@ -312,7 +312,12 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
                 container: c.name.to_string(),
                 volume: m.volume.clone(),
             })?;
-        let rw = if m.read_only { "ro" } else { "rw" };
+        // API data (downwardAPI, projected) is read-only, as the kubelet
+        // mounts it: its files are the agent's to swap.
+        let files = pod.volumes.iter().any(|v| {
+            v.name == m.volume && matches!(v.source, crate::plan::VolumeSource::Files { .. })
+        });
+        let rw = if m.read_only || files { "ro" } else { "rw" };
         let mut options: Vec<String> = ["rbind", "rprivate", rw].map(String::from).to_vec();
         let source = match &m.sub_path {
             // The runtime must resolve the subPath beneath the volume (a

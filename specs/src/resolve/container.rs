@@ -366,6 +366,46 @@ fn hook(
     action(path, &as_probe, named_ports, issues).map(HookAction::Run)
 }
 
+/// A `resourceFieldRef` (of an env var or a downward API file) checked:
+/// a known resource and a positive divisor.
+pub fn resource_ref(
+    rp: &str,
+    rf: &crate::manifest::ResourceFieldRef,
+    issues: &mut Issues,
+) -> Option<EnvSpec> {
+    let res = rf.resource.clone().unwrap_or_default();
+    const OK: [&str; 6] = [
+        "limits.cpu",
+        "limits.memory",
+        "limits.ephemeral-storage",
+        "requests.cpu",
+        "requests.memory",
+        "requests.ephemeral-storage",
+    ];
+    if !OK.contains(&res.as_str()) {
+        issues.error(
+            push_key(rp, "resource"),
+            format!("{res:?} is not one of {}", OK.join(", ")),
+        );
+        return None;
+    }
+    let divisor = rf.divisor.as_ref().map_or("1", |d| d.0.as_str());
+    match Quantity::parse(divisor) {
+        Ok(q) if !q.is_zero() && !q.is_negative() => Some(EnvSpec::Resource(
+            rf.container_name.clone().unwrap_or_default(),
+            res,
+            q,
+        )),
+        _ => {
+            issues.error(
+                push_key(rp, "divisor"),
+                format!("{divisor:?} is not a positive quantity"),
+            );
+            None
+        }
+    }
+}
+
 /// Field paths `valueFrom.fieldRef` may name.
 fn field_ref_ok(f: &str) -> bool {
     let quoted_key = |rest: &str| {
@@ -452,35 +492,9 @@ fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec
                     let Some(rf) = &src.resource_field_ref else {
                         continue;
                     };
-                    let rp = push_key(&vp, "resourceFieldRef");
-                    let res = rf.resource.clone().unwrap_or_default();
-                    const OK: [&str; 6] = [
-                        "limits.cpu",
-                        "limits.memory",
-                        "limits.ephemeral-storage",
-                        "requests.cpu",
-                        "requests.memory",
-                        "requests.ephemeral-storage",
-                    ];
-                    if !OK.contains(&res.as_str()) {
-                        issues.error(
-                            push_key(&rp, "resource"),
-                            format!("{res:?} is not one of {}", OK.join(", ")),
-                        );
-                        continue;
-                    }
-                    let divisor = rf.divisor.as_ref().map_or("1", |d| d.0.as_str());
-                    match Quantity::parse(divisor) {
-                        Ok(q) if !q.is_zero() && !q.is_negative() => {
-                            EnvSpec::Resource(rf.container_name.clone().unwrap_or_default(), res, q)
-                        }
-                        _ => {
-                            issues.error(
-                                push_key(&rp, "divisor"),
-                                format!("{divisor:?} is not a positive quantity"),
-                            );
-                            continue;
-                        }
+                    match resource_ref(&push_key(&vp, "resourceFieldRef"), rf, issues) {
+                        Some(spec) => spec,
+                        None => continue,
                     }
                 }
             }

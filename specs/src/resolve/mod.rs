@@ -281,7 +281,6 @@ fn resolve_spec<'a>(
         host_aliases.push((ip, a.hostnames.clone()));
     }
 
-    let volumes = volumes::volumes(&k("volumes"), &spec.volumes, issues);
     // Every declared name, valid source or not: a volume with a bad source is
     // reported once, not again at each mount that names it.
     let volume_names: HashSet<String> =
@@ -389,7 +388,11 @@ fn resolve_spec<'a>(
                     .env
                     .iter()
                     .filter_map(|(n, s)| {
-                        Some((n.clone(), meta_ctx.env_value(&pc.name, s, &p, issues)?))
+                        let at = push_key(&p, "env");
+                        Some((
+                            n.clone(),
+                            meta_ctx.env_value(pc.name.as_str(), s, &at, issues)?,
+                        ))
                     })
                     .collect();
                 let mut plan = ContainerPlan {
@@ -422,6 +425,19 @@ fn resolve_spec<'a>(
     };
     let init_containers = finish(init, issues);
     let containers = finish(apps, issues);
+    // Volumes after the containers: a downward API file may show their
+    // resources.
+    let content = |s: &EnvSpec, path: &str, issues: &mut Issues| -> Option<String> {
+        match s {
+            EnvSpec::Field(f) if f == "metadata.labels" => Some(format_map(&meta.labels)),
+            EnvSpec::Field(f) if f == "metadata.annotations" => Some(format_map(&meta.annotations)),
+            _ => match meta_ctx.env_value("", s, path, issues)? {
+                EnvValue::Literal(v) => Some(v),
+                EnvValue::PodIp | EnvValue::HostIp => None,
+            },
+        }
+    };
+    let volumes = volumes::volumes(&k("volumes"), &spec.volumes, &content, issues);
     let name = name?;
     if issues.has_errors() {
         return None;
@@ -698,7 +714,7 @@ struct MetaCtx<'a> {
 impl MetaCtx<'_> {
     fn env_value(
         &self,
-        own: &crate::names::ContainerName,
+        own: &str,
         s: &EnvSpec,
         path: &str,
         issues: &mut Issues,
@@ -732,12 +748,12 @@ impl MetaCtx<'_> {
             },
             EnvSpec::Resource(container, res, divisor) => {
                 let target = if container.is_empty() {
-                    own.as_str()
+                    own
                 } else {
                     container.as_str()
                 };
                 let Some(r) = self.resources.get(target) else {
-                    issues.error(path.to_string() + ".env", format!("resourceFieldRef names container {target:?}, which this pod does not have"));
+                    issues.error(path.to_string(), format!("resourceFieldRef names container {target:?}, which this pod does not have"));
                     return None;
                 };
                 let cpus = self.node.cpus.as_ref().map_or(1, |c| c.len() as u64);
@@ -760,6 +776,35 @@ impl MetaCtx<'_> {
             }
         })
     }
+}
+
+/// A map as the kubelet writes it into a downward API file
+/// (`fieldpath.FormatMap`): `key="value"` lines, sorted by key, values
+/// quoted as Go's `%q`, no newline after the last.
+pub fn format_map(m: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for (k, v) in m {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
 }
 
 /// A uid that stays the same as long as the pod's namespace and name do.

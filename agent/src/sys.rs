@@ -172,6 +172,45 @@ pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<nix::pty::Winsize>
     (r == 0).then_some(ws)
 }
 
+/// Sends `fd` over the Unix socket `sock` (`SCM_RIGHTS`, one byte of data).
+pub fn send_fd(
+    sock: std::os::fd::BorrowedFd<'_>,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"t")];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map(drop)
+}
+
+/// Receives one descriptor sent by [`send_fd`] on `sock`.
+pub fn recv_fd(sock: std::os::fd::BorrowedFd<'_>) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel has just installed this descriptor in
+                // our table for this message (SCM_RIGHTS); nothing else
+                // owns it. Any further ones are not expected and are left.
+                return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(nix::errno::Errno::EBADMSG)
+}
+
 /// Makes the terminal on `fd` the calling process's controlling terminal
 /// (`TIOCSCTTY`); the caller has just called `setsid`.
 pub fn set_controlling_terminal(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {

@@ -768,6 +768,9 @@ impl Runtime {
         cmd.arg("--log").arg(dir.join("container.log"));
         cmd.arg("--seccomp-cache")
             .arg(self.state_dir.join("seccomp-cache"));
+        if c.stdin {
+            cmd.arg("--open-stdin");
+        }
         match self.cgroups.clone_into(&cg) {
             Some(dir) => {
                 cmd.arg("--cgroup-into").arg(dir);

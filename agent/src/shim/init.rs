@@ -50,6 +50,8 @@ pub struct Context<'a> {
     pub seccomp: Option<&'a [u8]>,
     pub rootfs: PathBuf,
     pub cgroup_join: &'a [PathBuf],
+    /// `terminal: true`: the socket the pty's master is sent back on.
+    pub console: Option<&'a OwnedFd>,
     /// Where warnings and the final error go.
     pub report: &'a mut File,
 }
@@ -98,6 +100,9 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
         .as_ref()
         .ok_or_else(|| fail("process")("the spec has no process".into()))?;
     enter_cwd(process.cwd())?;
+    if let Some(sock) = cx.console {
+        open_terminal(sock)?;
+    }
     let nnp = process.no_new_privileges() == Some(true);
     // Without no_new_privs a filter needs CAP_SYS_ADMIN: install it while the
     // init still has it (the profile allows what follows), as runc does.
@@ -113,6 +118,34 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     }
     let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(exec_failed(&path, e))
+}
+
+/// The container's terminal: a pty of its own devpts (opened after
+/// `pivot_root`, so `/dev/ptmx` is the container's), made the controlling
+/// terminal of a new session and stdin, stdout and stderr; its master goes
+/// to the shim, which logs what it reads and holds it open.
+fn open_terminal(sock: &OwnedFd) -> Result<(), InitError> {
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None)
+        .map_err(errno("terminal", "open a pty in the container".into()))?;
+    nix::unistd::setsid().map_err(errno("terminal", "setsid".into()))?;
+    crate::sys::set_controlling_terminal(pty.slave.as_fd())
+        .map_err(errno("terminal", "TIOCSCTTY".into()))?;
+    for dup in [
+        nix::unistd::dup2_stdin,
+        nix::unistd::dup2_stdout,
+        nix::unistd::dup2_stderr,
+    ] {
+        dup(&pty.slave).map_err(errno("terminal", "dup2".into()))?;
+    }
+    crate::sys::send_fd(sock.as_fd(), pty.master.as_fd())
+        .map_err(errno("terminal", "send the pty's master".into()))?;
+    Ok(())
 }
 
 /// Why execve failed, in the words a user expects.

@@ -70,6 +70,11 @@ pub struct Args {
     /// Where compiled seccomp programs are cached (by profile hash).
     #[arg(long)]
     pub seccomp_cache: Option<PathBuf>,
+    /// Keep the container's stdin open (`stdin: true`): a pipe the shim
+    /// holds and nobody writes to, rather than /dev/null, so a process
+    /// reading it waits instead of seeing its end.
+    #[arg(long)]
+    pub open_stdin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +260,25 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let null = File::open("/dev/null").map_err(io_err("open /dev/null"))?;
+    // `terminal: true` (tty): the init opens a pty of the container's own
+    // devpts and sends its master back over this socket, as runc's console
+    // socket; the shim then logs what the master reads.
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    let console = if terminal {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let flags = SockFlag::SOCK_CLOEXEC;
+        Some(
+            socketpair(AddressFamily::Unix, SockType::Stream, None, flags)
+                .map_err(sys_err("socketpair"))?,
+        )
+    } else {
+        None
+    };
+    let stdin = if args.open_stdin && !terminal {
+        Some(pipe()?)
+    } else {
+        None
+    };
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     chld.thread_block().map_err(sys_err("block SIGCHLD"))?;
@@ -303,7 +327,11 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
                 Some(&SigSet::empty()),
                 None,
             );
-            let redirect = nix::unistd::dup2_stdin(&null)
+            let stdin_fd = match &stdin {
+                Some((r, _)) => r.as_fd(),
+                None => null.as_fd(),
+            };
+            let redirect = nix::unistd::dup2_stdin(stdin_fd)
                 .and_then(|_| nix::unistd::dup2_stdout(&out_w))
                 .and_then(|_| nix::unistd::dup2_stderr(&err_w));
             let mut report = File::from(report_w);
@@ -316,6 +344,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
                 seccomp: seccomp.as_deref(),
                 rootfs,
                 cgroup_join: &cgroup_join,
+                console: console.as_ref().map(|(_, child)| child),
                 report: &mut report,
             };
             let e = init::run(&mut cx);
@@ -325,6 +354,9 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
         ForkResult::Parent { child } => child,
     };
     drop((report_w, out_w, err_w, null, into));
+    let console = console.map(|(parent, _child)| parent);
+    // The write end of an open stdin lives as long as the shim.
+    let _stdin_writer = stdin.map(|(_r, w)| w);
 
     // EOF on the report pipe: the process was exec'd (or the init died).
     let mut report = String::new();
@@ -368,7 +400,23 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     drop((spec, seccomp, started, report));
     sys::trim_heap();
 
-    let status = pump(child, &sigfd, [out_r, err_r], &mut log)?;
+    // With a terminal, what the container writes comes through the pty's
+    // master (stdout and stderr together, as the kubelet logs a tty).
+    let first = match &console {
+        Some(sock) => match sys::recv_fd(sock.as_fd()) {
+            Ok(master) => {
+                drop(out_r);
+                master
+            }
+            Err(e) => {
+                eprintln!("podagent-shim: the terminal's master: {e}");
+                out_r
+            }
+        },
+        None => out_r,
+    };
+    drop(console);
+    let status = pump(child, &sigfd, [first, err_r], &mut log)?;
     let _ = log.flush();
     let (exit_code, signal) = match status {
         WaitStatus::Exited(_, code) => (code, None),

@@ -17,3 +17,4 @@ mod lifecycle;
 mod pods_dir;
 mod policy;
 mod probes;
+mod terminal;

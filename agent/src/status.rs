@@ -36,6 +36,9 @@ pub struct PodStatus {
     pub phase: String,
     /// What kubectl would show instead of the phase (`Init:0/1`).
     pub reason: Option<String>,
+    /// Why it failed, in the kubelet's words (an eviction's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub conditions: Vec<Condition>,
     pub ip: Option<String>,
     /// The node's address (`status.hostIP`), once the pod is on it.
@@ -112,6 +115,8 @@ pub struct ContainerSeen<'a> {
 #[derive(Debug, Clone)]
 pub struct PodSeen<'a> {
     pub state: &'a PodState,
+    /// Why it was evicted.
+    pub evicted: Option<&'a str>,
     pub ip: Option<&'a str>,
     pub created: SystemTime,
     /// By container name; a container missing here has none of it.
@@ -255,6 +260,7 @@ pub fn pod_status(
         file: file.to_string(),
         phase: format!("{phase:?}"),
         reason,
+        message: seen.and_then(|s| s.evicted).map(str::to_string),
         conditions: vec![
             condition("PodScheduled", state.is_some()),
             condition("Initialized", initialized),
@@ -280,6 +286,7 @@ pub fn leaving_pod_status(key: &str, uid: &str) -> PodStatus {
         file: String::new(),
         phase: "Running".into(),
         reason: Some("Terminating".into()),
+        message: None,
         conditions: Vec::new(),
         ip: None,
         host_ip: None,

@@ -120,6 +120,7 @@ pub fn changes(
                     sandbox_hash: reconcile::sandbox_hash(p),
                     grace: std::time::Duration::from_secs(p.termination_grace_period_secs),
                     deadline_exceeded: false,
+                    evicted: false,
                     files_hash: reconcile::files_hash(p),
                     containers,
                 },

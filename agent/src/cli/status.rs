@@ -131,6 +131,9 @@ pub fn pod_object(p: &Value) -> Value {
     if let Some(reason) = p["reason"].as_str() {
         status["reason"] = json!(reason);
     }
+    if let Some(message) = p["message"].as_str() {
+        status["message"] = json!(message);
+    }
     let mut obj = json!({
         "apiVersion": "v1",
         "kind": "Pod",

@@ -18,6 +18,8 @@
 //! - `hooks`: lifecycle hooks (postStart, preStop) on threads, their
 //!   results applied;
 //! - `images`: image garbage collection, on a thread, started at resyncs;
+//! - `storage`: ephemeral storage measured on a thread, pods over their
+//!   limits evicted;
 //! - `terminate`: stops and kills with their deadlines, pods removed once
 //!   their containers are gone;
 //! - `publish`: the status projection (`crate::status`, pure) and the
@@ -34,6 +36,7 @@ mod probes;
 mod publish;
 mod sandbox;
 mod state;
+mod storage;
 mod supervise;
 mod terminate;
 
@@ -152,6 +155,7 @@ pub struct Agent {
     /// The shims this agent spawned (its children), to reap.
     children: Vec<i32>,
     image_gc: images::ImageGc,
+    storage: storage::StorageCheck,
 }
 
 impl Agent {
@@ -264,6 +268,7 @@ impl Agent {
             wake,
             children: Vec::new(),
             image_gc,
+            storage: storage::StorageCheck::new(),
         })
     }
 
@@ -314,6 +319,7 @@ impl Agent {
             self.enforce_deadlines();
             let wake = self.reconcile();
             self.run_probes();
+            self.check_storage();
             self.enforce_kills();
             if self.progress_terminations() {
                 continue; // a pod is gone: plan again (it may be recreated)
@@ -350,6 +356,7 @@ impl Agent {
                         self.drain_wake();
                         self.probe_results();
                         self.hook_results();
+                        self.storage_results();
                         self.start_results();
                     }
                     Token::Shim { pod, container } => self.shim_gone(&pod, &container),
@@ -430,6 +437,14 @@ impl Agent {
         }
         if let Some(d) = self.next_deadline() {
             at(d);
+        }
+        // Storage is measured only while a pod has a limit.
+        let limited = self.pods.iter().any(|(key, pod)| {
+            matches!(pod, Pod::Live(run) if run.evicted.is_none())
+                && self.sources.pod(key).is_some_and(has_storage_limit)
+        });
+        if limited {
+            at(self.storage.next_at);
         }
         first
     }
@@ -514,6 +529,21 @@ impl Agent {
                 .record(kind, reason, object, container, message, now_rfc3339());
         }
     }
+}
+
+/// A pod with an ephemeral-storage limit or a disk emptyDir `sizeLimit`.
+fn has_storage_limit(p: &specs::PodPlan) -> bool {
+    p.all_containers()
+        .any(|c| c.resources.ephemeral_storage_limit_bytes.is_some())
+        || p.volumes.iter().any(|v| {
+            matches!(
+                v.source,
+                specs::plan::VolumeSource::EmptyDir {
+                    memory: false,
+                    size_limit_bytes: Some(_)
+                }
+            )
+        })
 }
 
 fn now_rfc3339() -> String {

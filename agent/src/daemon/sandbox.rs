@@ -107,6 +107,7 @@ impl Agent {
             ip,
             created,
             deadline_exceeded: false,
+            evicted: None,
             files_hash: crate::reconcile::files_hash(p),
             containers: Default::default(),
         })

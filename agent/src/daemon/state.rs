@@ -166,6 +166,9 @@ pub struct PodRun {
     /// Its `activeDeadlineSeconds` passed: its containers were stopped and
     /// none starts again; the pod is Failed (`DeadlineExceeded`).
     pub deadline_exceeded: bool,
+    /// Evicted (over an ephemeral storage limit), with the kubelet's
+    /// message: its containers were stopped and none starts again.
+    pub evicted: Option<String>,
     /// `reconcile::files_hash` of what its API data volumes hold.
     pub files_hash: String,
     pub containers: Containers,
@@ -179,6 +182,7 @@ impl PodRun {
             sandbox_hash: self.sandbox_hash.clone(),
             grace: self.grace,
             deadline_exceeded: self.deadline_exceeded,
+            evicted: self.evicted.is_some(),
             files_hash: self.files_hash.clone(),
             containers: self
                 .containers
@@ -197,6 +201,7 @@ impl PodRun {
     pub fn seen<'a>(&'a self, state: &'a PodState) -> PodSeen<'a> {
         PodSeen {
             state,
+            evicted: self.evicted.as_deref(),
             ip: self.ip.as_deref(),
             created: self.created,
             containers: self

@@ -240,7 +240,11 @@ impl Agent {
         c.last_exit = Some(exited);
         // A pod failed by its deadline restarts nothing, nor does a sidecar
         // stopped once its pod's app containers ended.
-        if for_good || self.live(key).is_some_and(|r| r.deadline_exceeded) {
+        if for_good
+            || self
+                .live(key)
+                .is_some_and(|r| r.deadline_exceeded || r.evicted.is_some())
+        {
             return;
         }
         let Some(c) = self.container_mut(key, name) else {

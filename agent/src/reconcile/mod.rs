@@ -121,6 +121,8 @@ pub struct PodState {
     pub grace: Duration,
     /// Its `activeDeadlineSeconds` passed: nothing of it starts again.
     pub deadline_exceeded: bool,
+    /// Evicted for its ephemeral storage: nothing of it starts again.
+    pub evicted: bool,
     /// `files_hash` of the files its API data volumes hold.
     pub files_hash: String,
     pub containers: ByName<ContainerState>,
@@ -336,6 +338,9 @@ pub fn phase(pod: &PodPlan, state: Option<&PodState>) -> (Phase, Option<String>)
     if state.deadline_exceeded {
         return (Phase::Failed, Some("DeadlineExceeded".into()));
     }
+    if state.evicted {
+        return (Phase::Failed, Some("Evicted".into()));
+    }
     let get = |c: &ContainerPlan| state.containers.get(c.name.as_str());
     let inits = &pod.init_containers;
     let done = (0..inits.len())
@@ -413,8 +418,9 @@ pub fn plan(desired: &Desired, actual: &Actual, now: Instant) -> Plan {
         if state.files_hash != files_hash(pod) {
             out.actions.push(Action::RefreshFiles { pod: key.clone() });
         }
-        // Failed by its deadline: it stays so until its file changes or goes.
-        if state.deadline_exceeded {
+        // Failed by its deadline or evicted: it stays so until its file
+        // changes or goes.
+        if state.deadline_exceeded || state.evicted {
             continue;
         }
         let act = |a: Action, out: &mut Plan| out.actions.push(a);

@@ -46,6 +46,7 @@ fn state(p: &PodPlan, containers: Vec<(&ContainerPlan, Status)>) -> Actual {
             sandbox_hash: sandbox_hash(p),
             grace: Duration::from_secs(p.termination_grace_period_secs),
             deadline_exceeded: false,
+            evicted: false,
             files_hash: String::new(),
             containers,
         },

@@ -47,6 +47,7 @@ fn pod_state(p: &PodPlan, containers: Vec<(&str, ContainerState)>) -> PodState {
         sandbox_hash: sandbox_hash(p),
         grace: Duration::from_secs(30),
         deadline_exceeded: false,
+        evicted: false,
         files_hash: String::new(),
         containers: containers
             .into_iter()
@@ -57,6 +58,7 @@ fn pod_state(p: &PodPlan, containers: Vec<(&str, ContainerState)>) -> PodState {
 
 fn seen<'a>(state: &'a PodState, extra: Vec<(&'a str, ContainerSeen<'a>)>) -> PodSeen<'a> {
     PodSeen {
+        evicted: None,
         state,
         ip: Some("10.88.0.5"),
         created: UNIX_EPOCH + Duration::from_secs(1_779_999_000),

@@ -17,4 +17,5 @@ mod lifecycle;
 mod pods_dir;
 mod policy;
 mod probes;
+mod storage;
 mod terminal;

@@ -330,3 +330,88 @@ pub fn bpf_attach_cgroup_device(
     };
     nix::errno::Errno::result(r).map(drop)
 }
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: u32 = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+/// A detached copy of the mount tree at `path` (`open_tree` with
+/// `OPEN_TREE_CLONE`), its ids shown through the mapping of the user
+/// namespace `userns` (`mount_setattr` with `MOUNT_ATTR_IDMAP`): an idmapped
+/// mount, not yet attached anywhere.
+pub fn idmapped_tree(
+    path: &std::path::Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL)?;
+    let flags = OPEN_TREE_CLONE | nix::libc::O_CLOEXEC as u32;
+    // SAFETY: open_tree reads the NUL-terminated path, which outlives the
+    // call, and returns a new descriptor or -1; no memory of ours is
+    // written.
+    let fd = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_open_tree,
+            nix::libc::AT_FDCWD,
+            c.as_ptr(),
+            flags,
+        )
+    };
+    let fd = nix::errno::Errno::result(fd)? as i32;
+    // SAFETY: the kernel has just returned this descriptor; nothing else
+    // owns it.
+    let tree = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr reads `attr` (its size passed with it) and the
+    // empty path, both alive for the call, and writes nothing of ours.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    nix::errno::Errno::result(r)?;
+    Ok(tree)
+}
+
+/// Attaches a detached mount tree (from [`idmapped_tree`]) at `target`, a
+/// directory given by a descriptor (`move_mount` with an empty path).
+pub fn attach_tree(
+    tree: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: move_mount reads two empty NUL-terminated paths that outlive
+    // the call; it writes no memory of ours.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
+}

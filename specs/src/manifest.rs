@@ -150,7 +150,7 @@ pub struct PodSpec {
     pub set_hostname_as_fqdn: Option<Value>,
     // Valid Kubernetes that changes what runs, unsupported here: an error.
     pub ephemeral_containers: Option<Value>,
-    pub host_users: Option<Value>,
+    pub host_users: Option<bool>,
     pub resource_claims: Option<Value>,
     pub resources: Option<Value>,
 }

@@ -51,6 +51,10 @@ pub struct PodPlan {
     /// the hashes of pods without it stay as they were.)
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fs_group_on_root_mismatch: bool,
+    /// `hostUsers: false`: a user namespace of its own, mapping its ids 0
+    /// to 65535 onto a range of the node's (not serialised when false).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub user_namespace: bool,
     pub supplemental_groups: Vec<u32>,
     pub volumes: Vec<VolumePlan>,
     pub init_containers: Vec<ContainerPlan>,

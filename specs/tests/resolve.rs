@@ -735,3 +735,32 @@ spec:
         ]
     );
 }
+
+#[test]
+fn host_users_false_gives_a_user_namespace_and_refuses_what_it_cannot_have() {
+    let base = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostUsers: false\n";
+    let p = one_pod(&format!(
+        "{base}  containers: [{{name: c, image: busybox}}]\n"
+    ));
+    assert!(p.user_namespace);
+    let plain = one_pod(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+    );
+    assert!(!plain.user_namespace);
+    let bad = format!(
+        "{base}  hostNetwork: true\n  shareProcessNamespace: true\n  containers: [{{name: c, image: busybox, securityContext: {{privileged: true}}}}]\n"
+    );
+    let node = NodeInfo {
+        allow_privileged: true,
+        ..node()
+    };
+    let r = load("f.yaml", bad.as_bytes(), &node);
+    assert_eq!(
+        errors(&r.diagnostics),
+        [
+            "f.yaml:5:14: spec.hostUsers: false is not allowed with hostNetwork: true",
+            "f.yaml:5:14: spec.hostUsers: false with shareProcessNamespace: true is not supported by podagent",
+            "f.yaml:5:14: spec.hostUsers: false with a privileged container is not supported by podagent",
+        ]
+    );
+}

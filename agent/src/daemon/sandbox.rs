@@ -54,6 +54,7 @@ impl Agent {
     pub(super) fn make_sandbox(&self, p: &PodPlan, adopting: bool) -> Result<PodRun, SandboxError> {
         let mut sb = sandbox::create(&self.args.state_dir, p)?;
         self.rt.ensure_pid_namespace(p, &mut sb)?;
+        self.rt.ensure_user_namespace(p, &mut sb)?;
         let (mut net_ns, mut ip) = (None, None);
         if let (Some(net), false) = (&self.net, p.host_network) {
             // Idempotent: an adopted pod keeps its address and interfaces.

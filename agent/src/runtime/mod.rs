@@ -16,6 +16,7 @@
 //! sandbox's half is apart in `sandbox.rs`.
 
 pub mod sandbox;
+pub mod userns;
 
 use std::io::BufRead;
 use std::os::fd::AsFd;
@@ -612,6 +613,47 @@ impl Runtime {
         Ok(())
     }
 
+    /// For `hostUsers: false`: the pod's range of host ids (claimed in the
+    /// node's pool) and its user namespace, made by `podagent-shim pause
+    /// --user-namespace` and kept at `pods/<uid>/ns/user`, unless it is
+    /// there; both go into the sandbox for its containers.
+    pub fn ensure_user_namespace(
+        &self,
+        pod: &PodPlan,
+        sandbox: &mut Sandbox,
+    ) -> Result<(), RuntimeError> {
+        if !pod.user_namespace {
+            return Ok(());
+        }
+        let base = userns::claim(&self.state_dir, &pod.uid)?;
+        let path = sandbox.dir.join("ns/user");
+        if !sandbox::is_ns_file(&path) {
+            let out = self
+                .shim_command(true)
+                .arg("--user-namespace")
+                .arg(&path)
+                .arg("--id-base")
+                .arg(base.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .map_err(io("spawn", &self.podagent))?;
+            if !out.status.success() || !sandbox::is_ns_file(&path) {
+                return Err(RuntimeError::StartError {
+                    container: "user namespace".into(),
+                    message: format!(
+                        "the pod's user namespace could not be made ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                });
+            }
+        }
+        sandbox.user_ns = Some((path, base));
+        Ok(())
+    }
+
     /// Kills every process in one container's cgroup, by pod uid and
     /// container name (for a container whose shim is gone).
     pub fn kill_container(&self, uid: &str, name: &str) -> Result<(), RuntimeError> {
@@ -658,7 +700,11 @@ impl Runtime {
         let image = self.images.resolve(&c.image)?;
         let dir = self.container_dir(pod, c);
         let rootfs = dir.join("bundle/rootfs");
-        mount_overlay(&image, &dir, &rootfs)?;
+        let idmap = match &sandbox.user_ns {
+            Some((ns, base)) if pod.user_namespace => Some((ns.as_path(), *base)),
+            _ => None,
+        };
+        mount_overlay(&image, &dir, &rootfs, idmap)?;
         let config = image.config.clone();
         let user_name = config.user.clone().filter(|u| !u.is_empty());
         let user = user_name.as_deref().and_then(|u| image_user(&rootfs, u));
@@ -702,6 +748,7 @@ impl Runtime {
             host_ip: self.host_ip.clone(),
             localhost_seccomp: self.localhost_seccomp(c)?,
             node_capabilities: c.security.privileged.then(crate::node::own_capabilities),
+            user_ns: sandbox.user_ns.clone(),
         };
         let spec = container_spec(pod, c, &inputs)?;
         let config_path = dir.join("bundle/config.json");
@@ -954,6 +1001,9 @@ impl Runtime {
             sandbox::remove(&self.state_dir, &uid)?;
             removed.push(uid);
         }
+        // A range whose pod is gone (or was never made) is free again.
+        let pods = self.state_dir.join("pods");
+        userns::release(&self.state_dir, &|uid| pods.join(uid).exists())?;
         Ok(removed)
     }
 }
@@ -976,8 +1026,19 @@ fn is_mounted(p: &Path) -> bool {
 }
 
 /// The container's rootfs: its image's layers as overlay lower dirs (top
-/// first), its own upper and work dirs.
-fn mount_overlay(image: &ResolvedImage, dir: &Path, rootfs: &Path) -> Result<(), RuntimeError> {
+/// first), its own upper and work dirs. With a user namespace (`idmap`:
+/// its file and first host id), each layer is an idmapped mount through
+/// the namespace's mapping (its root's files are the container root's),
+/// attached under `lower/` only until the overlay holds it, and the upper
+/// and work dirs belong to the container's root on the host, as
+/// containerd does (overlayfs takes idmapped layers; an overlay mount
+/// itself cannot be idmapped).
+fn mount_overlay(
+    image: &ResolvedImage,
+    dir: &Path,
+    rootfs: &Path,
+    idmap: Option<(&Path, u32)>,
+) -> Result<(), RuntimeError> {
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     for d in [&upper, &work, &rootfs.to_path_buf()] {
         std::fs::create_dir_all(d).map_err(io("create", d))?;
@@ -985,19 +1046,57 @@ fn mount_overlay(image: &ResolvedImage, dir: &Path, rootfs: &Path) -> Result<(),
     if is_mounted(rootfs) {
         return Ok(());
     }
-    let lower: Vec<String> = image
+    let mut lower: Vec<String> = image
         .layers
         .iter()
         .rev()
         .map(|l| l.display().to_string())
         .collect();
+    let mut attached = Vec::new();
+    if let Some((ns, base)) = idmap {
+        let id = Some(nix::unistd::Uid::from_raw(base));
+        let gid = Some(nix::unistd::Gid::from_raw(base));
+        for d in [&upper, &work] {
+            nix::unistd::chown(d.as_path(), id, gid).map_err(|e| RuntimeError::Io {
+                op: "chown",
+                path: d.clone(),
+                source: e.into(),
+            })?;
+        }
+        let userns = std::fs::File::open(ns).map_err(io("open", ns))?;
+        let layers = dir.join("lower");
+        for (i, l) in lower.iter_mut().enumerate() {
+            let at = layers.join(i.to_string());
+            std::fs::create_dir_all(&at).map_err(io("create", &at))?;
+            let idmapped = |e: nix::Error| {
+                RuntimeError::Io {
+                op: "make an idmapped mount of",
+                path: PathBuf::from(l.as_str()),
+                source: std::io::Error::other(format!(
+                    "{e} (the kernel or the image store's filesystem cannot idmap it: hostUsers: false needs Linux 5.19 and a filesystem that supports idmapped mounts)"
+                )),
+            }
+            };
+            let tree = crate::sys::idmapped_tree(Path::new(l.as_str()), userns.as_fd())
+                .map_err(idmapped)?;
+            let target = std::fs::File::open(&at).map_err(io("open", &at))?;
+            crate::sys::attach_tree(tree.as_fd(), target.as_fd()).map_err(idmapped)?;
+            attached.push(at.clone());
+            *l = at.display().to_string();
+        }
+    }
+    let detach = |attached: &[PathBuf]| {
+        for at in attached {
+            let _ = umount2(at, MntFlags::MNT_DETACH);
+        }
+    };
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         upper.display(),
         work.display()
     );
-    mount(
+    let mounted = mount(
         Some("overlay"),
         rootfs,
         Some("overlay"),
@@ -1008,7 +1107,10 @@ fn mount_overlay(image: &ResolvedImage, dir: &Path, rootfs: &Path) -> Result<(),
         op: "mount overlay at",
         path: rootfs.to_path_buf(),
         source: e.into(),
-    })
+    });
+    // The overlay holds its layers: their own mounts are not needed.
+    detach(&attached);
+    mounted
 }
 
 #[cfg(test)]

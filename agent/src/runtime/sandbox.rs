@@ -30,6 +30,9 @@ pub struct Sandbox {
     pub files: Vec<(String, PathBuf)>,
     /// The pod's address (`status.podIP` in env), set by the caller.
     pub pod_ip: Option<String>,
+    /// `hostUsers: false`: its user namespace's file and first host id,
+    /// set by `Runtime::ensure_user_namespace`.
+    pub user_ns: Option<(PathBuf, u32)>,
 }
 
 fn sys<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> RuntimeError + 'a {
@@ -51,7 +54,7 @@ fn is_mountpoint(p: &Path) -> bool {
     }
 }
 
-fn is_ns_file(p: &Path) -> bool {
+pub(crate) fn is_ns_file(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
@@ -185,6 +188,7 @@ pub fn create(state_dir: &Path, pod: &PodPlan) -> Result<Sandbox, RuntimeError> 
         volumes,
         files: Vec::new(),
         pod_ip: None,
+        user_ns: None,
     })
 }
 
@@ -410,7 +414,12 @@ pub fn remove(state_dir: &Path, uid: &str) -> Result<(), RuntimeError> {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let mut mounted = vec![dir.join("ns/ipc"), dir.join("ns/uts"), dir.join("shm")];
+    let mut mounted = vec![
+        dir.join("ns/ipc"),
+        dir.join("ns/uts"),
+        dir.join("ns/user"),
+        dir.join("shm"),
+    ];
     if let Ok(entries) = std::fs::read_dir(dir.join("volumes")) {
         mounted.extend(entries.flatten().map(|e| e.path()));
     }
@@ -419,7 +428,9 @@ pub fn remove(state_dir: &Path, uid: &str) -> Result<(), RuntimeError> {
             umount2(&p, MntFlags::MNT_DETACH).map_err(sys("unmount", &p))?;
         }
     }
-    std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+    std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+    // Its id range, if it had one, is free again.
+    super::userns::release(state_dir, &|u| u != uid)
 }
 
 /// The pod's pause process (`pause.json`), if it is still the process that

@@ -111,6 +111,23 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
         })?;
         opened.push((name, f, flag));
     }
+    // A container of its own user namespace (`hostUsers: false`): opened
+    // here (its /proc entry is out of sight once in the container), entered
+    // last, as its init did, and as its root there.
+    let user = ns("user").map_err(|e| ShimError::Io {
+        what: "open the container's user namespace".into(),
+        source: e,
+    })?;
+    let own = File::open("/proc/self/ns/user").map_err(|e| ShimError::Io {
+        what: "open this process's user namespace".into(),
+        source: e,
+    })?;
+    use std::os::unix::fs::MetadataExt;
+    let (theirs, ours) = (user.metadata(), own.metadata());
+    let other = match (theirs, ours) {
+        (Ok(a), Ok(b)) => a.ino() != b.ino() || a.dev() != b.dev(),
+        _ => false,
+    };
     for (name, f, flag) in &opened {
         setns(f.as_fd(), *flag).map_err(|e| ShimError::Sys {
             what: format!("enter the container's {name} namespace"),
@@ -118,6 +135,9 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
         })?;
     }
     drop(opened);
+    if other {
+        init::join_user_namespace(&user.into()).map_err(|e| ShimError::Config(e.to_string()))?;
+    }
     // The pty is the container's: /dev/ptmx there points at its devpts.
     let pty = if args.tty {
         let size = sys::window_size(std::io::stdin().as_fd());

@@ -74,12 +74,13 @@ enum Never {}
 
 fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     make_undumpable()?;
+    let userns = user_namespace(cx.spec)?;
     enter_cgroup(cx.cgroup_join)?;
     enter_cgroup_namespace(cx.spec)?;
     let old_umask = nix::sys::stat::umask(Mode::empty());
     isolate_mounts()?;
     let root = mount_rootfs(&cx.rootfs)?;
-    mount_all(cx.spec, &root)?;
+    mount_all(cx.spec, &root, userns.as_ref())?;
     create_devices(&root)?;
     create_cwd(cx.spec, &root)?;
     let null = host_dev_null()?;
@@ -102,6 +103,9 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     enter_cwd(process.cwd())?;
     if let Some(sock) = cx.console {
         open_terminal(sock)?;
+    }
+    if let Some(ns) = &userns {
+        join_user_namespace(ns)?;
     }
     let nnp = process.no_new_privileges() == Some(true);
     // Without no_new_privs a filter needs CAP_SYS_ADMIN: install it while the
@@ -234,7 +238,44 @@ fn mount_rootfs(rootfs: &Path) -> Result<OwnedFd, InitError> {
     .map_err(errno("rootfs", format!("open {}", rootfs.display())))
 }
 
-fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
+/// The pod's user namespace the spec names (`hostUsers: false`), opened
+/// while the init is still the node's root.
+fn user_namespace(spec: &Spec) -> Result<Option<OwnedFd>, InitError> {
+    let path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| {
+            nss.iter()
+                .find(|n| n.typ() == LinuxNamespaceType::User)
+                .and_then(|n| n.path().clone())
+        });
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let f = std::fs::File::open(&path)
+        .map_err(|e| fail("user_namespace")(format!("open {}: {e}", path.display())))?;
+    Ok(Some(f.into()))
+}
+
+/// Enters the pod's user namespace, last of all the setup (mounts,
+/// hostname, sysctls, rlimits, cgroups are the node root's to make): the
+/// init is then its root, with its capabilities only there; its mount,
+/// PID, network, IPC and UTS namespaces stay the node's, so even
+/// CAP_SYS_ADMIN in it mounts nothing.
+pub(super) fn join_user_namespace(ns: &OwnedFd) -> Result<(), InitError> {
+    nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER)
+        .map_err(errno("user_namespace", "setns".into()))?;
+    let root = (Uid::from_raw(0), Gid::from_raw(0));
+    nix::unistd::setgroups(&[]).map_err(errno("user_namespace", "setgroups".into()))?;
+    nix::unistd::setresgid(root.1, root.1, root.1)
+        .map_err(errno("user_namespace", "setresgid".into()))?;
+    nix::unistd::setresuid(root.0, root.0, root.0)
+        .map_err(errno("user_namespace", "setresuid".into()))?;
+    Ok(())
+}
+
+fn mount_all(spec: &Spec, root: &OwnedFd, userns: Option<&OwnedFd>) -> Result<(), InitError> {
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination();
         let opts = mounts::parse(m.options().as_deref().unwrap_or(&[]));
@@ -261,7 +302,16 @@ fn mount_all(spec: &Spec, root: &OwnedFd) -> Result<(), InitError> {
         let target = mounts::target(root, dest, file).map_err(fail("mount"))?;
         let at = mounts::fd_path(&target);
         let shown = dest.display().to_string();
-        if bind {
+        if let (true, true, Some(ns)) = (bind, opts.idmap, userns) {
+            let idmapped = |e: nix::Error| {
+                fail("mount")(format!(
+                    "idmapped bind of {} on {shown}: {e} (hostUsers: false needs a filesystem that supports idmapped mounts; tmpfs does from Linux 6.3)",
+                    source.display()
+                ))
+            };
+            let tree = crate::sys::idmapped_tree(&source, ns.as_fd()).map_err(idmapped)?;
+            crate::sys::attach_tree(tree.as_fd(), target.as_fd()).map_err(idmapped)?;
+        } else if bind {
             mount(
                 Some(&source),
                 &at,

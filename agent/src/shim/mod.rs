@@ -186,7 +186,11 @@ fn enter_namespaces(spec: &Spec) -> Result<(), ShimError> {
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
             LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
-            LinuxNamespaceType::Mount | LinuxNamespaceType::Cgroup => continue,
+            // The user namespace is joined by the init, last (it needs the
+            // node's root for everything before).
+            LinuxNamespaceType::Mount | LinuxNamespaceType::Cgroup | LinuxNamespaceType::User => {
+                continue
+            }
             other => {
                 return Err(ShimError::Config(format!(
                     "namespace {other:?} is not supported"

@@ -23,6 +23,8 @@ pub struct Options {
     pub readonly: bool,
     /// A subPath's volume: the source must resolve beneath it.
     pub beneath: Option<PathBuf>,
+    /// Bound as an idmapped mount through the container's user namespace.
+    pub idmap: bool,
 }
 
 pub fn parse(options: &[String]) -> Options {
@@ -33,6 +35,7 @@ pub fn parse(options: &[String]) -> Options {
         bind: false,
         readonly: false,
         beneath: None,
+        idmap: false,
     };
     let mut data = Vec::new();
     for opt in options {
@@ -59,6 +62,7 @@ pub fn parse(options: &[String]) -> Options {
             "rslave" => o.propagation = Some(MsFlags::MS_SLAVE | MsFlags::MS_REC),
             "shared" => o.propagation = Some(MsFlags::MS_SHARED),
             "rshared" => o.propagation = Some(MsFlags::MS_SHARED | MsFlags::MS_REC),
+            specs::oci::IDMAP => o.idmap = true,
             other => match other.strip_prefix(specs::oci::SUBPATH_BENEATH) {
                 Some(dir) => o.beneath = Some(PathBuf::from(dir)),
                 // Other `x-` options are for userspace tools, never the kernel.

@@ -19,3 +19,4 @@ mod policy;
 mod probes;
 mod storage;
 mod terminal;
+mod userns;

@@ -67,6 +67,8 @@ pub enum OciError {
     RunsAsRoot { container: String },
     #[error("container {container}: container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root")]
     NonNumericUser { container: String, user: String },
+    #[error("container {container}: its pod's user namespace is not made")]
+    NoUserNamespace { container: String },
     #[error("container {container}: building the OCI spec")]
     Build {
         container: String,
@@ -124,7 +126,13 @@ pub struct OciInputs {
     /// privileged container: it gets these, as containerd gives it the
     /// capabilities it has, not every one the kernel knows.
     pub node_capabilities: Option<std::collections::BTreeSet<String>>,
+    /// `hostUsers: false`: the pod's user namespace (a file the runtime
+    /// keeps) and the first host id of its range of 65536.
+    pub user_ns: Option<(PathBuf, u32)>,
 }
+
+/// The ids a pod's user namespace maps, as the kubelet's: 0 to 65535.
+pub const USER_NS_SIZE: u32 = 65536;
 
 /// Kubernetes' command/args rules against the image's entrypoint and cmd.
 pub fn process_args(c: &ContainerPlan, image: &ImageConfig) -> Vec<String> {
@@ -319,6 +327,9 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
         });
         let rw = if m.read_only || files { "ro" } else { "rw" };
         let mut options: Vec<String> = ["rbind", "rprivate", rw].map(String::from).to_vec();
+        if pod.user_namespace {
+            options.push(IDMAP.to_string());
+        }
         let source = match &m.sub_path {
             // The runtime must resolve the subPath beneath the volume (a
             // container may have put a symlink there): `x-` options are for
@@ -345,6 +356,11 @@ fn mounts(pod: &PodPlan, c: &ContainerPlan, inputs: &OciInputs) -> Result<Vec<Mo
 /// Mount option naming the volume directory a subPath bind mount's source
 /// must resolve beneath (symlinks included): `x-podagent-beneath=<dir>`.
 pub const SUBPATH_BENEATH: &str = "x-podagent-beneath=";
+
+/// A volume's bind mount in a pod with a user namespace: made an idmapped
+/// mount through the namespace's mapping, so the container's root owns
+/// what the node's root owns there.
+pub const IDMAP: &str = "x-podagent-idmap";
 
 /// The IO annotation as OCI's `blockIO` (the runtime's own driver writes the
 /// same values; this keeps the bundle's meaning whole for runc).
@@ -565,6 +581,18 @@ pub fn container_spec(
     };
     ns(LinuxNamespaceType::Pid, pod.host_pid, &shared_pid)?;
     ns(LinuxNamespaceType::Cgroup, !inputs.cgroup_namespace, &None)?;
+    let user_ns = if pod.user_namespace {
+        let (path, base) = inputs
+            .user_ns
+            .clone()
+            .ok_or_else(|| OciError::NoUserNamespace {
+                container: name.clone(),
+            })?;
+        ns(LinuxNamespaceType::User, false, &Some(path))?;
+        Some(base)
+    } else {
+        None
+    };
 
     let r = &c.resources;
     let mut cpu = LinuxCpuBuilder::default()
@@ -605,6 +633,18 @@ pub fn container_spec(
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources);
+    if let Some(base) = user_ns {
+        let map = |id: u32| {
+            oci_spec::runtime::LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(id)
+                .size(USER_NS_SIZE)
+                .build()
+        };
+        linux = linux
+            .uid_mappings(vec![map(base).map_err(build)?])
+            .gid_mappings(vec![map(base).map_err(build)?]);
+    }
     if let Some(p) = &inputs.cgroups_path {
         linux = linux.cgroups_path(p.clone());
     }

@@ -442,6 +442,14 @@ fn resolve_spec<'a>(
     if issues.has_errors() {
         return None;
     }
+    let privileged = init_containers
+        .iter()
+        .chain(&containers)
+        .any(|c| c.security.privileged);
+    let user_namespace = user_namespace(sp, spec, privileged, issues);
+    if issues.has_errors() {
+        return None;
+    }
     let pod_resources = pod_resources(&init_containers, &containers, pids_limit);
     let uid = meta
         .uid
@@ -467,6 +475,7 @@ fn resolve_spec<'a>(
         sysctls: pod_sec.sysctls,
         fs_group: pod_sec.fs_group,
         fs_group_on_root_mismatch: pod_sec.fs_group_on_root_mismatch,
+        user_namespace,
         supplemental_groups: pod_sec.supplemental_groups,
         volumes,
         init_containers,
@@ -605,16 +614,41 @@ fn notes_and_unsupported(sp: &str, spec: &PodSpec, issues: &mut Issues) {
             issues.error(k(field), format!("{field} is not supported by podagent"));
         }
     }
-    if spec
-        .host_users
-        .as_ref()
-        .is_some_and(|v| v.as_bool() == Some(false))
-    {
+}
+
+/// `hostUsers: false`: the pod gets a user namespace of its own. The API
+/// server refuses it with the host's network, PID or IPC namespace; podagent
+/// also refuses what would need the host's user namespace inside the pod.
+fn user_namespace(sp: &str, spec: &PodSpec, privileged: bool, issues: &mut Issues) -> bool {
+    if spec.host_users != Some(false) {
+        return false;
+    }
+    let k = |key: &str| push_key(sp, key);
+    for (field, set) in [
+        ("hostNetwork", spec.host_network == Some(true)),
+        ("hostPID", spec.host_pid == Some(true)),
+        ("hostIPC", spec.host_ipc == Some(true)),
+    ] {
+        if set {
+            issues.error(
+                k("hostUsers"),
+                format!("false is not allowed with {field}: true"),
+            );
+        }
+    }
+    if spec.share_process_namespace == Some(true) {
         issues.error(
             k("hostUsers"),
-            "user namespaces (hostUsers: false) are not supported by podagent",
+            "false with shareProcessNamespace: true is not supported by podagent",
         );
     }
+    if privileged {
+        issues.error(
+            k("hostUsers"),
+            "false with a privileged container is not supported by podagent",
+        );
+    }
+    true
 }
 
 /// `activeDeadlineSeconds`: a positive number of seconds, as the API server

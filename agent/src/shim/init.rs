@@ -86,9 +86,10 @@ fn steps(cx: &mut Context<'_>) -> Result<Never, InitError> {
     let null = host_dev_null()?;
     mask_paths(cx.spec, &root, &null)?;
     pivot(&cx.rootfs)?;
+    // Before /proc/sys is made read-only, as runc orders them.
+    apply_sysctls(cx.spec)?;
     readonly_paths(cx.spec)?;
     set_hostname(cx.spec)?;
-    apply_sysctls(cx.spec)?;
     apply_rlimits(cx)?;
     apply_oom_score_adj(cx)?;
     if cx.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {

@@ -34,6 +34,8 @@ metadata: {{name: mapped}}
 spec:
   hostUsers: false
   terminationGracePeriodSeconds: 1
+  securityContext:
+    sysctls: [{{name: net.ipv4.ip_local_port_range, value: '20000 30000'}}]
   volumes:
   - {{name: scratch, emptyDir: {{}}}}
   - {{name: data, hostPath: {{path: {host}}}}}
@@ -41,7 +43,7 @@ spec:
   - name: c
     image: busybox
     volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: data, mountPath: /data}}]
-    command: [sh, -c, 'echo map $(cat /proc/self/uid_map); echo me $(id -u); echo image $(stat -c %u /bin/busybox); echo data $(stat -c %u /data/by-root); touch /tmp/made /scratch/made; echo done; sleep 100000 & wait']
+    command: [sh, -c, 'echo map $(cat /proc/self/uid_map); echo me $(id -u); echo image $(stat -c %u /bin/busybox); echo data $(stat -c %u /data/by-root); echo ports $(cat /proc/sys/net/ipv4/ip_local_port_range); touch /tmp/made /scratch/made; mkdir -p /www; echo served > /www/index.html; httpd -p 80 -h /www; echo done; sleep 100000 & wait']
 ",
                 host = host.display()
             ),
@@ -63,8 +65,17 @@ spec:
             out.contains("data 0"),
             "a hostPath is seen with its owner: {out}"
         );
+        assert!(
+            out.contains("ports 20000 30000"),
+            "the pod's own sysctl: {out}"
+        );
         let p = pod_status(&state_s, "mapped");
         let uid = p["uid"].as_str().unwrap().to_string();
+        // Its root binds port 80 of the pod's network (the node's
+        // namespace, opened by ip_unprivileged_port_start).
+        let ip: std::net::IpAddr = p["ip"].as_str().unwrap().parse().unwrap();
+        let served = http_get(std::net::SocketAddr::new(ip, 80)).unwrap_or_default();
+        assert!(served.contains("served"), "{served:?} {}", logs());
         let cdir = state.join("containers").join(&uid).join("c");
         // Its root's files in its writable layer are the range's first id.
         let made = std::fs::metadata(cdir.join("upper/tmp/made")).unwrap();

@@ -131,6 +131,13 @@ pub struct OciInputs {
     pub user_ns: Option<(PathBuf, u32)>,
 }
 
+/// Set in the network namespace of a pod with a user namespace (a pod's
+/// own sysctls win).
+pub const USER_NS_SYSCTLS: [(&str, &str); 2] = [
+    ("net.ipv4.ip_unprivileged_port_start", "0"),
+    ("net.ipv4.ping_group_range", "0 2147483647"),
+];
+
 /// The ids a pod's user namespace maps, as the kubelet's: 0 to 65535.
 pub const USER_NS_SIZE: u32 = 65536;
 
@@ -651,8 +658,18 @@ pub fn container_spec(
     linux = linux
         .masked_paths(MASKED_PATHS.map(String::from).to_vec())
         .readonly_paths(READONLY_PATHS.map(String::from).to_vec());
-    if !pod.sysctls.is_empty() {
-        linux = linux.sysctl(pod.sysctls.iter().cloned().collect::<HashMap<_, _>>());
+    let mut sysctls: HashMap<String, String> = HashMap::new();
+    if pod.user_namespace && !pod.host_network {
+        // The pod's network namespace is the node root's: its root would
+        // otherwise bind no port below 1024 and ping nothing. containerd
+        // (2.0) opens both for every pod the same way.
+        for (k, v) in USER_NS_SYSCTLS {
+            sysctls.insert(k.to_string(), v.to_string());
+        }
+    }
+    sysctls.extend(pod.sysctls.iter().cloned());
+    if !sysctls.is_empty() {
+        linux = linux.sysctl(sysctls);
     }
     match &sec.seccomp {
         SeccompPolicy::RuntimeDefault => {

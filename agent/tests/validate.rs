@@ -38,7 +38,7 @@ fn every_example_validates() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert_eq!(
         stdout(&o),
-        "5 file(s), 5 valid pod(s), 0 error(s), 0 warning(s)\n"
+        "6 file(s), 6 valid pod(s), 0 error(s), 0 warning(s)\n"
     );
 }
 
@@ -123,7 +123,7 @@ const INVALID: &[(&str, &[&str])] = &[
         "10:17: spec.containers[0].volumeMounts[0].name: volume \"data\" is not defined in spec.volumes",
     ]),
     ("unsupported-volume.yaml", &[
-        "9:9: spec.volumes[0].persistentVolumeClaim: persistentVolumeClaim volumes are not supported by podagent (supported: emptyDir, hostPath)",
+        "9:9: spec.volumes[0].persistentVolumeClaim: persistentVolumeClaim volumes are not supported by podagent (supported: emptyDir, hostPath, downwardAPI, projected)",
     ]),
 ];
 

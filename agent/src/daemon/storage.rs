@@ -259,7 +259,6 @@ impl Agent {
     /// The kubelet's eviction: the event, every running container stopped
     /// with a 2 s grace period and no preStop hook, nothing started again.
     fn evict(&mut self, key: &str, uid: &str, message: String) {
-        let state_dir = self.args.state_dir.clone();
         let Some(Pod::Live(run)) = self.pods.get_mut(key) else {
             return;
         };
@@ -267,21 +266,39 @@ impl Agent {
             return;
         }
         run.evicted = Some(message.clone());
+        self.event(Kind::Warning, "Evicted", key, None, message);
+        self.stop_evicted(key);
+    }
+
+    /// Stops what runs of an evicted pod (a start in flight is stopped
+    /// once it runs, at the next pass): its signal now, SIGKILL 2 s later,
+    /// no preStop hook.
+    pub(super) fn stop_evicted(&mut self, key: &str) {
+        let state_dir = self.args.state_dir.clone();
+        let Some(Pod::Live(run)) = self.pods.get_mut(key) else {
+            return;
+        };
+        if run.evicted.is_none() {
+            return;
+        }
         let now = Instant::now();
         for (name, c) in run.containers.iter_mut() {
-            if !matches!(
+            let running = matches!(
                 c.state.status,
                 Status::Running { .. } | Status::Stopping { .. } | Status::Starting
-            ) {
+            );
+            if !running
+                || c.kill_at.is_some()
+                || self.starter.is_starting(&(key.to_string(), name.clone()))
+            {
                 continue;
             }
             c.probes = None;
             c.hook = None;
             c.kill_at = Some(now + super::hooks::MIN_GRACE);
-            let dir = crate::runtime::container_dir(&state_dir, uid, name).join("state");
+            let dir = crate::runtime::container_dir(&state_dir, &run.uid, name).join("state");
             crate::runtime::signal_init(&dir, c.stop.signal);
         }
-        self.event(Kind::Warning, "Evicted", key, None, message);
     }
 }
 

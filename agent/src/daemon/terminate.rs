@@ -96,6 +96,16 @@ impl Agent {
         for (key, name) in to_stop {
             self.stop_container(&key, &name);
         }
+        // An evicted pod's start that was in flight runs now: stopped too.
+        let evicted: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| matches!(p, Pod::Live(run) if run.evicted.is_some()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in evicted {
+            self.stop_evicted(&key);
+        }
     }
 
     /// When the next live pod's `activeDeadlineSeconds` pass.

@@ -406,13 +406,20 @@ pub fn resource_ref(
     }
 }
 
-/// Field paths `valueFrom.fieldRef` may name.
-fn field_ref_ok(f: &str) -> bool {
+/// `metadata.labels['k']` or `metadata.annotations['k']` with a valid key.
+pub fn metadata_key_ref(f: &str) -> bool {
     let quoted_key = |rest: &str| {
         rest.strip_prefix("['")
             .and_then(|r| r.strip_suffix("']"))
             .is_some_and(|key| names::qualified_key(key).is_ok())
     };
+    f.strip_prefix("metadata.labels").is_some_and(quoted_key)
+        || f.strip_prefix("metadata.annotations")
+            .is_some_and(quoted_key)
+}
+
+/// Field paths `valueFrom.fieldRef` may name.
+fn field_ref_ok(f: &str) -> bool {
     matches!(
         f,
         "metadata.name"
@@ -424,9 +431,7 @@ fn field_ref_ok(f: &str) -> bool {
             | "status.hostIPs"
             | "status.podIP"
             | "status.podIPs"
-    ) || f.strip_prefix("metadata.labels").is_some_and(quoted_key)
-        || f.strip_prefix("metadata.annotations")
-            .is_some_and(quoted_key)
+    ) || metadata_key_ref(f)
 }
 
 fn env(path: &str, list: &[EnvVar], issues: &mut Issues) -> Vec<(String, EnvSpec)> {

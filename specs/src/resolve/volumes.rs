@@ -9,7 +9,7 @@ use crate::names;
 use crate::plan::{FilePlan, HostPathType, VolumePlan, VolumeSource};
 use crate::quantity::Quantity;
 
-use super::container::{resource_ref, EnvSpec};
+use super::container::{metadata_key_ref, resource_ref, EnvSpec};
 use super::paths::absolute_clean;
 use super::security::relative_clean;
 
@@ -23,11 +23,6 @@ const DEFAULT_MODE: u32 = 0o644;
 /// Field paths a downward API volume may name (fewer than env: no status
 /// or spec fields).
 fn volume_field_ok(f: &str) -> bool {
-    let quoted_key = |rest: &str| {
-        rest.strip_prefix("['")
-            .and_then(|r| r.strip_suffix("']"))
-            .is_some_and(|key| names::qualified_key(key).is_ok())
-    };
     matches!(
         f,
         "metadata.name"
@@ -35,9 +30,7 @@ fn volume_field_ok(f: &str) -> bool {
             | "metadata.uid"
             | "metadata.labels"
             | "metadata.annotations"
-    ) || f.strip_prefix("metadata.labels").is_some_and(quoted_key)
-        || f.strip_prefix("metadata.annotations")
-            .is_some_and(quoted_key)
+    ) || metadata_key_ref(f)
 }
 
 /// A file mode: a number, or written in octal as YAML 1.1 (the API

@@ -1,6 +1,7 @@
 //! `podctl`: one module per subcommand.
 
 pub mod apply;
+pub mod attach;
 pub mod describe;
 pub mod events;
 pub mod exec;
@@ -34,6 +35,9 @@ pub enum Command {
     Logs(logs::Args),
     /// Run a command in a running container.
     Exec(exec::Args),
+    /// Attach to a running container's stdin and output (stdin: true or
+    /// tty: true).
+    Attach(attach::Args),
     /// The pods and their state (alias: get pods).
     #[command(alias = "get")]
     Status(status::Args),
@@ -125,6 +129,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
         Command::Apply(args) => apply::apply(&args, out, err),
         Command::Diff(args) => apply::diff(&args, out, err),
         Command::Delete(args) => apply::delete(&args, out, err),
+        Command::Attach(args) => attach::run(&args, err),
         Command::Exec(args) => match exec::run(&args, err) {
             Ok(code) => Outcome::Passed(u8::try_from(code).unwrap_or(1)),
             Err(o) => o,

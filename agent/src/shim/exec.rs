@@ -193,7 +193,7 @@ fn exec(args: &Args) -> Result<i32, ShimError> {
         ForkResult::Parent { child } => {
             if let Some(pty) = pty {
                 drop(pty.slave);
-                relay(&pty.master);
+                relay(pty.master.as_fd(), true, true);
             }
             wait(child)
         }
@@ -244,17 +244,19 @@ impl Drop for RawMode {
     }
 }
 
-/// Copies stdin to the pty and the pty to stdout until the pty's last
-/// holder (the process and what it started) has closed it.
-fn relay(master: &std::os::fd::OwnedFd) {
+/// Copies stdin (`forward`) to `master` (a pty's master, or podctl
+/// attach's socket) and what it reads to stdout, until its other side is
+/// gone (a pty's last holder closed it, or the socket's end); the terminal
+/// in raw mode meanwhile when `raw`.
+pub fn relay(master: std::os::fd::BorrowedFd<'_>, raw: bool, forward: bool) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let _raw = RawMode::enter();
+    let _raw = if raw { RawMode::enter() } else { None };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let mut stdin_open = true;
+    let mut stdin_open = forward;
     let mut buf = [0u8; 8192];
     loop {
-        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(master, PollFlags::POLLIN)];
         if stdin_open {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
@@ -283,7 +285,7 @@ fn relay(master: &std::os::fd::OwnedFd) {
             match nix::unistd::read(&stdin, &mut buf) {
                 Ok(0) | Err(_) => stdin_open = false,
                 Ok(n) => {
-                    if write_all(master.as_fd(), &buf[..n]).is_err() {
+                    if write_all(master, &buf[..n]).is_err() {
                         stdin_open = false;
                     }
                 }

@@ -15,6 +15,7 @@
 //! - `exit.json`: `exit_code`, `signal`, `started_at`, `finished_at`, `reason`
 //!   (`Completed`, `Error`, `StartError`), `message`.
 
+pub mod attach;
 pub mod exec;
 mod init;
 pub mod logs;
@@ -360,7 +361,7 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
     drop((report_w, out_w, err_w, null, into));
     let console = console.map(|(parent, _child)| parent);
     // The write end of an open stdin lives as long as the shim.
-    let _stdin_writer = stdin.map(|(_r, w)| w);
+    let stdin_writer = stdin.map(|(_r, w)| w);
 
     // EOF on the report pipe: the process was exec'd (or the init died).
     let mut report = String::new();
@@ -420,7 +421,20 @@ fn supervise(args: &Args) -> Result<i32, ShimError> {
         None => out_r,
     };
     drop(console);
-    let status = pump(child, &sigfd, [first, err_r], &mut log)?;
+    // `podctl attach` writes to the container's stdin: its pipe, or the
+    // pty's master.
+    let input = match (terminal, stdin_writer) {
+        (true, _) => nix::unistd::dup(&first).ok(),
+        (false, w) => w,
+    };
+    let mut attach = input.and_then(|input| match attach::Attach::listen(&args.state, input) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            eprintln!("podagent-shim: the attach socket: {e}");
+            None
+        }
+    });
+    let status = pump(child, &sigfd, [first, err_r], &mut log, attach.as_mut())?;
     let _ = log.flush();
     let (exit_code, signal) = match status {
         WaitStatus::Exited(_, code) => (code, None),
@@ -463,6 +477,7 @@ fn pump(
     sigfd: &SignalFd,
     pipes: [OwnedFd; 2],
     log: &mut logs::CriLog,
+    mut attach: Option<&mut attach::Attach>,
 ) -> Result<WaitStatus, ShimError> {
     let mut open = [true, true];
     let mut status = None;
@@ -476,6 +491,11 @@ fn pump(
             if open[i] {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
             }
+        }
+        let attach_from = fds.len();
+        let attach_fds = attach.as_ref().map(|a| a.fds()).unwrap_or_default();
+        for fd in &attach_fds {
+            fds.push(PollFd::new(*fd, PollFlags::POLLIN));
         }
         // Once the init is gone, output still in flight is read for at most
         // a second: a daemonised grandchild may hold the pipe open.
@@ -497,6 +517,10 @@ fn pump(
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        drop(attach_fds);
+        if let Some(a) = attach.as_mut() {
+            a.serve(&ready[attach_from..]);
+        }
         if ready[0] {
             let _ = sigfd.read_signal();
             match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
@@ -513,7 +537,12 @@ fn pump(
             if ready[slot] {
                 match nix::unistd::read(p, &mut buf) {
                     Ok(0) => open[i] = false,
-                    Ok(k) => log.feed(i, &buf[..k]).map_err(io_err("write the log"))?,
+                    Ok(k) => {
+                        if let Some(a) = attach.as_mut() {
+                            a.output(&buf[..k]);
+                        }
+                        log.feed(i, &buf[..k]).map_err(io_err("write the log"))?
+                    }
                     Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
                     Err(_) => open[i] = false,
                 }

@@ -36,6 +36,9 @@ pub struct PodStatus {
     pub phase: String,
     /// What kubectl would show instead of the phase (`Init:0/1`).
     pub reason: Option<String>,
+    /// Its QoS class (`qosClass`).
+    #[serde(default)]
+    pub qos_class: String,
     /// Why it failed, in the kubelet's words (an eviction's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -59,6 +62,16 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub kind: String,
     pub status: String,
+    /// The kubelet's reason when it gives one (`ContainersNotReady`,
+    /// `PodCompleted`, `ContainersNotInitialized`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When its status last changed (RFC 3339), filled in by the agent,
+    /// which remembers it across passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -79,6 +92,9 @@ pub struct ContainerStatus {
     pub image_id: Option<String>,
     /// When the current run started (RFC 3339).
     pub started_at: Option<String>,
+    /// The current (or last) run's `containerID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     /// The last exit's times (RFC 3339).
     pub last_started_at: Option<String>,
     pub last_finished_at: Option<String>,
@@ -187,7 +203,59 @@ fn condition(kind: &str, ok: bool) -> Condition {
     Condition {
         kind: kind.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
+        reason: None,
+        message: None,
+        last_transition_time: None,
     }
+}
+
+/// A condition with the kubelet's reason and message.
+fn explained(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>) -> Condition {
+    Condition {
+        reason: reason.map(str::to_string),
+        message,
+        ..condition(kind, ok)
+    }
+}
+
+/// A time as the API server writes it: RFC 3339 in whole seconds.
+pub fn seconds(rfc3339: &str) -> String {
+    match rfc3339.split_once('.') {
+        Some((secs, rest)) if rest.ends_with('Z') => format!("{secs}Z"),
+        _ => rfc3339.to_string(),
+    }
+}
+
+/// Gives each condition its `lastTransitionTime`: the time `remembered`
+/// has for the pod and condition while its status stays, `now` when it
+/// changed (or was never seen). `remembered` keeps what is shown, by pod
+/// uid and condition, and forgets pods no longer shown.
+pub fn stamp_transitions(
+    pods: &mut [PodStatus],
+    remembered: &mut std::collections::BTreeMap<(String, String), (String, String)>,
+    now: &str,
+) {
+    let mut next = std::collections::BTreeMap::new();
+    for p in pods.iter_mut() {
+        for c in &mut p.conditions {
+            let key = (p.uid.clone(), c.kind.clone());
+            let time = match remembered.get(&key) {
+                Some((status, at)) if *status == c.status => at.clone(),
+                _ => now.to_string(),
+            };
+            c.last_transition_time = Some(time.clone());
+            next.insert(key, (c.status.clone(), time));
+        }
+    }
+    *remembered = next;
+}
+
+/// A run's `containerID`, as the kubelet shows a runtime's
+/// (`<runtime>://<64 hex>`): one per run, the same across agent restarts
+/// (derived from the pod, the container and when the run started).
+pub fn container_id(uid: &str, name: &str, started_at: &str) -> String {
+    let h = specs::hash::sha256_hex(format!("{uid}/{name}/{started_at}").as_bytes());
+    format!("podagent://{h}")
 }
 
 /// One desired pod's status. `seen` is none before its sandbox exists (or
@@ -217,6 +285,11 @@ pub fn pod_status(
         } else {
             word == "Running" && extra.probes_ready
         };
+        let run_started = match word.as_str() {
+            "Running" => extra.started_at.map(str::to_string),
+            _ => last.and_then(|e| e.started_at.clone()),
+        };
+        let container_id = run_started.map(|at| container_id(&pod.uid, c.name.as_str(), &at));
         ContainerStatus {
             name: c.name.to_string(),
             ready,
@@ -233,6 +306,7 @@ pub fn pod_status(
             last_finished_at: last.map(|e| e.finished_at.clone()),
             last_exit_code: last.map(|e| e.exit_code),
             sidecar: c.sidecar,
+            container_id,
         }
     };
     let containers: Vec<ContainerStatus> =
@@ -243,6 +317,16 @@ pub fn pod_status(
         .map(|c| status_of(c, true))
         .collect();
     let (phase, mut reason) = reconcile::phase(pod, state);
+    let mut containers = containers;
+    // An app container behind init containers still running waits as the
+    // kubelet's does.
+    if reason.as_deref().is_some_and(|r| r.starts_with("Init:")) {
+        for c in &mut containers {
+            if c.state == "Waiting" {
+                c.state = "PodInitializing".into();
+            }
+        }
+    }
     if terminating {
         reason = Some("Terminating".into());
     }
@@ -253,6 +337,44 @@ pub fn pod_status(
             .filter(|c| c.sidecar)
             .all(|c| c.ready);
     let initialized = reason.is_none() && state.is_some();
+    let done = matches!(
+        phase,
+        reconcile::Phase::Succeeded | reconcile::Phase::Failed
+    );
+    let unready: Vec<&str> = containers
+        .iter()
+        .chain(init_containers.iter().filter(|c| c.sidecar))
+        .filter(|c| !c.ready)
+        .map(|c| c.name.as_str())
+        .collect();
+    let not_ready = |kind: &str| {
+        if ready {
+            condition(kind, true)
+        } else if done {
+            explained(kind, false, Some("PodCompleted"), None)
+        } else {
+            let list = format!("containers with unready status: [{}]", unready.join(" "));
+            explained(kind, false, Some("ContainersNotReady"), Some(list))
+        }
+    };
+    let init_condition = if done && state.is_some() {
+        explained("Initialized", true, Some("PodCompleted"), None)
+    } else if initialized || state.is_none() {
+        condition("Initialized", initialized)
+    } else {
+        let pending: Vec<&str> = init_containers
+            .iter()
+            .filter(|c| !c.ready)
+            .map(|c| c.name.as_str())
+            .collect();
+        let list = format!("containers with incomplete status: [{}]", pending.join(" "));
+        explained(
+            "Initialized",
+            false,
+            Some("ContainersNotInitialized"),
+            Some(list),
+        )
+    };
     PodStatus {
         namespace: pod.namespace.clone(),
         name: pod.name.to_string(),
@@ -262,11 +384,13 @@ pub fn pod_status(
         reason,
         message: seen.and_then(|s| s.evicted).map(str::to_string),
         conditions: vec![
+            condition("PodReadyToStartContainers", state.is_some()),
             condition("PodScheduled", state.is_some()),
-            condition("Initialized", initialized),
-            condition("ContainersReady", ready),
-            condition("Ready", ready),
+            init_condition,
+            not_ready("ContainersReady"),
+            not_ready("Ready"),
         ],
+        qos_class: format!("{:?}", pod.qos_class),
         ip: seen.and_then(|s| s.ip.map(str::to_string)),
         host_ip: None,
         containers,
@@ -287,6 +411,7 @@ pub fn leaving_pod_status(key: &str, uid: &str) -> PodStatus {
         phase: "Running".into(),
         reason: Some("Terminating".into()),
         message: None,
+        qos_class: String::new(),
         conditions: Vec::new(),
         ip: None,
         host_ip: None,

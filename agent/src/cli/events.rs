@@ -1,16 +1,27 @@
 //! `podctl events`: the agent's event ring, oldest first, as `kubectl get
-//! events` shows it.
+//! events` shows it; `-o json|yaml` a list of `v1 Event`s as the API server
+//! serves them, `-o raw` podagent's own records.
 
 use std::io::Write;
 
 use super::{Api, Outcome};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    /// A `v1 List` of `v1 Event`s.
+    Json,
+    Yaml,
+    /// The agent's own records.
+    Raw,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only this pod's events (`name` or `namespace/name`).
     pub pod: Option<String>,
-    #[arg(short, long, value_enum, default_value_t = super::validate::Format::Text)]
-    pub output: super::validate::Format,
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
     #[command(flatten)]
     pub api: Api,
 }
@@ -36,13 +47,28 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
         .flatten()
         .filter(|e| wanted.as_ref().is_none_or(|w| e["object"] == w.as_str()))
         .collect();
-    if args.output == super::validate::Format::Json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&events).unwrap_or_default()
-        );
-        return Outcome::Ok;
+    match args.output {
+        Format::Raw => {
+            let text = serde_json::to_string_pretty(&events).unwrap_or_default();
+            let _ = writeln!(out, "{text}");
+            return Outcome::Ok;
+        }
+        Format::Json | Format::Yaml => {
+            let items: Vec<serde_json::Value> = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| event_object(e, i))
+                .collect();
+            let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
+            let text = if args.output == Format::Json {
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            } else {
+                super::status::quote_times(&serde_yaml::to_string(&list).unwrap_or_default())
+            };
+            let _ = writeln!(out, "{}", text.trim_end());
+            return Outcome::Ok;
+        }
+        Format::Text => {}
     }
     let _ = writeln!(
         out,
@@ -69,4 +95,41 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
         );
     }
     Outcome::Ok
+}
+
+/// One record as a `v1 Event`: its object a Pod (with the container as
+/// `fieldPath`), or, for a manifest's problem, the file.
+pub fn event_object(e: &serde_json::Value, index: usize) -> serde_json::Value {
+    let object = e["object"].as_str().unwrap_or("");
+    let (namespace, name) = object.split_once('/').unwrap_or(("default", object));
+    let mut involved = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "namespace": namespace,
+        "name": name,
+    });
+    if let Some(c) = e["container"].as_str() {
+        involved["fieldPath"] = serde_json::json!(format!("spec.containers{{{c}}}"));
+    }
+    let first = crate::status::seconds(e["first_time"].as_str().unwrap_or(""));
+    let last = crate::status::seconds(e["time"].as_str().unwrap_or(""));
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            // Unique within the list, as the API server's names are.
+            "name": format!("{name}.{index:x}"),
+            "namespace": namespace,
+            "creationTimestamp": first,
+        },
+        "involvedObject": involved,
+        "reason": e["reason"],
+        "message": e["message"],
+        "type": e["kind"],
+        "count": e["count"],
+        "firstTimestamp": first,
+        "lastTimestamp": last,
+        "source": { "component": "podagent" },
+        "reportingComponent": "podagent",
+    })
 }

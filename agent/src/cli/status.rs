@@ -36,6 +36,15 @@ pub struct Args {
     pub api: Api,
 }
 
+/// A time of the agent's (RFC 3339, nanoseconds) as the API server writes
+/// it: whole seconds. Null stays null.
+fn secs(v: &Value) -> Value {
+    match v.as_str() {
+        Some(s) if !s.is_empty() => json!(crate::status::seconds(s)),
+        _ => Value::Null,
+    }
+}
+
 /// One container's `state` (or `lastState`) object.
 fn terminated(code: &Value, reason: &Value, message: &Value, start: &Value, end: &Value) -> Value {
     let mut t = json!({ "exitCode": code, "reason": reason });
@@ -43,19 +52,80 @@ fn terminated(code: &Value, reason: &Value, message: &Value, start: &Value, end:
         t["message"] = message.clone();
     }
     if !start.is_null() {
-        t["startedAt"] = start.clone();
+        t["startedAt"] = secs(start);
     }
     if !end.is_null() {
-        t["finishedAt"] = end.clone();
+        t["finishedAt"] = secs(end);
     }
     json!({ "terminated": t })
+}
+
+/// The pod's conditions as the API has them.
+fn conditions(p: &Value) -> Vec<Value> {
+    p["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let mut o = json!({ "type": c["type"], "status": c["status"] });
+            for (from, to) in [("reason", "reason"), ("message", "message")] {
+                if !c[from].is_null() {
+                    o[to] = c[from].clone();
+                }
+            }
+            // The pod's creation when unknown.
+            let at = if c["last_transition_time"].is_null() {
+                secs(&p["created"])
+            } else {
+                c["last_transition_time"].clone()
+            };
+            if !at.is_null() {
+                o["lastTransitionTime"] = at;
+            }
+            o
+        })
+        .collect()
+}
+
+/// JSON turned YAML by serde_yaml leaves an RFC 3339 time unquoted, which
+/// a YAML 1.1 reader (PyYAML, so the Python client) turns into a date:
+/// quoted as kubectl writes them.
+pub fn quote_times(yaml: &str) -> String {
+    let is_time = |v: &str| {
+        let b = v.as_bytes();
+        b.len() >= 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && v.ends_with('Z')
+            && v.bytes()
+                .all(|c| c.is_ascii_digit() || b"-:.TZ".contains(&c))
+    };
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.lines() {
+        let (head, value) = match line.rsplit_once(": ") {
+            Some((h, v)) => (format!("{h}: "), v),
+            None => match line.trim_start().strip_prefix("- ") {
+                Some(v) => (line[..line.len() - v.len()].to_string(), v),
+                None => (String::new(), line),
+            },
+        };
+        if is_time(value) {
+            out.push_str(&format!("{head}'{value}'"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// One container's status object (`containerStatuses[i]`).
 fn container_object(c: &Value) -> Value {
     let state = match c["state"].as_str().unwrap_or("") {
-        "Running" => json!({ "running": { "startedAt": c["started_at"] } }),
+        "Running" => json!({ "running": { "startedAt": secs(&c["started_at"]) } }),
         "Waiting" => json!({ "waiting": { "reason": "ContainerCreating" } }),
+        "PodInitializing" => json!({ "waiting": { "reason": "PodInitializing" } }),
         // An image not had is a waiting state, never a termination.
         w @ ("ErrImagePull"
         | "ImagePullBackOff"
@@ -86,6 +156,9 @@ fn container_object(c: &Value) -> Value {
         "state": state,
         "lastState": {},
     });
+    if let Some(id) = c["container_id"].as_str() {
+        s["containerID"] = json!(id);
+    }
     let running_or_waiting = state.get("terminated").is_none();
     if running_or_waiting && !c["last_exit_code"].is_null() {
         s["lastState"] = terminated(
@@ -114,9 +187,15 @@ pub fn pod_object(p: &Value) -> Value {
     let init_statuses = objects("init_containers");
     let mut status = json!({
         "phase": p["phase"],
-        "conditions": p["conditions"],
+        "conditions": conditions(p),
         "containerStatuses": statuses,
     });
+    if !p["qos_class"].as_str().unwrap_or("").is_empty() {
+        status["qosClass"] = p["qos_class"].clone();
+    }
+    if !p["created"].as_str().unwrap_or("").is_empty() {
+        status["startTime"] = secs(&p["created"]);
+    }
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
     }
@@ -141,11 +220,14 @@ pub fn pod_object(p: &Value) -> Value {
             "name": p["name"],
             "namespace": p["namespace"],
             "uid": p["uid"],
-            "creationTimestamp": p["created"],
             "annotations": { "podagent.io/source-file": p["file"] },
         },
         "status": status,
     });
+    let created = secs(&p["created"]);
+    if !created.is_null() {
+        obj["metadata"]["creationTimestamp"] = created;
+    }
     if let Some(spec) = manifest_spec(p) {
         obj["spec"] = spec;
     }
@@ -220,7 +302,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
             let text = if args.output == Format::Json {
                 serde_json::to_string_pretty(&list).unwrap_or_default()
             } else {
-                serde_yaml::to_string(&list).unwrap_or_default()
+                quote_times(&serde_yaml::to_string(&list).unwrap_or_default())
             };
             let _ = writeln!(out, "{}", text.trim_end());
             return Outcome::Ok;

@@ -156,6 +156,9 @@ pub struct Agent {
     children: Vec<i32>,
     image_gc: images::ImageGc,
     storage: storage::StorageCheck,
+    /// Each shown pod condition's status and when it last changed, by pod
+    /// uid and condition (`lastTransitionTime`).
+    transitions: BTreeMap<(String, String), (String, String)>,
 }
 
 impl Agent {
@@ -269,6 +272,7 @@ impl Agent {
             children: Vec::new(),
             image_gc,
             storage: storage::StorageCheck::new(),
+            transitions: BTreeMap::new(),
         })
     }
 

@@ -27,6 +27,8 @@ impl Agent {
                 None => status::pod_status(&file, p, None, false, clock),
             });
         }
+        let now = status::seconds(&super::now_rfc3339());
+        status::stamp_transitions(&mut pods, &mut self.transitions, &now);
         // Pods whose file is gone are shown until they are.
         for (key, pod) in &self.pods {
             if let Pod::Terminating(t) = pod {

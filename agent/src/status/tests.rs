@@ -174,10 +174,15 @@ fn phase_reason_and_conditions_follow_the_pods_progress() {
             .collect();
         let seen = state.as_ref().map(|s| seen(s, extra));
         let got = pod_status("f.yaml", &p, seen.as_ref(), terminating, c);
+        // PodReadyToStartContainers goes with PodScheduled: both once the
+        // sandbox is made.
         let want_conds: Vec<(&str, &str)> =
-            ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
-                .into_iter()
-                .zip(conds)
+            std::iter::once(("PodReadyToStartContainers", conds[0]))
+                .chain(
+                    ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
+                        .into_iter()
+                        .zip(conds),
+                )
                 .collect();
         assert_eq!(
             (got.phase.as_str(), got.reason.as_deref(), conditions(&got)),

@@ -58,7 +58,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         put_manifest(&pods, "failing.yaml", FAILING);
         let pod = |name: &str| pod_status(&state_s, name);
         let events = || -> Vec<serde_json::Value> {
-            let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+            let out = podctl(&["events", "-o", "raw", "--state-dir", &state_s]).1;
             serde_json::from_str(&out).unwrap_or_default()
         };
 

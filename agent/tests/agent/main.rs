@@ -6,6 +6,7 @@
 mod support;
 
 mod adoption;
+mod clients;
 mod config;
 mod cpu_manager;
 mod downward;

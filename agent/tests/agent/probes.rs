@@ -44,7 +44,7 @@ fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
                 .unwrap_or_default()
         };
         let events = || -> Vec<serde_json::Value> {
-            let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+            let out = podctl(&["events", "-o", "raw", "--state-dir", &state_s]).1;
             serde_json::from_str(&out).unwrap_or_default()
         };
         let has = |container: &str, reason: &str, text: &str| {

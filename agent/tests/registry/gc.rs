@@ -141,7 +141,7 @@ fn image_gc_removes_the_least_recently_used_until_the_low_threshold() {
         );
         std::fs::write(root.join("filler"), vec![0u8; filler as usize]).unwrap();
 
-        let events = || podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+        let events = || podctl(&["events", "-o", "raw", "--state-dir", &state_s]).1;
         let gc_event = || -> Option<serde_json::Value> {
             let all: Vec<serde_json::Value> = serde_json::from_str(&events()).unwrap_or_default();
             all.into_iter().find(|e| e["reason"] == "ImageGC")

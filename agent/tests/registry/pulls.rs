@@ -186,7 +186,7 @@ fn the_agent_pulls_what_its_pods_need_and_backs_off_a_failed_pull() {
         );
         let container = |name: &str| pod_status(&state_s, name)["containers"][0].clone();
         let events = || -> Vec<serde_json::Value> {
-            let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+            let out = podctl(&["events", "-o", "raw", "--state-dir", &state_s]).1;
             serde_json::from_str(&out).unwrap_or_default()
         };
         let event = |object: &str, reason: &str| -> Option<serde_json::Value> {
@@ -607,7 +607,7 @@ fn an_offline_node_runs_what_it_has_and_says_why_it_cannot_pull_the_rest() {
             m.to_lowercase().contains("connection refused") || m.contains("Connection refused"),
             "{m}"
         );
-        let out = podctl(&["events", "-o", "json", "--state-dir", &state_s]).1;
+        let out = podctl(&["events", "-o", "raw", "--state-dir", &state_s]).1;
         let events: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
         for name in ["present", "pinned"] {
             assert!(

@@ -764,3 +764,70 @@ fn host_users_false_gives_a_user_namespace_and_refuses_what_it_cannot_have() {
         ]
     );
 }
+
+#[test]
+fn cluster_only_fields_are_validated_as_the_api_server_does() {
+    let table: [(&str, &str); 11] = [
+        (
+            "  tolerations: [{key: k, operator: Bogus}]\n",
+            "spec.tolerations[0].operator: Unsupported value: \"Bogus\": supported values: \"Equal\", \"Exists\"",
+        ),
+        (
+            "  nodeSelector: {\"bad key!\": x}\n",
+            "spec.nodeSelector[\"bad key!\"]: \"bad key!\": Invalid value:",
+        ),
+        (
+            "  serviceAccountName: Bad_Name\n",
+            "spec.serviceAccountName: \"Bad_Name\": Invalid value:",
+        ),
+        (
+            "  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: Bogus, values: [a]}]}]}}}\n",
+            "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator: Unsupported value: \"Bogus\": supported values: \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\", \"Gt\", \"Lt\"",
+        ),
+        (
+            "  affinity: {podAntiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: h, labelSelector: {matchExpressions: [{key: app, operator: Gt, values: ['1']}]}}]}}\n",
+            "matchExpressions[0].operator: Unsupported value: \"Gt\": supported values: \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\"",
+        ),
+        (
+            "  topologySpreadConstraints: [{maxSkew: 0, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]\n",
+            "spec.topologySpreadConstraints[0].maxSkew: Invalid value: 0: must be greater than zero",
+        ),
+        (
+            "  overhead: {cpu: bogus}\n",
+            "spec.overhead.cpu: \"bogus\": quantities must match",
+        ),
+        (
+            "  runtimeClassName: Bad_Class\n",
+            "spec.runtimeClassName: \"Bad_Class\": Invalid value:",
+        ),
+        (
+            "  securityContext: {seccompProfile: {type: Unconfined, localhostProfile: x}}\n",
+            "spec.securityContext.seccompProfile.localhostProfile: Invalid value: can only be set when seccomp profile type is Localhost",
+        ),
+        (
+            "  tolerations: [{key: k, operator: Exists, value: v}]\n",
+            "spec.tolerations[0].operator: Invalid value: value must be empty when `operator` is 'Exists'",
+        ),
+        (
+            "  containers: [{name: d, image: busybox, securityContext: {capabilities: {drop: [all]}}}]\n",
+            "spec.containers[0].securityContext.capabilities.drop[0]: \"all\": did you mean \"ALL\"?",
+        ),
+    ];
+    for (field, want) in table {
+        let yaml = if field.contains("containers:") {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{field}")
+        } else {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{field}  containers: [{{name: c, image: busybox}}]\n")
+        };
+        let r = load("f.yaml", yaml.as_bytes(), &node());
+        let e = errors(&r.diagnostics);
+        assert!(e.len() == 1 && e[0].contains(want), "{field}: {e:#?}");
+    }
+    // What a cluster accepts is accepted, then noted.
+    let ok = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: -1\n  nodeSelector: {kubernetes.io/os: linux}\n  tolerations: [{operator: Exists}]\n  serviceAccountName: edge-sa\n  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway}]\n  overhead: {cpu: 250m}\n  containers: [{name: c, image: busybox}]\n";
+    let p = one_pod(ok);
+    assert_eq!(
+        p.termination_grace_period_secs, 1,
+        "a negative grace period is 1"
+    );
+}

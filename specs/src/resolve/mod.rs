@@ -3,6 +3,7 @@
 //! stops the others from being found.
 
 mod annotations;
+mod cluster;
 mod container;
 pub mod paths;
 pub mod resources;
@@ -206,6 +207,7 @@ fn resolve_spec<'a>(
 ) -> Option<PodPlan> {
     let k = |key: &str| push_key(sp, key);
     notes_and_unsupported(sp, spec, issues);
+    cluster::validate(sp, spec, issues);
     let restart_policy = match spec.restart_policy.as_deref() {
         None | Some("Always") => RestartPolicy::Always,
         Some("OnFailure") => RestartPolicy::OnFailure,
@@ -221,12 +223,13 @@ fn resolve_spec<'a>(
     let grace = match spec.termination_grace_period_seconds {
         None => 30,
         Some(n) if n >= 0 => n as u64,
+        // The API server's defaulting: a negative grace period is 1.
         Some(n) => {
-            issues.error(
+            issues.warn(
                 k("terminationGracePeriodSeconds"),
-                format!("{n} must be greater than or equal to 0"),
+                format!("{n} is negative: 1 second, as the API server sets it"),
             );
-            30
+            1
         }
     };
     let hostname = match &spec.hostname {

@@ -262,6 +262,13 @@ pub fn seccomp(
 ) -> Option<SeccompPolicy> {
     let tp = push_key(path, "type");
     let lp = push_key(path, "localhostProfile");
+    if p.kind.as_deref() != Some("Localhost") && p.localhost_profile.is_some() {
+        issues.error(
+            lp,
+            "Invalid value: can only be set when seccomp profile type is Localhost",
+        );
+        return None;
+    }
     match p.kind.as_deref() {
         Some("RuntimeDefault") => Some(SeccompPolicy::RuntimeDefault),
         Some("Unconfined") => Some(SeccompPolicy::Unconfined),
@@ -328,6 +335,8 @@ fn capability_list(path: &str, names: &[String], issues: &mut Issues) -> BTreeSe
             );
         } else if ALL_CAPABILITIES.contains(&n.as_str()) {
             out.insert(n.clone());
+        } else if n.eq_ignore_ascii_case("ALL") {
+            issues.error(p, format!("{n:?}: did you mean \"ALL\"?"));
         } else if ALL_CAPABILITIES.contains(&n.to_ascii_uppercase().as_str()) {
             issues.error(
                 p,

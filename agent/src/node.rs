@@ -25,6 +25,10 @@ pub struct Policy {
     /// The pids limit of a pod without a `podagent.io/pids-limit` annotation.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(i64).range(1..))]
     pub pids_limit: i64,
+    /// An unknown field (a typo, a field of a newer schema) is a warning,
+    /// not an error (kubectl apply's `--validate=warn`).
+    #[arg(long)]
+    pub warn_unknown_fields: bool,
 }
 
 impl Default for Policy {
@@ -33,6 +37,7 @@ impl Default for Policy {
             allow_privileged: false,
             allow_unsafe_sysctls: false,
             pids_limit: NodeInfo::default().default_pids_limit,
+            warn_unknown_fields: false,
         }
     }
 }
@@ -45,6 +50,7 @@ impl Policy {
             default_pids_limit: self.pids_limit,
             allow_privileged: self.allow_privileged,
             allow_unsafe_sysctls: self.allow_unsafe_sysctls,
+            warn_unknown_fields: self.warn_unknown_fields,
             ..info(seccomp_dir)
         }
     }

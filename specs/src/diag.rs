@@ -44,13 +44,24 @@ impl Issues {
     pub fn note(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.push(Severity::Note, path.into(), message.into(), false);
     }
-    pub fn unknown_field(&mut self, path: String) {
-        self.push(
-            Severity::Warning,
-            path,
-            "unknown field, ignored (misspelled? it is not part of the v1 Pod schema)".into(),
-            true,
-        );
+    /// A field the v1 Pod schema does not have: an error, as kubectl
+    /// apply's strict field validation has it, unless the node only warns.
+    pub fn unknown_field(&mut self, path: String, warn_only: bool) {
+        if warn_only {
+            self.push(
+                Severity::Warning,
+                path,
+                "unknown field, ignored (misspelled? it is not part of the v1 Pod schema)".into(),
+                true,
+            );
+        } else {
+            self.push(
+                Severity::Error,
+                path,
+                "unknown field (misspelled? it is not part of the v1 Pod schema; the agent's --warn-unknown-fields makes it a warning)".into(),
+                true,
+            );
+        }
     }
     fn push(&mut self, severity: Severity, path: String, message: String, at_key: bool) {
         self.list.push(Issue {

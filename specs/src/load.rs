@@ -208,7 +208,7 @@ fn resolve_value(
         }
     };
     for p in unknown {
-        issues.unknown_field(p);
+        issues.unknown_field(p, node.warn_unknown_fields);
     }
     resolve_pod(prefix, &doc, node, issues)
 }

@@ -293,18 +293,31 @@ fn a_missing_field_is_placed_at_its_parent() {
 }
 
 #[test]
-fn unknown_fields_warn_and_cluster_fields_are_noted() {
-    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  nodeSelector: {disk: ssd}\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicyy: Always\n";
+fn unknown_fields_are_errors_unless_the_node_only_warns_and_cluster_fields_are_noted() {
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  nodeSelector: {disk: ssd}\n  containers:\n  - name: c\n    image: busybox\n    comand: [sh]\n";
+    // As kubectl apply's strict field validation: refused.
     let r = load("f.yaml", yaml.as_bytes(), &node());
-    assert!(!r.has_errors());
-    assert_eq!(r.pods.len(), 1, "warnings do not stop a pod");
+    assert!(r.pods.is_empty(), "a typo does not run the image's command");
     let all: Vec<String> = r.diagnostics.iter().map(|d| d.to_string()).collect();
     assert_eq!(
         all,
         [
             "f.yaml:5:18: note: spec.nodeSelector: ignored: a cluster-only field with no meaning on a single node",
-            "f.yaml:9:5: warning: spec.containers[0].imagePullPolicyy: unknown field, ignored (misspelled? it is not part of the v1 Pod schema)",
+            "f.yaml:9:5: spec.containers[0].comand: unknown field (misspelled? it is not part of the v1 Pod schema; the agent's --warn-unknown-fields makes it a warning)",
         ]
+    );
+    // With --warn-unknown-fields (kubectl's --validate=warn): a warning.
+    let warn = NodeInfo {
+        warn_unknown_fields: true,
+        ..node()
+    };
+    let r = load("f.yaml", yaml.as_bytes(), &warn);
+    assert!(!r.has_errors());
+    assert_eq!(r.pods.len(), 1, "warnings do not stop a pod");
+    let all: Vec<String> = r.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        all[1],
+        "f.yaml:9:5: warning: spec.containers[0].comand: unknown field, ignored (misspelled? it is not part of the v1 Pod schema)"
     );
 }
 

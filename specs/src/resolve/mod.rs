@@ -47,6 +47,9 @@ pub struct NodeInfo {
     pub seccomp_profiles: BTreeSet<String>,
     /// Finds the block devices the IO annotation names.
     pub block_devices: crate::io::BlockDevices,
+    /// Unknown fields are warnings (`--warn-unknown-fields`), not errors
+    /// as with kubectl apply's strict field validation.
+    pub warn_unknown_fields: bool,
 }
 
 impl Default for NodeInfo {
@@ -60,6 +63,7 @@ impl Default for NodeInfo {
             allow_unsafe_sysctls: false,
             seccomp_profiles: BTreeSet::new(),
             block_devices: crate::io::BlockDevices::default(),
+            warn_unknown_fields: false,
         }
     }
 }
@@ -96,7 +100,7 @@ pub fn resolve_pod(
         None => issues.error(k("kind"), "required: \"Pod\""),
     }
     if doc.items.is_some() {
-        issues.unknown_field(k("items"));
+        issues.unknown_field(k("items"), node.warn_unknown_fields);
     }
     if doc.status.is_some() {
         issues.note(

@@ -483,7 +483,281 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
     );
     let _ = writeln!(out, "podagent_reconcile_duration_seconds_sum {}", h.sum);
     let _ = writeln!(out, "podagent_reconcile_duration_seconds_count {}", h.count);
+    cadvisor(&mut out, view, cgroups, cgroup_root);
+    process(&mut out);
     out
+}
+
+/// A family: its HELP and TYPE lines, then its samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time (`…Z`), as the
+/// container's start is recorded.
+fn epoch_seconds(t: &str) -> Option<f64> {
+    let (date, time) = t.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut hms = time.split(':');
+    let (h, min) = (
+        hms.next()?.parse::<i64>().ok()?,
+        hms.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = hms.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+}
+
+/// How one container's sample is read from its status and cgroup.
+type Read = fn(&ContainerStatus, &crate::cgroups::Usage) -> Option<String>;
+
+/// Microseconds as seconds.
+fn secs(usec: u64) -> String {
+    format!("{}", usec as f64 / 1e6)
+}
+
+/// The container metrics under the names cAdvisor gives them (what the
+/// kubelet's `/metrics/cadvisor` serves and dashboards read), and the
+/// kubelet's own counts, with `namespace`, `pod`, `container` labels.
+fn cadvisor(out: &mut String, view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) {
+    let usage = running_usage(view, cgroups, cgroup_root);
+    let each = |f: &dyn Fn(&ContainerStatus, &crate::cgroups::Usage) -> Option<String>| {
+        usage
+            .iter()
+            .filter_map(|(p, c, u)| {
+                let labels = format!(
+                    "namespace=\"{}\",pod=\"{}\",container=\"{}\",image=\"{}\"",
+                    label(&p.namespace),
+                    label(&p.name),
+                    label(&c.name),
+                    label(&c.image)
+                );
+                Some((labels, f(c, u)?))
+            })
+            .collect::<Vec<_>>()
+    };
+    let list: [(&str, &str, &str, Read); 13] = [
+        ("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed in seconds.", |_, u| Some(secs(u.cpu_usec))),
+        ("container_memory_working_set_bytes", "gauge", "Current working set in bytes (usage less inactive file pages).", |_, u| Some(u.working_set_bytes().to_string())),
+        ("container_memory_usage_bytes", "gauge", "Current memory usage in bytes, including all memory regardless of when it was accessed.", |_, u| Some(u.memory_bytes.to_string())),
+        ("container_memory_rss", "gauge", "Size of RSS in bytes.", |_, u| Some(u.detail.rss_bytes.to_string())),
+        ("container_memory_cache", "gauge", "Number of bytes of page cache memory.", |_, u| Some(u.detail.cache_bytes.to_string())),
+        ("container_cpu_cfs_periods_total", "counter", "Number of elapsed enforcement period intervals.", |_, u| Some(u.detail.cfs_periods.to_string())),
+        ("container_cpu_cfs_throttled_periods_total", "counter", "Number of throttled period intervals.", |_, u| Some(u.detail.cfs_throttled_periods.to_string())),
+        ("container_cpu_cfs_throttled_seconds_total", "counter", "Total time duration the container has been throttled.", |_, u| Some(secs(u.detail.cfs_throttled_usec))),
+        ("container_spec_memory_limit_bytes", "gauge", "Memory limit for the container (0: none).", |_, u| Some(u.detail.memory_limit_bytes.unwrap_or(0).to_string())),
+        ("container_spec_cpu_quota", "gauge", "CPU quota of the container (0: none).", |_, u| Some(u.detail.cpu_quota_us.unwrap_or(0).to_string())),
+        ("container_spec_cpu_shares", "gauge", "CPU share of the container.", |_, u| Some(u.detail.cpu_shares.to_string())),
+        ("container_oom_events_total", "counter", "Count of out of memory events observed for the container.", |_, u| Some(u.oom_kills.to_string())),
+        ("container_processes", "gauge", "Number of processes running inside the container.", |_, u| Some(u.pids.to_string())),
+    ];
+    for (name, kind, help, f) in &list {
+        family(out, name, kind, help, &each(f));
+    }
+    family(
+        out,
+        "container_start_time_seconds",
+        "gauge",
+        "Start time of the container since unix epoch in seconds.",
+        &each(&|c, _| {
+            c.started_at
+                .as_deref()
+                .and_then(epoch_seconds)
+                .map(|s| s.to_string())
+        }),
+    );
+    let pods = view.status.as_ref().map_or(&[][..], |s| &s.pods[..]);
+    let running_pods = pods.iter().filter(|p| p.phase == "Running").count();
+    family(
+        out,
+        "kubelet_running_pods",
+        "gauge",
+        "Number of pods that have a running pod sandbox.",
+        &[(String::new(), running_pods.to_string())],
+    );
+    let mut states =
+        std::collections::BTreeMap::from([("created", 0), ("exited", 0), ("running", 0)]);
+    for c in pods
+        .iter()
+        .flat_map(|p| p.containers.iter().chain(&p.init_containers))
+    {
+        let state = match c.state.as_str() {
+            "Running" => "running",
+            _ if c.exit_code.is_some() => "exited",
+            _ => "created",
+        };
+        *states.entry(state).or_default() += 1;
+    }
+    let samples: Vec<(String, String)> = states
+        .iter()
+        .map(|(s, n)| (format!("container_state=\"{s}\""), n.to_string()))
+        .collect();
+    family(
+        out,
+        "kubelet_running_containers",
+        "gauge",
+        "Number of containers currently running.",
+        &samples,
+    );
+}
+
+/// The agent process's own figures, as every Prometheus client library
+/// gives them, and its build.
+fn process(out: &mut String) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, r)| r.split_whitespace().collect());
+    let field = |n: usize| {
+        rest.get(n)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    // utime and stime are fields 14 and 15, starttime 22 (11, 12, 19 here).
+    let cpu = (field(11) + field(12)) / ticks;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let start = boot + field(19) / ticks;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as f64;
+    let rss = field(21) * page;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft);
+    let one = |v: String| vec![(String::new(), v)];
+    family(
+        out,
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        &one(cpu.to_string()),
+    );
+    family(
+        out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        &one(rss.to_string()),
+    );
+    family(
+        out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        &one(start.to_string()),
+    );
+    family(
+        out,
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        &one(fds.to_string()),
+    );
+    family(
+        out,
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        &one(limit.to_string()),
+    );
+    family(
+        out,
+        "podagent_build_info",
+        "gauge",
+        "The agent's version (always 1).",
+        &[(
+            format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+            "1".into(),
+        )],
+    );
+}
+
+/// `--metrics-address`: `/metrics` (and `/healthz`) over TCP for a stock
+/// Prometheus, on a thread of its own; nothing else of the API is served
+/// there. Unauthenticated, as the kubelet's read-only port was: bind it to
+/// an address only the scraper reaches.
+pub fn serve_metrics(addr: std::net::SocketAddr, server: Server) -> Result<(), ApiError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ApiError::Start {
+        what: "the metrics listener",
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ApiError::Start {
+            what: "the metrics listener",
+            source,
+        })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|source| ApiError::Start {
+            what: "runtime",
+            source,
+        })?;
+    let server = Arc::new(server);
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let server = server.clone();
+                            async move {
+                                let r = match req.uri().path() {
+                                    "/metrics" | "/healthz" => handle(&server, &req),
+                                    other => {
+                                        error(StatusCode::NOT_FOUND, &format!("no route {other}"))
+                                    }
+                                };
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        })
+        .map_err(|source| ApiError::Start {
+            what: "thread",
+            source,
+        })?;
+    Ok(())
 }
 
 /// Why a request could not be made, worded for a person.

@@ -163,6 +163,50 @@ pub struct Usage {
     pub pids: u64,
     /// Processes the kernel's OOM killer killed in this cgroup.
     pub oom_kills: u64,
+    /// What cAdvisor and the kubelet read besides (`memory.stat`,
+    /// `cpu.stat`, the limits); zero where the kernel does not say.
+    pub detail: UsageDetail,
+}
+
+/// The figures behind cAdvisor's container metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageDetail {
+    /// `inactive_file` of memory.stat: the working set is usage less it.
+    pub inactive_file_bytes: u64,
+    /// Anonymous memory (v1 `total_rss`, v2 `anon`).
+    pub rss_bytes: u64,
+    /// Page cache (v1 `total_cache`, v2 `file`).
+    pub cache_bytes: u64,
+    pub cfs_periods: u64,
+    pub cfs_throttled_periods: u64,
+    pub cfs_throttled_usec: u64,
+    /// The memory limit; none when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// cfs quota and period, in microseconds; no quota when unlimited.
+    pub cpu_quota_us: Option<u64>,
+    pub cpu_period_us: u64,
+    /// cpu.shares (on v2 from cpu.weight, as cAdvisor converts it).
+    pub cpu_shares: u64,
+}
+
+impl Usage {
+    /// cAdvisor's working set: usage less inactive file pages.
+    pub fn working_set_bytes(&self) -> u64 {
+        self.memory_bytes
+            .saturating_sub(self.detail.inactive_file_bytes)
+    }
+}
+
+/// Every `key value` line of a flat-keyed file; nothing when unreadable.
+fn stat_map(path: &Path) -> std::collections::HashMap<String, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// One driver per cgroup version; `detect` picks it.

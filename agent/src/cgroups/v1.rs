@@ -251,12 +251,48 @@ impl Cgroups for V1 {
             Some(m) => read_u64(&m.join(path.as_path()).join("cpuacct.usage"))? / 1000,
             None => 0,
         };
+        let stat = super::stat_map(&mem.join("memory.stat"));
+        let get =
+            |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let cpu = self.controllers.get("cpu").map(|m| m.join(path.as_path()));
+        let cpu_stat = cpu
+            .as_ref()
+            .map(|d| super::stat_map(&d.join("cpu.stat")))
+            .unwrap_or_default();
+        let num = |file: &str| -> Option<i64> {
+            std::fs::read_to_string(cpu.as_ref()?.join(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        // v1 says "no limit" with the largest page-aligned number.
+        let limit = read_u64(&mem.join("memory.limit_in_bytes"))
+            .ok()
+            .filter(|l| *l < (1 << 62));
+        let detail = super::UsageDetail {
+            inactive_file_bytes: get(&stat, "total_inactive_file"),
+            rss_bytes: get(&stat, "total_rss"),
+            cache_bytes: get(&stat, "total_cache"),
+            cfs_periods: get(&cpu_stat, "nr_periods"),
+            cfs_throttled_periods: get(&cpu_stat, "nr_throttled"),
+            cfs_throttled_usec: get(&cpu_stat, "throttled_time") / 1000,
+            memory_limit_bytes: limit,
+            cpu_quota_us: num("cpu.cfs_quota_us").and_then(|q| u64::try_from(q).ok()),
+            cpu_period_us: num("cpu.cfs_period_us")
+                .and_then(|p| u64::try_from(p).ok())
+                .unwrap_or(0),
+            cpu_shares: num("cpu.shares")
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0),
+        };
         Ok(Usage {
             cpu_usec,
             memory_bytes: read_u64(&mem.join("memory.usage_in_bytes"))?,
             pids: read_u64(&self.dir("pids", "pids limits", path)?.join("pids.current"))?,
             // `oom_kill` in memory.oom_control since Linux 4.13.
             oom_kills: keyed(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+            detail,
         })
     }
 

@@ -193,11 +193,40 @@ impl Cgroups for V2 {
 
     fn usage(&self, path: &CgroupPath) -> Result<Usage> {
         let dir = self.dir(path);
+        let stat = super::stat_map(&dir.join("memory.stat"));
+        let cpu_stat = super::stat_map(&dir.join("cpu.stat"));
+        let get =
+            |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let text = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let max = text("cpu.max");
+        let mut cpu_max = max.split_whitespace();
+        let quota = cpu_max.next().and_then(|q| q.parse().ok());
+        let period = cpu_max.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        // cAdvisor's conversion back from cpu.weight.
+        let weight: u64 = text("cpu.weight").trim().parse().unwrap_or(0);
+        let shares = if weight == 0 {
+            0
+        } else {
+            2 + (weight - 1) * 262_142 / 9_999
+        };
+        let detail = super::UsageDetail {
+            inactive_file_bytes: get(&stat, "inactive_file"),
+            rss_bytes: get(&stat, "anon"),
+            cache_bytes: get(&stat, "file"),
+            cfs_periods: get(&cpu_stat, "nr_periods"),
+            cfs_throttled_periods: get(&cpu_stat, "nr_throttled"),
+            cfs_throttled_usec: get(&cpu_stat, "throttled_usec"),
+            memory_limit_bytes: text("memory.max").trim().parse().ok(),
+            cpu_quota_us: quota,
+            cpu_period_us: period,
+            cpu_shares: shares,
+        };
         Ok(Usage {
             cpu_usec: keyed(&dir.join("cpu.stat"), "usage_usec")?,
             memory_bytes: read_u64(&dir.join("memory.current"))?,
             pids: read_u64(&dir.join("pids.current"))?,
             oom_kills: keyed(&dir.join("memory.events"), "oom_kill").unwrap_or(0),
+            detail,
         })
     }
 

@@ -43,6 +43,11 @@ pub struct Args {
     /// 0660); by default it is root's alone (0600).
     #[arg(long)]
     pub api_group: Option<String>,
+    /// Serve `/metrics` over TCP at ADDR:PORT for Prometheus (off by
+    /// default; unauthenticated: bind an address only the scraper reaches,
+    /// e.g. 127.0.0.1:10255).
+    #[arg(long)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// The CPU manager's policy, as the kubelet's `--cpu-manager-policy`:
     /// `none`, or `static` (whole CPUs of their own for the containers of
     /// Guaranteed pods with whole-number CPU requests).

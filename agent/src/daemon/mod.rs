@@ -314,6 +314,17 @@ impl Agent {
             cgroup_root: self.args.cgroup_root.clone(),
         };
         crate::api::serve(&socket, self.api_group()?, server).map_err(DaemonError::Api)?;
+        if let Some(addr) = self.args.metrics_address {
+            let server = crate::api::Server {
+                view: self.view.clone(),
+                state_dir: self.args.state_dir.clone(),
+                cgroups: crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
+                    .map_err(DaemonError::Cgroups)?
+                    .driver(),
+                cgroup_root: self.args.cgroup_root.clone(),
+            };
+            crate::api::serve_metrics(addr, server).map_err(DaemonError::Api)?;
+        }
         self.sources.resync(&pods_dir, &self.node);
         self.adopt()?;
         self.collect_images();

@@ -90,7 +90,7 @@ fn the_agent_reports_oom_kills_init_failures_and_backs_off_a_crashing_container(
         );
         let sf = pod("setup-fails");
         assert_eq!(sf["reason"], "Init:Error", "{sf:#}");
-        assert_eq!(sf["containers"][0]["state"], "Waiting", "{sf:#}");
+        assert_eq!(sf["containers"][0]["state"], "PodInitializing", "{sf:#}");
         let text = podctl(&["status", "--state-dir", &state_s]).1;
         assert!(
             text.lines()

@@ -15,6 +15,7 @@ mod hierarchy;
 mod hooks;
 mod host_ports;
 mod lifecycle;
+mod metrics;
 mod pods_dir;
 mod policy;
 mod probes;

@@ -273,6 +273,18 @@ fn a_busy_loop_under_a_200m_limit_gets_about_a_fifth_of_a_cpu() {
     wait(Duration::from_secs(2));
     let (t1, u1) = (Instant::now(), cg.driver.usage(&cg.leaf).unwrap().cpu_usec);
     let share = (u1 - u0) as f64 / (t1 - t0).as_micros() as f64;
+    // What the metrics read: the quota applied, and the loop throttled.
+    let d = cg.driver.usage(&cg.leaf).unwrap().detail;
+    assert_eq!(
+        (d.cpu_quota_us, d.cpu_period_us),
+        (Some(20_000), 100_000),
+        "{d:?}"
+    );
+    assert!(
+        d.cfs_throttled_periods > 0 && d.cfs_periods >= d.cfs_throttled_periods,
+        "{d:?}"
+    );
+    assert!(d.cfs_throttled_usec > 0, "{d:?}");
     cg.driver.kill_all(&cg.leaf).unwrap();
     let _ = child.wait();
     assert!(

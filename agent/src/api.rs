@@ -180,17 +180,30 @@ async fn accept(listener: std::os::unix::net::UnixListener, server: Arc<Server>)
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let server = server.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(handle(&server, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(connection(stream, server.clone(), false));
     }
+}
+
+/// Serves one connection: every route, or (`metrics_only`, the TCP
+/// listener) `/metrics` and `/healthz` alone.
+async fn connection<S>(stream: S, server: Arc<Server>, metrics_only: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let server = server.clone();
+        async move {
+            let r = match req.uri().path() {
+                "/metrics" | "/healthz" => handle(&server, &req),
+                other if metrics_only => error(StatusCode::NOT_FOUND, &format!("no route {other}")),
+                _ => handle(&server, &req),
+            };
+            Ok::<_, Infallible>(r)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -732,24 +745,7 @@ pub fn serve_metrics(addr: std::net::SocketAddr, server: Server) -> Result<(), A
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    let server = server.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let server = server.clone();
-                            async move {
-                                let r = match req.uri().path() {
-                                    "/metrics" | "/healthz" => handle(&server, &req),
-                                    other => {
-                                        error(StatusCode::NOT_FOUND, &format!("no route {other}"))
-                                    }
-                                };
-                                Ok::<_, Infallible>(r)
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
+                    tokio::spawn(connection(stream, server.clone(), true));
                 }
             })
         })

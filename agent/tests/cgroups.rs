@@ -384,7 +384,10 @@ fn a_pids_limit_stops_a_fork_bomb() {
     }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(most <= 8, "{most} processes under a limit of 8");
+    // The kernel charges a fork before it checks the limit and takes the
+    // charge back when over (`pids_try_charge`), so a read can see the
+    // limit plus the one fork being refused, never more.
+    assert!(most <= 8 + 1, "{most} processes under a limit of 8");
     assert!(most >= 2, "the shell and its children ran ({most})");
     assert!(
         stderr.contains("fork"),

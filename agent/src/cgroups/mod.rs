@@ -305,8 +305,19 @@ fn pids_in(file: &Path) -> Result<Vec<u32>> {
 
 /// SIGKILLs what `list` returns until it returns nothing (bounded: a fork
 /// bomb is frozen by its pids limit, and each round kills every member).
+/// How long a kill or a removal waits for the kernel to let go of a
+/// cgroup's last processes: a time, not a count of tries, so that a slow
+/// machine (an emulated one, a loaded node) waits as long as a fast one.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A pause between tries: a poll of nothing for a millisecond.
+fn pause() {
+    let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::from(1u16));
+}
+
 fn kill_until_empty(list: impl Fn() -> Result<Vec<u32>>) -> Result<()> {
-    for _ in 0..1000 {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while std::time::Instant::now() < deadline {
         let pids = list()?;
         if pids.is_empty() {
             return Ok(());
@@ -317,18 +328,20 @@ fn kill_until_empty(list: impl Fn() -> Result<Vec<u32>>) -> Result<()> {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        std::thread::yield_now();
+        pause();
     }
     list().map(drop)
 }
 
 fn remove_dir(path: &Path) -> Result<()> {
-    // A cgroup whose last process just died may report EBUSY for a moment.
-    for _ in 0..200 {
+    // A cgroup whose last process just died may report EBUSY for a while
+    // (its tasks are released after they leave cgroup.procs).
+    let deadline = std::time::Instant::now() + SETTLE;
+    while std::time::Instant::now() < deadline {
         match std::fs::remove_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => std::thread::yield_now(),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => pause(),
             Err(e) => return Err(io("remove", path)(e)),
         }
     }

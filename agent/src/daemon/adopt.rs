@@ -155,6 +155,34 @@ impl Agent {
             if let Some(created) = found.created {
                 run.created = created;
             }
+            // A container that runs without a record to adopt it by (the
+            // agent was killed between its start and its record) would run
+            // twice once the planner starts it again: killed first, and its
+            // shim's exit awaited, so that its last writes do not land in
+            // the next run's state dir.
+            for c in p.all_containers() {
+                if found.containers.iter().any(|f| f.name == c.name.as_str()) {
+                    continue;
+                }
+                let dir =
+                    crate::runtime::container_dir(&self.args.state_dir, &p.uid, c.name.as_str());
+                let state = dir.join("state");
+                let live = crate::records::read::<Started>(&state.join("state.json"))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|st| crate::shim::start_ticks(st.pid) == Some(st.start_ticks));
+                if live && !state.join("exit.json").exists() {
+                    self.kill(key, &p.uid, c.name.as_str());
+                    crate::runtime::wait_for_file(&state, "exit.json", Duration::from_secs(5));
+                    self.event(
+                        Kind::Warning,
+                        "Orphaned",
+                        key,
+                        Some(c.name.as_str()),
+                        "running without a record (the previous agent died as it started it): killed, to be started again".into(),
+                    );
+                }
+            }
             for f in found.containers {
                 let mut c = ContainerRun::new(f.state);
                 c.image_id = f.image_id;

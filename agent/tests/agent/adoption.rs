@@ -288,3 +288,74 @@ fn sigkill_during_a_burst_converges_with_no_leak_and_no_duplicate() {
         fx.assert_no_mounts();
     });
 }
+
+/// The agent killed between a container's start and its record: the next
+/// agent cannot adopt the container (no record says which plan it runs), so
+/// it kills it before starting it again; never two of it in one cgroup.
+#[test]
+fn a_container_running_without_its_record_is_killed_not_doubled() {
+    if !require() {
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("orphan");
+        let (pods, state, state_s) = fx.agent_dirs();
+        let agent = spawn_agent(&fx, &pods, &state, &["--no-network"]);
+        put_manifest(&pods, "one.yaml", &sleeper("one"));
+        let running = || pod_status(&state_s, "one")["containers"][0]["state"] == "Running";
+        assert!(eventually(Duration::from_secs(15), running));
+        let uid = pod_status(&state_s, "one")["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let cdir = state.join("containers").join(&uid).join("c");
+        let pid_of = || -> i64 {
+            let st: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(cdir.join("state/state.json")).unwrap_or_default(),
+            )
+            .unwrap_or_default();
+            st["pid"].as_i64().unwrap_or(0)
+        };
+        let before = pid_of();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let mut agent = agent;
+        let _ = agent.wait();
+        // As if it died before the record was written.
+        std::fs::remove_file(cdir.join("agent.json")).unwrap();
+        let _agent = Running(spawn_agent(&fx, &pods, &state, &["--no-network"]));
+        assert!(
+            eventually(Duration::from_secs(15), || running()
+                && pid_of() != before
+                && pid_of() != 0),
+            "{:#}",
+            pod_status(&state_s, "one")
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{before}")).exists()
+                || std::fs::read_to_string(format!("/proc/{before}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "the first run was killed"
+        );
+        let cg = fx
+            .cg_root
+            .join("agent")
+            .unwrap()
+            .join(&format!("pod{uid}"))
+            .unwrap()
+            .join("c")
+            .unwrap();
+        assert_eq!(
+            fx.rt.cgroups.pids(&cg).unwrap().len(),
+            2,
+            "its shell and its sleep, once"
+        );
+        let events = podctl(&["events", "--state-dir", &state_s]).1;
+        assert!(events.contains("Orphaned"), "{events}");
+        std::fs::remove_file(pods.join("one.yaml")).unwrap();
+        assert!(eventually(Duration::from_secs(15), || no_pods(&state_s)));
+    });
+}

@@ -154,6 +154,15 @@ pub fn serve(path: &Path, group: Option<u32>, server: Server) -> Result<(), ApiE
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io_at(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_at(path))?;
     listener.set_nonblocking(true).map_err(io_at(path))?;
+    on_thread("api", accept(listener, Arc::new(server)))
+}
+
+/// Runs a listener's accept loop on a thread of its own, on a
+/// current-thread runtime made here (so that its failure is returned).
+fn on_thread(
+    name: &str,
+    serve: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -161,10 +170,9 @@ pub fn serve(path: &Path, group: Option<u32>, server: Server) -> Result<(), ApiE
             what: "runtime",
             source,
         })?;
-    let server = Arc::new(server);
     std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || rt.block_on(accept(listener, server)))
+        .name(name.into())
+        .spawn(move || rt.block_on(serve))
         .map_err(|source| ApiError::Start {
             what: "thread",
             source,
@@ -364,21 +372,25 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// A running container, what its cgroup uses now, and its cgroup.
+type Running<'a> = (
+    &'a PodStatus,
+    &'a ContainerStatus,
+    crate::cgroups::Usage,
+    crate::cgroups::CgroupPath,
+);
+
 /// Every running container with what its cgroup uses now.
-fn running_usage<'a>(
-    view: &'a View,
-    cgroups: &dyn Cgroups,
-    cgroup_root: &str,
-) -> Vec<(&'a PodStatus, &'a ContainerStatus, crate::cgroups::Usage)> {
+fn running_usage<'a>(view: &'a View, cgroups: &dyn Cgroups, cgroup_root: &str) -> Vec<Running<'a>> {
     let pods = view.status.as_ref().map_or(&[][..], |s| &s.pods[..]);
     let mut out = Vec::new();
     for p in pods {
         for c in p.containers.iter().filter(|c| c.state == "Running") {
-            if let Some(u) = crate::runtime::container_cgroup(cgroup_root, &p.uid, &c.name)
-                .ok()
-                .and_then(|cg| cgroups.usage(&cg).ok())
-            {
-                out.push((p, c, u));
+            let Ok(cg) = crate::runtime::container_cgroup(cgroup_root, &p.uid, &c.name) else {
+                continue;
+            };
+            if let Ok(u) = cgroups.usage(&cg) {
+                out.push((p, c, u, cg));
             }
         }
     }
@@ -389,7 +401,7 @@ fn running_usage<'a>(
 pub fn top(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> Vec<serde_json::Value> {
     running_usage(view, cgroups, cgroup_root)
         .into_iter()
-        .map(|(p, c, u)| {
+        .map(|(p, c, u, _)| {
             serde_json::json!({
                 "namespace": p.namespace,
                 "pod": p.name,
@@ -445,7 +457,9 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
         "# TYPE podagent_container_cpu_usage_seconds_total counter"
     );
     let mut memory = String::new();
-    for (p, c, usage) in running_usage(view, cgroups, cgroup_root) {
+    // Read once for podagent's families and cAdvisor's.
+    let running = running_usage(view, cgroups, cgroup_root);
+    for (p, c, usage, _) in &running {
         let labels = format!(
             "namespace=\"{}\",pod=\"{}\",container=\"{}\"",
             label(&p.namespace),
@@ -496,7 +510,7 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
     );
     let _ = writeln!(out, "podagent_reconcile_duration_seconds_sum {}", h.sum);
     let _ = writeln!(out, "podagent_reconcile_duration_seconds_count {}", h.count);
-    cadvisor(&mut out, view, cgroups, cgroup_root);
+    cadvisor(&mut out, view, cgroups, &running);
     process(&mut out);
     out
 }
@@ -538,7 +552,8 @@ fn epoch_seconds(t: &str) -> Option<f64> {
 }
 
 /// How one container's sample is read from its status and cgroup.
-type Read = fn(&ContainerStatus, &crate::cgroups::Usage) -> Option<String>;
+type Read =
+    fn(&ContainerStatus, &crate::cgroups::Usage, &crate::cgroups::UsageDetail) -> Option<String>;
 
 /// Microseconds as seconds.
 fn secs(usec: u64) -> String {
@@ -548,12 +563,19 @@ fn secs(usec: u64) -> String {
 /// The container metrics under the names cAdvisor gives them (what the
 /// kubelet's `/metrics/cadvisor` serves and dashboards read), and the
 /// kubelet's own counts, with `namespace`, `pod`, `container` labels.
-fn cadvisor(out: &mut String, view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) {
-    let usage = running_usage(view, cgroups, cgroup_root);
-    let each = |f: &dyn Fn(&ContainerStatus, &crate::cgroups::Usage) -> Option<String>| {
+fn cadvisor(out: &mut String, view: &View, cgroups: &dyn Cgroups, running: &[Running<'_>]) {
+    let usage: Vec<_> = running
+        .iter()
+        .map(|(p, c, u, cg)| (p, c, u, cgroups.detail(cg)))
+        .collect();
+    let each = |f: &dyn Fn(
+        &ContainerStatus,
+        &crate::cgroups::Usage,
+        &crate::cgroups::UsageDetail,
+    ) -> Option<String>| {
         usage
             .iter()
-            .filter_map(|(p, c, u)| {
+            .filter_map(|(p, c, u, d)| {
                 let labels = format!(
                     "namespace=\"{}\",pod=\"{}\",container=\"{}\",image=\"{}\"",
                     label(&p.namespace),
@@ -561,24 +583,24 @@ fn cadvisor(out: &mut String, view: &View, cgroups: &dyn Cgroups, cgroup_root: &
                     label(&c.name),
                     label(&c.image)
                 );
-                Some((labels, f(c, u)?))
+                Some((labels, f(c, u, d)?))
             })
             .collect::<Vec<_>>()
     };
     let list: [(&str, &str, &str, Read); 13] = [
-        ("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed in seconds.", |_, u| Some(secs(u.cpu_usec))),
-        ("container_memory_working_set_bytes", "gauge", "Current working set in bytes (usage less inactive file pages).", |_, u| Some(u.working_set_bytes().to_string())),
-        ("container_memory_usage_bytes", "gauge", "Current memory usage in bytes, including all memory regardless of when it was accessed.", |_, u| Some(u.memory_bytes.to_string())),
-        ("container_memory_rss", "gauge", "Size of RSS in bytes.", |_, u| Some(u.detail.rss_bytes.to_string())),
-        ("container_memory_cache", "gauge", "Number of bytes of page cache memory.", |_, u| Some(u.detail.cache_bytes.to_string())),
-        ("container_cpu_cfs_periods_total", "counter", "Number of elapsed enforcement period intervals.", |_, u| Some(u.detail.cfs_periods.to_string())),
-        ("container_cpu_cfs_throttled_periods_total", "counter", "Number of throttled period intervals.", |_, u| Some(u.detail.cfs_throttled_periods.to_string())),
-        ("container_cpu_cfs_throttled_seconds_total", "counter", "Total time duration the container has been throttled.", |_, u| Some(secs(u.detail.cfs_throttled_usec))),
-        ("container_spec_memory_limit_bytes", "gauge", "Memory limit for the container (0: none).", |_, u| Some(u.detail.memory_limit_bytes.unwrap_or(0).to_string())),
-        ("container_spec_cpu_quota", "gauge", "CPU quota of the container (0: none).", |_, u| Some(u.detail.cpu_quota_us.unwrap_or(0).to_string())),
-        ("container_spec_cpu_shares", "gauge", "CPU share of the container.", |_, u| Some(u.detail.cpu_shares.to_string())),
-        ("container_oom_events_total", "counter", "Count of out of memory events observed for the container.", |_, u| Some(u.oom_kills.to_string())),
-        ("container_processes", "gauge", "Number of processes running inside the container.", |_, u| Some(u.pids.to_string())),
+        ("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed in seconds.", |_, u, _| Some(secs(u.cpu_usec))),
+        ("container_memory_working_set_bytes", "gauge", "Current working set in bytes (usage less inactive file pages).", |_, u, d| Some(d.working_set_bytes(u).to_string())),
+        ("container_memory_usage_bytes", "gauge", "Current memory usage in bytes, including all memory regardless of when it was accessed.", |_, u, _| Some(u.memory_bytes.to_string())),
+        ("container_memory_rss", "gauge", "Size of RSS in bytes.", |_, _, d| Some(d.rss_bytes.to_string())),
+        ("container_memory_cache", "gauge", "Number of bytes of page cache memory.", |_, _, d| Some(d.cache_bytes.to_string())),
+        ("container_cpu_cfs_periods_total", "counter", "Number of elapsed enforcement period intervals.", |_, _, d| Some(d.cfs_periods.to_string())),
+        ("container_cpu_cfs_throttled_periods_total", "counter", "Number of throttled period intervals.", |_, _, d| Some(d.cfs_throttled_periods.to_string())),
+        ("container_cpu_cfs_throttled_seconds_total", "counter", "Total time duration the container has been throttled.", |_, _, d| Some(secs(d.cfs_throttled_usec))),
+        ("container_spec_memory_limit_bytes", "gauge", "Memory limit for the container (0: none).", |_, _, d| Some(d.memory_limit_bytes.unwrap_or(0).to_string())),
+        ("container_spec_cpu_quota", "gauge", "CPU quota of the container (0: none).", |_, _, d| Some(d.cpu_quota_us.unwrap_or(0).to_string())),
+        ("container_spec_cpu_shares", "gauge", "CPU share of the container.", |_, _, d| Some(d.cpu_shares.to_string())),
+        ("container_oom_events_total", "counter", "Count of out of memory events observed for the container.", |_, u, _| Some(u.oom_kills.to_string())),
+        ("container_processes", "gauge", "Number of processes running inside the container.", |_, u, _| Some(u.pids.to_string())),
     ];
     for (name, kind, help, f) in &list {
         family(out, name, kind, help, &each(f));
@@ -588,7 +610,7 @@ fn cadvisor(out: &mut String, view: &View, cgroups: &dyn Cgroups, cgroup_root: &
         "container_start_time_seconds",
         "gauge",
         "Start time of the container since unix epoch in seconds.",
-        &each(&|c, _| {
+        &each(&|c, _, _| {
             c.started_at
                 .as_deref()
                 .and_then(epoch_seconds)
@@ -726,34 +748,18 @@ pub fn serve_metrics(addr: std::net::SocketAddr, server: Server) -> Result<(), A
             what: "the metrics listener",
             source,
         })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|source| ApiError::Start {
-            what: "runtime",
-            source,
-        })?;
     let server = Arc::new(server);
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    tokio::spawn(connection(stream, server.clone(), true));
-                }
-            })
-        })
-        .map_err(|source| ApiError::Start {
-            what: "thread",
-            source,
-        })?;
-    Ok(())
+    on_thread("metrics", async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(connection(stream, server.clone(), true));
+        }
+    })
 }
 
 /// Why a request could not be made, worded for a person.

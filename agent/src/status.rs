@@ -309,7 +309,7 @@ pub fn pod_status(
             container_id,
         }
     };
-    let containers: Vec<ContainerStatus> =
+    let mut containers: Vec<ContainerStatus> =
         pod.containers.iter().map(|c| status_of(c, false)).collect();
     let init_containers: Vec<ContainerStatus> = pod
         .init_containers
@@ -317,7 +317,6 @@ pub fn pod_status(
         .map(|c| status_of(c, true))
         .collect();
     let (phase, mut reason) = reconcile::phase(pod, state);
-    let mut containers = containers;
     // An app container behind init containers still running waits as the
     // kubelet's does.
     if reason.as_deref().is_some_and(|r| r.starts_with("Init:")) {

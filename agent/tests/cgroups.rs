@@ -274,7 +274,7 @@ fn a_busy_loop_under_a_200m_limit_gets_about_a_fifth_of_a_cpu() {
     let (t1, u1) = (Instant::now(), cg.driver.usage(&cg.leaf).unwrap().cpu_usec);
     let share = (u1 - u0) as f64 / (t1 - t0).as_micros() as f64;
     // What the metrics read: the quota applied, and the loop throttled.
-    let d = cg.driver.usage(&cg.leaf).unwrap().detail;
+    let d = cg.driver.detail(&cg.leaf);
     assert_eq!(
         (d.cpu_quota_us, d.cpu_period_us),
         (Some(20_000), 100_000),

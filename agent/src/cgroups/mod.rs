@@ -163,9 +163,6 @@ pub struct Usage {
     pub pids: u64,
     /// Processes the kernel's OOM killer killed in this cgroup.
     pub oom_kills: u64,
-    /// What cAdvisor and the kubelet read besides (`memory.stat`,
-    /// `cpu.stat`, the limits); zero where the kernel does not say.
-    pub detail: UsageDetail,
 }
 
 /// The figures behind cAdvisor's container metrics.
@@ -189,11 +186,10 @@ pub struct UsageDetail {
     pub cpu_shares: u64,
 }
 
-impl Usage {
-    /// cAdvisor's working set: usage less inactive file pages.
-    pub fn working_set_bytes(&self) -> u64 {
-        self.memory_bytes
-            .saturating_sub(self.detail.inactive_file_bytes)
+impl UsageDetail {
+    /// cAdvisor's working set: the memory usage less inactive file pages.
+    pub fn working_set_bytes(&self, usage: &Usage) -> u64 {
+        usage.memory_bytes.saturating_sub(self.inactive_file_bytes)
     }
 }
 
@@ -230,6 +226,10 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn clone_into(&self, path: &CgroupPath) -> Option<PathBuf>;
     fn pids(&self, path: &CgroupPath) -> Result<Vec<u32>>;
     fn usage(&self, path: &CgroupPath) -> Result<Usage>;
+    /// What cAdvisor reads besides (`memory.stat`, `cpu.stat`, the limits),
+    /// for the metrics only: more files than `usage`, which the start and
+    /// exit paths read. Zero where the kernel does not say.
+    fn detail(&self, path: &CgroupPath) -> UsageDetail;
     /// SIGKILLs every process in the cgroup until it is empty.
     fn kill_all(&self, path: &CgroupPath) -> Result<()>;
     /// Removes the cgroup (innermost first); absent is fine.

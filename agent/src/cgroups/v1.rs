@@ -251,6 +251,21 @@ impl Cgroups for V1 {
             Some(m) => read_u64(&m.join(path.as_path()).join("cpuacct.usage"))? / 1000,
             None => 0,
         };
+        Ok(Usage {
+            cpu_usec,
+            memory_bytes: read_u64(&mem.join("memory.usage_in_bytes"))?,
+            pids: read_u64(&self.dir("pids", "pids limits", path)?.join("pids.current"))?,
+            // `oom_kill` in memory.oom_control since Linux 4.13.
+            oom_kills: keyed(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+        })
+    }
+
+    fn detail(&self, path: &CgroupPath) -> super::UsageDetail {
+        let mem = self
+            .controllers
+            .get("memory")
+            .map(|m| m.join(path.as_path()))
+            .unwrap_or_default();
         let stat = super::stat_map(&mem.join("memory.stat"));
         let get =
             |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
@@ -270,7 +285,7 @@ impl Cgroups for V1 {
         let limit = read_u64(&mem.join("memory.limit_in_bytes"))
             .ok()
             .filter(|l| *l < (1 << 62));
-        let detail = super::UsageDetail {
+        super::UsageDetail {
             inactive_file_bytes: get(&stat, "total_inactive_file"),
             rss_bytes: get(&stat, "total_rss"),
             cache_bytes: get(&stat, "total_cache"),
@@ -285,15 +300,7 @@ impl Cgroups for V1 {
             cpu_shares: num("cpu.shares")
                 .and_then(|s| u64::try_from(s).ok())
                 .unwrap_or(0),
-        };
-        Ok(Usage {
-            cpu_usec,
-            memory_bytes: read_u64(&mem.join("memory.usage_in_bytes"))?,
-            pids: read_u64(&self.dir("pids", "pids limits", path)?.join("pids.current"))?,
-            // `oom_kill` in memory.oom_control since Linux 4.13.
-            oom_kills: keyed(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
-            detail,
-        })
+        }
     }
 
     fn kill_all(&self, path: &CgroupPath) -> Result<()> {

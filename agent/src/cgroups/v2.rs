@@ -193,6 +193,16 @@ impl Cgroups for V2 {
 
     fn usage(&self, path: &CgroupPath) -> Result<Usage> {
         let dir = self.dir(path);
+        Ok(Usage {
+            cpu_usec: keyed(&dir.join("cpu.stat"), "usage_usec")?,
+            memory_bytes: read_u64(&dir.join("memory.current"))?,
+            pids: read_u64(&dir.join("pids.current"))?,
+            oom_kills: keyed(&dir.join("memory.events"), "oom_kill").unwrap_or(0),
+        })
+    }
+
+    fn detail(&self, path: &CgroupPath) -> super::UsageDetail {
+        let dir = self.dir(path);
         let stat = super::stat_map(&dir.join("memory.stat"));
         let cpu_stat = super::stat_map(&dir.join("cpu.stat"));
         let get =
@@ -209,7 +219,7 @@ impl Cgroups for V2 {
         } else {
             2 + (weight - 1) * 262_142 / 9_999
         };
-        let detail = super::UsageDetail {
+        super::UsageDetail {
             inactive_file_bytes: get(&stat, "inactive_file"),
             rss_bytes: get(&stat, "anon"),
             cache_bytes: get(&stat, "file"),
@@ -220,14 +230,7 @@ impl Cgroups for V2 {
             cpu_quota_us: quota,
             cpu_period_us: period,
             cpu_shares: shares,
-        };
-        Ok(Usage {
-            cpu_usec: keyed(&dir.join("cpu.stat"), "usage_usec")?,
-            memory_bytes: read_u64(&dir.join("memory.current"))?,
-            pids: read_u64(&dir.join("pids.current"))?,
-            oom_kills: keyed(&dir.join("memory.events"), "oom_kill").unwrap_or(0),
-            detail,
-        })
+        }
     }
 
     fn kill_all(&self, path: &CgroupPath) -> Result<()> {

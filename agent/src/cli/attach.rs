@@ -7,19 +7,13 @@
 
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 
 use super::Outcome;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    pub pod: String,
-    #[arg(short, long)]
-    pub container: Option<String>,
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
-    #[arg(long, default_value = "/run/podagent")]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub target: super::exec::Container,
     /// Pass stdin to the container.
     #[arg(short = 'i', long)]
     pub stdin: bool,
@@ -29,12 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, err: &mut dyn Write) -> Outcome {
-    let dir = match crate::locate::container_dir(
-        &args.state_dir,
-        &args.namespace,
-        &args.pod,
-        args.container.as_deref(),
-    ) {
+    let dir = match args.target.dir() {
         Ok(d) => d,
         Err(e) => {
             let _ = writeln!(err, "podctl attach: {e}");

@@ -9,8 +9,9 @@ use std::process::Command;
 
 use super::Outcome;
 
+/// A container of the state dir, as `exec` and `attach` name it.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct Container {
     pub pod: String,
     #[arg(short, long)]
     pub container: Option<String>,
@@ -18,6 +19,24 @@ pub struct Args {
     pub namespace: String,
     #[arg(long, default_value = "/run/podagent")]
     pub state_dir: PathBuf,
+}
+
+impl Container {
+    /// Its directory in the state dir.
+    pub fn dir(&self) -> Result<PathBuf, crate::locate::LocateError> {
+        crate::locate::container_dir(
+            &self.state_dir,
+            &self.namespace,
+            &self.pod,
+            self.container.as_deref(),
+        )
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: Container,
     /// The podagent binary (default: beside podctl).
     #[arg(long)]
     pub podagent: Option<PathBuf>,
@@ -34,13 +53,7 @@ pub struct Args {
 /// Runs the command; returns its exit status, or the usage outcome when
 /// the container cannot be found.
 pub fn run(args: &Args, err: &mut dyn Write) -> Result<i32, Outcome> {
-    let dir = crate::locate::container_dir(
-        &args.state_dir,
-        &args.namespace,
-        &args.pod,
-        args.container.as_deref(),
-    )
-    .map_err(|e| {
+    let dir = args.target.dir().map_err(|e| {
         let _ = writeln!(err, "podctl exec: {e}");
         Outcome::Invalid
     })?;
@@ -70,7 +83,7 @@ pub fn run(args: &Args, err: &mut dyn Write) -> Result<i32, Outcome> {
         .arg("--start-ticks")
         .arg(state["start_ticks"].to_string())
         .arg("--seccomp-cache")
-        .arg(args.state_dir.join("seccomp-cache"))
+        .arg(args.target.state_dir.join("seccomp-cache"))
         .args(args.tty.then_some("--tty"))
         .stdin(if args.stdin {
             std::process::Stdio::inherit()

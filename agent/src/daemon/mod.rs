@@ -456,7 +456,7 @@ impl Agent {
         // Storage is measured only while a pod has a limit.
         let limited = self.pods.iter().any(|(key, pod)| {
             matches!(pod, Pod::Live(run) if run.evicted.is_none())
-                && self.sources.pod(key).is_some_and(has_storage_limit)
+                && self.sources.pod(key).is_some_and(storage::has_limit)
         });
         if limited {
             at(self.storage.next_at);
@@ -544,21 +544,6 @@ impl Agent {
                 .record(kind, reason, object, container, message, now_rfc3339());
         }
     }
-}
-
-/// A pod with an ephemeral-storage limit or a disk emptyDir `sizeLimit`.
-fn has_storage_limit(p: &specs::PodPlan) -> bool {
-    p.all_containers()
-        .any(|c| c.resources.ephemeral_storage_limit_bytes.is_some())
-        || p.volumes.iter().any(|v| {
-            matches!(
-                v.source,
-                specs::plan::VolumeSource::EmptyDir {
-                    memory: false,
-                    size_limit_bytes: Some(_)
-                }
-            )
-        })
 }
 
 fn now_rfc3339() -> String {

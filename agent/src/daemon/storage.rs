@@ -156,7 +156,26 @@ fn container_paths(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A pod with an ephemeral-storage limit or a disk emptyDir `sizeLimit`:
+/// one to measure (and for the loop to wake for).
+pub fn has_limit(p: &PodPlan) -> bool {
+    p.all_containers()
+        .any(|c| c.resources.ephemeral_storage_limit_bytes.is_some())
+        || p.volumes.iter().any(|v| {
+            matches!(
+                v.source,
+                VolumeSource::EmptyDir {
+                    memory: false,
+                    size_limit_bytes: Some(_)
+                }
+            )
+        })
+}
+
 fn measure_of(state_dir: &Path, key: &str, p: &PodPlan) -> Option<Measure> {
+    if !has_limit(p) {
+        return None;
+    }
     let volumes: Vec<(String, Option<u64>, PathBuf)> = p
         .volumes
         .iter()
@@ -187,8 +206,7 @@ fn measure_of(state_dir: &Path, key: &str, p: &PodPlan) -> Option<Measure> {
             )
         })
         .collect();
-    let limited = volumes.iter().any(|v| v.1.is_some()) || containers.iter().any(|c| c.1.is_some());
-    limited.then(|| Measure {
+    Some(Measure {
         key: key.to_string(),
         uid: p.uid.clone(),
         containers,

@@ -269,7 +269,11 @@ impl Agent {
             let target = self.container_target(to.uid, to.ip, to.name);
             let id = (to.key.to_string(), to.name.to_string());
             let (kind, action) = (HookKind::PreStop, action.clone());
-            if self.spawn_hook(id, to.pid, kind, action, target, grace) {
+            // The loop's deadline decides when the grace period is over
+            // (`enforce_kills`, `progress_terminations`): the hook's own
+            // bound is later, so its timeout never races that deadline.
+            let bound = grace + MIN_GRACE;
+            if self.spawn_hook(id, to.pid, kind, action, target, bound) {
                 return true;
             }
         }

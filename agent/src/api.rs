@@ -34,7 +34,7 @@ use crate::events::Events;
 use crate::status::{ContainerStatus, NodeStatus, PodStatus};
 
 /// Every response's body: whole, or streamed (`logs?follow=true`).
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// Bucket bounds (seconds) of the reconcile duration histogram.
 pub const BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -69,6 +69,8 @@ pub struct View {
     /// How many of each kind of thing the agent holds (`pods`,
     /// `containers`, `shims`, ...), by kind.
     pub tracked: Vec<(&'static str, usize)>,
+    /// The pods' resource versions (the Kubernetes API's).
+    pub versions: crate::kube::Versions,
 }
 
 pub type Shared = Arc<Mutex<View>>;
@@ -81,6 +83,9 @@ pub struct Server {
     pub state_dir: PathBuf,
     pub cgroups: Box<dyn Cgroups>,
     pub cgroup_root: String,
+    /// The Kubernetes API's TCP listener and credentials, when it has one
+    /// (`/v1/kubeconfig` hands them to root).
+    pub kube: Option<Arc<crate::kube::access::Access>>,
 }
 
 /// Creates the socket at `path` (replacing a stale one) and serves it on a
@@ -165,6 +170,7 @@ fn on_thread(
 ) -> Result<(), ApiError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|source| ApiError::Start {
             what: "runtime",
@@ -188,23 +194,65 @@ async fn accept(listener: std::os::unix::net::UnixListener, server: Arc<Server>)
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(connection(stream, server.clone(), false));
+        tokio::spawn(connection(stream, server.clone(), Listener::Socket));
     }
 }
 
-/// Serves one connection: every route, or (`metrics_only`, the TCP
-/// listener) `/metrics` and `/healthz` alone.
-async fn connection<S>(stream: S, server: Arc<Server>, metrics_only: bool)
+/// Which listener a connection came in on, and so what it may ask.
+#[derive(Debug, Clone)]
+enum Listener {
+    /// The Unix socket: everything (its permissions are the
+    /// authentication).
+    Socket,
+    /// `--metrics-address`: `/metrics` and `/healthz` alone.
+    Metrics,
+    /// `--kube-api-address`: the Kubernetes API and health, with the token.
+    Kube(Arc<crate::kube::access::Access>),
+}
+
+/// Serves one connection.
+async fn connection<S>(stream: S, server: Arc<Server>, listener: Listener)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let server = server.clone();
+        let listener = listener.clone();
         async move {
-            let r = match req.uri().path() {
-                "/metrics" | "/healthz" => handle(&server, &req),
-                other if metrics_only => error(StatusCode::NOT_FOUND, &format!("no route {other}")),
-                _ => handle(&server, &req),
+            let path = req.uri().path();
+            let r = match (&listener, path) {
+                (_, "/metrics" | "/healthz") if !matches!(listener, Listener::Kube(_)) => {
+                    handle(&server, &req)
+                }
+                (Listener::Kube(access), p) => {
+                    let token = req.headers().get(hyper::header::AUTHORIZATION);
+                    if !crate::kube::access::authorized(token.map(|t| t.as_bytes()), &access.token)
+                    {
+                        crate::kube::unauthorized()
+                    } else if matches!(p, "/healthz" | "/livez" | "/readyz") {
+                        handle_at(&server, &req, "/healthz")
+                    } else {
+                        crate::kube::handle(&server, &req)
+                    }
+                }
+                (Listener::Metrics, other) => {
+                    error(StatusCode::NOT_FOUND, &format!("no route {other}"))
+                }
+                (Listener::Socket, p) if crate::kube::is_kube_path(p) => {
+                    crate::kube::handle(&server, &req)
+                }
+                (Listener::Socket, "/v1/kubeconfig") => match &server.kube {
+                    Some(a) => json(&serde_json::json!({
+                        "server": a.server,
+                        "certificateAuthority": a.ca_pem,
+                        "token": a.token,
+                    })),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        "the agent serves no Kubernetes API: start it with --kube-api-address",
+                    ),
+                },
+                (Listener::Socket, _) => handle(&server, &req),
             };
             Ok::<_, Infallible>(r)
         }
@@ -214,7 +262,7 @@ where
         .await;
 }
 
-fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = code;
     if let Ok(v) = kind.parse() {
@@ -236,6 +284,12 @@ fn error(code: StatusCode, message: &str) -> Response<Body> {
 }
 
 fn handle(server: &Server, req: &Request<Incoming>) -> Response<Body> {
+    handle_at(server, req, req.uri().path())
+}
+
+/// Serves the podagent route `path` (a health check's alias given as
+/// `/healthz`).
+fn handle_at(server: &Server, req: &Request<Incoming>, path: &str) -> Response<Body> {
     if req.method() != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -248,7 +302,7 @@ fn handle(server: &Server, req: &Request<Incoming>) -> Response<Body> {
             "the agent's state is poisoned",
         );
     };
-    match req.uri().path() {
+    match path {
         "/healthz" if view.ready => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/healthz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n"),
         "/v1/status" => match &view.status {
@@ -269,6 +323,19 @@ fn handle(server: &Server, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Why a log is not there.
+pub(crate) const NO_PREVIOUS_RUN: &str = "no previous run";
+pub(crate) const NO_OUTPUT_YET: &str = "no output yet";
+
+/// What part of a container's log is asked for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogQuery {
+    pub tail: Option<usize>,
+    pub previous: bool,
+    pub follow: bool,
+    pub timestamps: bool,
+}
+
 /// `/v1/logs/{namespace}/{pod}/{container}?tail=N&previous=true&follow=true`:
 /// what the container wrote, CRI records joined, as `podctl logs` prints
 /// it; with `follow` the response streams until the container has exited.
@@ -280,46 +347,54 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
             "use /v1/logs/{namespace}/{pod}/{container}",
         );
     };
-    let mut tail = None;
-    let (mut previous, mut follow) = (false, false);
+    let mut q = LogQuery::default();
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
         match kv.split_once('=').unwrap_or((kv, "")) {
             ("tail", n) => match n.parse::<usize>() {
-                Ok(n) => tail = Some(n),
+                Ok(n) => q.tail = Some(n),
                 Err(_) => return error(StatusCode::BAD_REQUEST, "tail: not a number"),
             },
-            ("previous", v) => previous = v != "false",
-            ("follow", v) => follow = v != "false",
+            ("previous", v) => q.previous = v != "false",
+            ("follow", v) => q.follow = v != "false",
+            ("timestamps", v) => q.timestamps = v != "false",
             (k, _) => return error(StatusCode::BAD_REQUEST, &format!("unknown parameter {k}")),
         }
     }
-    let dir = match crate::locate::container_dir(&server.state_dir, namespace, pod, Some(container))
-    {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
-    };
-    let file = dir.join(if previous {
+    log_response(server, namespace, pod, container, &q).unwrap_or_else(|(code, m)| error(code, &m))
+}
+
+/// A container's log as a response, or why there is none.
+pub(crate) fn log_response(
+    server: &Server,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    q: &LogQuery,
+) -> Result<Response<Body>, (StatusCode, String)> {
+    let dir = crate::locate::container_dir(&server.state_dir, namespace, pod, Some(container))
+        .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
+    let file = dir.join(if q.previous {
         "previous.log"
     } else {
         "container.log"
     });
     let Ok(text) = std::fs::read_to_string(&file) else {
-        let what = if previous {
-            "no previous run"
+        let what = if q.previous {
+            NO_PREVIOUS_RUN
         } else {
-            "no output yet"
+            NO_OUTPUT_YET
         };
-        return error(StatusCode::NOT_FOUND, what);
+        return Err((StatusCode::NOT_FOUND, what.into()));
     };
-    let all = crate::shim::logs::lines(&text);
-    let start = tail.map_or(0, |n| all.len().saturating_sub(n));
+    let all = crate::shim::logs::timed_lines(&text);
+    let start = q.tail.map_or(0, |n| all.len().saturating_sub(n));
     let mut head = String::new();
     for l in &all[start..] {
-        head.push_str(l);
+        head.push_str(&crate::shim::logs::shown(l, q.timestamps));
         head.push('\n');
     }
-    if !follow || previous {
-        return reply(StatusCode::OK, "text/plain", head);
+    if !q.follow || q.previous {
+        return Ok(reply(StatusCode::OK, "text/plain", head));
     }
     // Following: a thread waits for more (as `podctl logs -f` does) and
     // sends it on; it ends when the container has exited or within a second
@@ -327,6 +402,7 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let offset = text.len() as u64;
     let first = tx.clone();
+    let timestamps = q.timestamps;
     let spawned = std::thread::Builder::new()
         .name("logs".into())
         .spawn(move || {
@@ -335,14 +411,14 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
             }
             let watch = first.clone();
             let mut out = ChannelWriter(first);
-            crate::shim::logs::follow(&file, offset, &mut out, &|| watch.is_closed());
+            crate::shim::logs::follow(&file, offset, timestamps, &mut out, &|| watch.is_closed());
         });
     drop(tx);
     if spawned.is_err() {
-        return error(
+        return Err((
             StatusCode::SERVICE_UNAVAILABLE,
-            "no thread to follow the log",
-        );
+            "no thread to follow the log".into(),
+        ));
     }
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -353,7 +429,7 @@ fn logs(server: &Server, path: &str, query: &str) -> Response<Body> {
     if let Ok(v) = "text/plain".parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
-    r
+    Ok(r)
 }
 
 /// `Write` into the channel a streamed response reads.
@@ -530,7 +606,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 
 /// Seconds since the epoch of an RFC 3339 UTC time (`…Z`), as the
 /// container's start is recorded.
-fn epoch_seconds(t: &str) -> Option<f64> {
+pub(crate) fn epoch_seconds(t: &str) -> Option<f64> {
     let (date, time) = t.strip_suffix('Z')?.split_once('T')?;
     let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
@@ -757,7 +833,66 @@ pub fn serve_metrics(addr: std::net::SocketAddr, server: Server) -> Result<(), A
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            tokio::spawn(connection(stream, server.clone(), true));
+            tokio::spawn(connection(stream, server.clone(), Listener::Metrics));
+        }
+    })
+}
+
+/// `--kube-api-address`: the Kubernetes API (`crate::kube`) over TLS with
+/// the serving certificate of `access`, for clients with its token, on a
+/// thread of its own.
+pub fn serve_kube(
+    addr: std::net::SocketAddr,
+    server: Server,
+    access: Arc<crate::kube::access::Access>,
+) -> Result<(), ApiError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: String| ApiError::Start {
+        what: "the Kubernetes API's TLS",
+        source: std::io::Error::other(e),
+    };
+    let certs = CertificateDer::pem_slice_iter(access.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(access.key_pem.as_bytes()).map_err(|e| tls(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let start = |source| ApiError::Start {
+        what: "the Kubernetes API's listener",
+        source,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(start)?;
+    listener.set_nonblocking(true).map_err(start)?;
+    let server = Arc::new(server);
+    on_thread("kube-api", async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, server, access) = (acceptor.clone(), server.clone(), access.clone());
+            tokio::spawn(async move {
+                // A client that does not finish its handshake is dropped.
+                let handshake = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(stream),
+                );
+                if let Ok(Ok(stream)) = handshake.await {
+                    connection(stream, server, Listener::Kube(access)).await;
+                }
+            });
         }
     })
 }

@@ -10,6 +10,7 @@ pub mod cpu_manager;
 pub mod daemon;
 pub mod events;
 pub mod image;
+pub mod kube;
 pub mod locate;
 pub mod node;
 pub mod probe;

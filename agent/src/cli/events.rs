@@ -57,13 +57,13 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
             let items: Vec<serde_json::Value> = events
                 .iter()
                 .enumerate()
-                .map(|(i, e)| event_object(e, i))
+                .map(|(i, e)| crate::kube::objects::event_object(e, i, None))
                 .collect();
             let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
             let text = if args.output == Format::Json {
                 serde_json::to_string_pretty(&list).unwrap_or_default()
             } else {
-                super::status::quote_times(&serde_yaml::to_string(&list).unwrap_or_default())
+                crate::kube::objects::quote_times(&serde_yaml::to_string(&list).unwrap_or_default())
             };
             let _ = writeln!(out, "{}", text.trim_end());
             return Outcome::Ok;
@@ -95,41 +95,4 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
         );
     }
     Outcome::Ok
-}
-
-/// One record as a `v1 Event`: its object a Pod (with the container as
-/// `fieldPath`), or, for a manifest's problem, the file.
-pub fn event_object(e: &serde_json::Value, index: usize) -> serde_json::Value {
-    let object = e["object"].as_str().unwrap_or("");
-    let (namespace, name) = object.split_once('/').unwrap_or(("default", object));
-    let mut involved = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "namespace": namespace,
-        "name": name,
-    });
-    if let Some(c) = e["container"].as_str() {
-        involved["fieldPath"] = serde_json::json!(format!("spec.containers{{{c}}}"));
-    }
-    let first = crate::status::seconds(e["first_time"].as_str().unwrap_or(""));
-    let last = crate::status::seconds(e["time"].as_str().unwrap_or(""));
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            // Unique within the list, as the API server's names are.
-            "name": format!("{name}.{index:x}"),
-            "namespace": namespace,
-            "creationTimestamp": first,
-        },
-        "involvedObject": involved,
-        "reason": e["reason"],
-        "message": e["message"],
-        "type": e["kind"],
-        "count": e["count"],
-        "firstTimestamp": first,
-        "lastTimestamp": last,
-        "source": { "component": "podagent" },
-        "reportingComponent": "podagent",
-    })
 }

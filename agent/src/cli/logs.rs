@@ -128,7 +128,7 @@ fn from_state_dir(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outc
         }
     }
     if args.follow && !args.previous {
-        follow(&file, text.len() as u64, out, &|| false);
+        follow(&file, text.len() as u64, false, out, &|| false);
     }
     Outcome::Ok
 }

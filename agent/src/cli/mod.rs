@@ -6,6 +6,7 @@ pub mod describe;
 pub mod events;
 pub mod exec;
 pub mod image;
+pub mod kubeconfig;
 pub mod logs;
 pub mod status;
 pub mod top;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Remove a pod's manifest from the pods dir (refused when its file
     /// defines other pods too).
     Delete(apply::DeleteArgs),
+    /// Print a kubeconfig for the node's Kubernetes API (the agent's
+    /// --kube-api-address): kubectl and the client libraries use it.
+    Kubeconfig(kubeconfig::Args),
 }
 
 /// Where the agent's API is.
@@ -129,6 +133,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
         Command::Apply(args) => apply::apply(&args, out, err),
         Command::Diff(args) => apply::diff(&args, out, err),
         Command::Delete(args) => apply::delete(&args, out, err),
+        Command::Kubeconfig(args) => kubeconfig::run(&args, out, err),
         Command::Attach(args) => attach::run(&args, err),
         Command::Exec(args) => match exec::run(&args, err) {
             Ok(code) => Outcome::Passed(u8::try_from(code).unwrap_or(1)),

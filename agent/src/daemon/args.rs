@@ -48,6 +48,12 @@ pub struct Args {
     /// e.g. 127.0.0.1:10255).
     #[arg(long)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Serve a read-only Kubernetes API (pods, events, logs) over TLS at
+    /// ADDR:PORT for kubectl and the Kubernetes client libraries, e.g.
+    /// 127.0.0.1:6443 (off by default). Clients need the token under the
+    /// root dir's `kube-api/`: `podctl kubeconfig` writes a kubeconfig.
+    #[arg(long)]
+    pub kube_api_address: Option<std::net::SocketAddr>,
     /// The CPU manager's policy, as the kubelet's `--cpu-manager-policy`:
     /// `none`, or `static` (whole CPUs of their own for the containers of
     /// Guaranteed pods with whole-number CPU requests).

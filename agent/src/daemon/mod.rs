@@ -103,6 +103,8 @@ pub enum DaemonError {
     },
     #[error("the API")]
     Api(#[source] crate::api::ApiError),
+    #[error("the Kubernetes API's credentials")]
+    KubeAccess(#[source] crate::kube::access::AccessError),
     #[error("the pods dir")]
     Watch(#[source] crate::watch::WatchError),
     #[error("cleaning up")]
@@ -305,25 +307,39 @@ impl Agent {
         mask.thread_block().map_err(sys("sigprocmask"))?;
         let signals = SignalFd::new(&mask).map_err(sys("signalfd"))?;
         let socket = self.args.api_socket();
-        let server = crate::api::Server {
-            view: self.view.clone(),
-            state_dir: self.args.state_dir.clone(),
-            cgroups: crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
-                .map_err(DaemonError::Cgroups)?
-                .driver(),
-            cgroup_root: self.args.cgroup_root.clone(),
+        let events = self.args.state_dir.join("events.jsonl");
+        if let Ok(mut v) = self.view.lock() {
+            if let Err(e) = v.events.persist(&events) {
+                eprintln!(
+                    "podagent: the event journal {}: {e}: events are kept in memory only",
+                    events.display()
+                );
+            }
+        }
+        let kube = match self.args.kube_api_address {
+            Some(addr) => Some(Arc::new(
+                crate::kube::access::prepare(&self.args.root_dir.join("kube-api"), addr)
+                    .map_err(DaemonError::KubeAccess)?,
+            )),
+            None => None,
         };
-        crate::api::serve(&socket, self.api_group()?, server).map_err(DaemonError::Api)?;
-        if let Some(addr) = self.args.metrics_address {
-            let server = crate::api::Server {
+        let server = || -> Result<crate::api::Server, DaemonError> {
+            Ok(crate::api::Server {
                 view: self.view.clone(),
                 state_dir: self.args.state_dir.clone(),
                 cgroups: crate::cgroups::detect(Path::new("/proc/self/mountinfo"))
                     .map_err(DaemonError::Cgroups)?
                     .driver(),
                 cgroup_root: self.args.cgroup_root.clone(),
-            };
-            crate::api::serve_metrics(addr, server).map_err(DaemonError::Api)?;
+                kube: kube.clone(),
+            })
+        };
+        crate::api::serve(&socket, self.api_group()?, server()?).map_err(DaemonError::Api)?;
+        if let Some(addr) = self.args.metrics_address {
+            crate::api::serve_metrics(addr, server()?).map_err(DaemonError::Api)?;
+        }
+        if let (Some(addr), Some(access)) = (self.args.kube_api_address, &kube) {
+            crate::api::serve_kube(addr, server()?, access.clone()).map_err(DaemonError::Api)?;
         }
         self.sources.resync(&pods_dir, &self.node);
         self.adopt()?;

@@ -68,6 +68,7 @@ impl Agent {
             conflicts: desired.conflicts.clone(),
         };
         if let Ok(mut v) = self.view.lock() {
+            v.versions.update(&node.pods);
             v.status = Some(node);
             v.tracked = tracked.by_kind().to_vec();
         }

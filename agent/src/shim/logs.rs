@@ -126,26 +126,50 @@ impl CriLog {
 /// The content of CRI log records, partial records joined: what the
 /// container wrote, line by line.
 pub fn lines(text: &str) -> Vec<String> {
+    timed_lines(text).into_iter().map(|(_, l)| l).collect()
+}
+
+/// `lines` with the time of each line's first record (RFC 3339), as
+/// `kubectl logs --timestamps` shows them.
+pub fn timed_lines(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut partial = String::new();
+    let mut first: Option<&str> = None;
     for rec in text.lines() {
         let mut f = rec.splitn(4, ' ');
-        let (_ts, _stream, tag, content) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+        let (ts, _stream, tag, content) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+        first = first.or(ts);
         partial.push_str(content);
         if tag != Some("P") {
-            out.push(std::mem::take(&mut partial));
+            let ts = first.take().unwrap_or("").to_string();
+            out.push((ts, std::mem::take(&mut partial)));
         }
     }
     if !partial.is_empty() {
-        out.push(partial);
+        out.push((first.unwrap_or("").to_string(), partial));
     }
     out
+}
+
+/// A line as it is shown: its time first with `timestamps`.
+pub fn shown((ts, line): &(String, String), timestamps: bool) -> String {
+    if timestamps {
+        format!("{ts} {line}")
+    } else {
+        line.clone()
+    }
 }
 
 /// Prints records appended after `offset` until the container has exited
 /// (its exit record exists) and everything is printed, or `gone` says the
 /// reader has left (asked at least once a second).
-pub fn follow(file: &Path, mut offset: u64, out: &mut dyn Write, gone: &dyn Fn() -> bool) {
+pub fn follow(
+    file: &Path,
+    mut offset: u64,
+    timestamps: bool,
+    out: &mut dyn Write,
+    gone: &dyn Fn() -> bool,
+) {
     let state = file.parent().map(|d| d.join("state")).unwrap_or_default();
     loop {
         if gone() {
@@ -167,8 +191,8 @@ pub fn follow(file: &Path, mut offset: u64, out: &mut dyn Write, gone: &dyn Fn()
                     rest.push_str(&line);
                     rest.push('\n');
                 }
-                for l in lines(&rest) {
-                    if writeln!(out, "{l}").is_err() {
+                for l in timed_lines(&rest) {
+                    if writeln!(out, "{}", shown(&l, timestamps)).is_err() {
                         return;
                     }
                 }
@@ -201,6 +225,12 @@ mod tests {
     fn partial_records_are_joined() {
         let text = "2026-01-01T00:00:00.000000000Z stdout P abc\n2026-01-01T00:00:00.000000001Z stdout F def\n2026-01-01T00:00:00.000000002Z stderr F oops\n";
         assert_eq!(super::lines(text), ["abcdef", "oops"]);
+        let timed = super::timed_lines(text);
+        assert_eq!(
+            super::shown(&timed[0], true),
+            "2026-01-01T00:00:00.000000000Z abcdef"
+        );
+        assert_eq!(timed[1].0, "2026-01-01T00:00:00.000000002Z");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod failures;
 mod hierarchy;
 mod hooks;
 mod host_ports;
+mod kubectl;
 mod lifecycle;
 mod metrics;
 mod pods_dir;

@@ -39,17 +39,33 @@ pub(crate) type Body = BoxBody<Bytes, Infallible>;
 /// Bucket bounds (seconds) of the reconcile duration histogram.
 pub const BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
-/// A Prometheus histogram.
-#[derive(Debug, Clone, Default)]
+/// The kubelet's bounds of `kubelet_pod_start_duration_seconds`.
+pub const POD_START_BUCKETS: [f64; 25] = [
+    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0,
+    300.0, 360.0, 480.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+];
+
+/// A Prometheus histogram over fixed bounds.
+#[derive(Debug, Clone)]
 pub struct Histogram {
-    pub counts: [u64; BUCKETS.len()],
+    pub bounds: &'static [f64],
+    pub counts: Vec<u64>,
     pub sum: f64,
     pub count: u64,
 }
 
 impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
     pub fn observe(&mut self, secs: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             if secs <= *b {
                 self.counts[i] += 1;
             }
@@ -57,20 +73,56 @@ impl Histogram {
         self.sum += secs;
         self.count += 1;
     }
+
+    /// Its family in the text format.
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (b, n) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
 }
 
+/// A probe's outcome, counted as the kubelet's `prober_probe_total`:
+/// (namespace, pod, container, probe type, result).
+pub type ProbeCount = (String, String, String, &'static str, &'static str);
+
 /// What the loop publishes for the API.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct View {
     pub ready: bool,
     pub status: Option<NodeStatus>,
     pub events: Events,
     pub reconcile: Histogram,
+    /// From a pod's first sight to its phase Running, for pods this agent
+    /// started (the kubelet's `kubelet_pod_start_duration_seconds`).
+    pub pod_start: Histogram,
+    /// Probe outcomes by pod, container, type and result.
+    pub probes: std::collections::BTreeMap<ProbeCount, u64>,
     /// How many of each kind of thing the agent holds (`pods`,
     /// `containers`, `shims`, ...), by kind.
     pub tracked: Vec<(&'static str, usize)>,
     /// The pods' resource versions (the Kubernetes API's).
     pub versions: crate::kube::Versions,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            ready: false,
+            status: None,
+            events: Events::default(),
+            reconcile: Histogram::new(&BUCKETS),
+            pod_start: Histogram::new(&POD_START_BUCKETS),
+            probes: Default::default(),
+            tracked: Vec::new(),
+            versions: Default::default(),
+        }
+    }
 }
 
 pub type Shared = Arc<Mutex<View>>;
@@ -567,25 +619,11 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
     for (kind, n) in &view.tracked {
         let _ = writeln!(out, "podagent_tracked_objects{{kind=\"{kind}\"}} {n}");
     }
-    let h = &view.reconcile;
-    let _ = writeln!(
-        out,
-        "# HELP podagent_reconcile_duration_seconds One reconcile pass, actions included."
+    view.reconcile.write(
+        &mut out,
+        "podagent_reconcile_duration_seconds",
+        "One reconcile pass, actions included.",
     );
-    let _ = writeln!(out, "# TYPE podagent_reconcile_duration_seconds histogram");
-    for (b, n) in BUCKETS.iter().zip(h.counts) {
-        let _ = writeln!(
-            out,
-            "podagent_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "podagent_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-        h.count
-    );
-    let _ = writeln!(out, "podagent_reconcile_duration_seconds_sum {}", h.sum);
-    let _ = writeln!(out, "podagent_reconcile_duration_seconds_count {}", h.count);
     cadvisor(&mut out, view, cgroups, &running);
     process(&mut out);
     out
@@ -692,6 +730,34 @@ fn cadvisor(out: &mut String, view: &View, cgroups: &dyn Cgroups, running: &[Run
                 .and_then(epoch_seconds)
                 .map(|s| s.to_string())
         }),
+    );
+    network(out, cgroups, running);
+    view.pod_start.write(
+        out,
+        "kubelet_pod_start_duration_seconds",
+        "Duration in seconds from the agent seeing a pod for the first time to the pod starting to run.",
+    );
+    let probes: Vec<(String, String)> = view
+        .probes
+        .iter()
+        .map(|((ns, pod, c, kind, result), n)| {
+            (
+                format!(
+                    "namespace=\"{}\",pod=\"{}\",container=\"{}\",probe_type=\"{kind}\",result=\"{result}\"",
+                    label(ns),
+                    label(pod),
+                    label(c)
+                ),
+                n.to_string(),
+            )
+        })
+        .collect();
+    family(
+        out,
+        "prober_probe_total",
+        "counter",
+        "Cumulative number of a liveness, readiness or startup probe for a container by result.",
+        &probes,
     );
     let pods = view.status.as_ref().map_or(&[][..], |s| &s.pods[..]);
     let running_pods = pods.iter().filter(|p| p.phase == "Running").count();
@@ -807,6 +873,105 @@ fn process(out: &mut String) {
             "1".into(),
         )],
     );
+}
+
+/// Each interface's counters in `/proc/<pid>/net/dev` (the network
+/// namespace of the process): (name, received bytes, received packets,
+/// receive errors, transmitted bytes, ...), loopback left out.
+pub(crate) fn net_dev(text: &str) -> Vec<(String, [u64; 16])> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let name = name.trim();
+            let mut v = [0u64; 16];
+            let mut fields = rest.split_whitespace();
+            for slot in v.iter_mut() {
+                *slot = fields.next()?.parse().ok()?;
+            }
+            (name != "lo").then(|| (name.to_string(), v))
+        })
+        .collect()
+}
+
+/// cAdvisor's network families, one series a pod and interface (the pod's
+/// network namespace is its containers' own: `container=""`, as cAdvisor
+/// reports a pod's sandbox), read through one of its running processes.
+fn network(out: &mut String, cgroups: &dyn Cgroups, running: &[Running<'_>]) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows: Vec<(String, [u64; 16])> = Vec::new();
+    for (p, _, _, cg) in running {
+        if !seen.insert((&p.namespace, &p.name)) {
+            continue;
+        }
+        let Some(pid) = cgroups.pids(cg).ok().and_then(|p| p.first().copied()) else {
+            seen.remove(&(&p.namespace, &p.name));
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/dev")) else {
+            seen.remove(&(&p.namespace, &p.name));
+            continue;
+        };
+        for (iface, v) in net_dev(&text) {
+            let labels = format!(
+                "namespace=\"{}\",pod=\"{}\",container=\"\",interface=\"{}\"",
+                label(&p.namespace),
+                label(&p.name),
+                label(&iface)
+            );
+            rows.push((labels, v));
+        }
+    }
+    // /proc/net/dev's columns: 0 bytes, 1 packets, 2 errs, 3 drop (received);
+    // 8 bytes, 9 packets, 10 errs, 11 drop (transmitted).
+    for (name, help, col) in [
+        (
+            "container_network_receive_bytes_total",
+            "Cumulative count of bytes received.",
+            0,
+        ),
+        (
+            "container_network_receive_packets_total",
+            "Cumulative count of packets received.",
+            1,
+        ),
+        (
+            "container_network_receive_errors_total",
+            "Cumulative count of errors encountered while receiving.",
+            2,
+        ),
+        (
+            "container_network_receive_packets_dropped_total",
+            "Cumulative count of packets dropped while receiving.",
+            3,
+        ),
+        (
+            "container_network_transmit_bytes_total",
+            "Cumulative count of bytes transmitted.",
+            8,
+        ),
+        (
+            "container_network_transmit_packets_total",
+            "Cumulative count of packets transmitted.",
+            9,
+        ),
+        (
+            "container_network_transmit_errors_total",
+            "Cumulative count of errors encountered while transmitting.",
+            10,
+        ),
+        (
+            "container_network_transmit_packets_dropped_total",
+            "Cumulative count of packets dropped while transmitting.",
+            11,
+        ),
+    ] {
+        let samples: Vec<(String, String)> = rows
+            .iter()
+            .map(|(l, v)| (l.clone(), v[col].to_string()))
+            .collect();
+        family(out, name, "counter", help, &samples);
+    }
 }
 
 /// `--metrics-address`: `/metrics` (and `/healthz`) over TCP for a stock

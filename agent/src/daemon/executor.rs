@@ -24,6 +24,7 @@ impl Agent {
     /// the turn ends with it).
     pub(super) fn pass(&mut self, publish: bool) -> (bool, Option<Instant>) {
         let desired = self.sources.desired();
+        self.sight(&desired);
         // A pod still terminating is left alone until it is gone.
         let plans: reconcile::Desired = desired
             .pods

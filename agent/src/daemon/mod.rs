@@ -161,6 +161,8 @@ pub struct Agent {
     /// Each shown pod condition's status and when it last changed, by pod
     /// uid and condition (`lastTransitionTime`).
     transitions: BTreeMap<(String, String), (String, String)>,
+    /// Each shown pod's first sight (`kubelet_pod_start_duration_seconds`).
+    first_seen: BTreeMap<String, publish::FirstSight>,
 }
 
 impl Agent {
@@ -275,6 +277,7 @@ impl Agent {
             image_gc,
             storage: storage::StorageCheck::new(),
             transitions: BTreeMap::new(),
+            first_seen: BTreeMap::new(),
         })
     }
 

@@ -108,6 +108,24 @@ impl Agent {
         let now = Instant::now();
         while let Ok(r) = self.probe_rx.try_recv() {
             let (key, name) = &r.id;
+            // Every probe run counts, as the kubelet's prober_probe_total.
+            if let Ok(mut v) = self.view.lock() {
+                let (namespace, pod) = key.split_once('/').unwrap_or(("default", key));
+                let result = if r.result.is_ok() {
+                    "successful"
+                } else {
+                    "failed"
+                };
+                *v.probes
+                    .entry((
+                        namespace.to_string(),
+                        pod.to_string(),
+                        name.clone(),
+                        r.kind.name(),
+                        result,
+                    ))
+                    .or_default() += 1;
+            }
             let Some(cp) = self
                 .container_mut(key, name)
                 .and_then(|c| c.probes.as_mut())
@@ -121,6 +139,7 @@ impl Agent {
                 continue;
             };
             let change = p.record(r.result.is_ok(), now);
+
             if r.kind == P::Startup && change == Change::Succeeded {
                 cp.started = true;
             }

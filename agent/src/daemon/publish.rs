@@ -29,6 +29,7 @@ impl Agent {
         }
         let now = status::seconds(&super::now_rfc3339());
         status::stamp_transitions(&mut pods, &mut self.transitions, &now);
+        let started = self.first_sights(&pods);
         // Pods whose file is gone are shown until they are.
         for (key, pod) in &self.pods {
             if let Pod::Terminating(t) = pod {
@@ -68,9 +69,59 @@ impl Agent {
             conflicts: desired.conflicts.clone(),
         };
         if let Ok(mut v) = self.view.lock() {
+            for d in started {
+                v.pod_start.observe(d.as_secs_f64());
+            }
+            v.probes
+                .retain(|(ns, pod, ..), _| desired.pods.contains_key(&format!("{ns}/{pod}")));
             v.versions.update(&node.pods);
             v.status = Some(node);
             v.tracked = tracked.by_kind().to_vec();
         }
     }
+
+    /// Notes the first sight of each desired pod (a new uid is a new pod).
+    /// A pod whose sandbox exists when first seen was adopted: it did not
+    /// start here and is not counted.
+    pub(super) fn sight(&mut self, desired: &DesiredState) {
+        let now = std::time::Instant::now();
+        for (key, (_, p)) in &desired.pods {
+            if self.first_seen.get(key).is_some_and(|s| s.uid == p.uid) {
+                continue;
+            }
+            let adopted = matches!(self.pods.get(key), Some(Pod::Live(_)));
+            let sight = FirstSight {
+                uid: p.uid.clone(),
+                at: now,
+                started: adopted,
+            };
+            self.first_seen.insert(key.clone(), sight);
+        }
+        self.first_seen.retain(|k, _| desired.pods.contains_key(k));
+    }
+
+    /// How long each pod that has just started running took from its first
+    /// sight.
+    fn first_sights(&mut self, pods: &[status::PodStatus]) -> Vec<std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut started = Vec::new();
+        for p in pods.iter().filter(|p| p.phase == "Running") {
+            let key = format!("{}/{}", p.namespace, p.name);
+            if let Some(s) = self.first_seen.get_mut(&key) {
+                if !s.started && s.uid == p.uid {
+                    s.started = true;
+                    started.push(now - s.at);
+                }
+            }
+        }
+        started
+    }
+}
+
+/// When the agent first saw a pod, and whether it has run since.
+#[derive(Debug)]
+pub(super) struct FirstSight {
+    uid: String,
+    at: std::time::Instant,
+    started: bool,
 }

@@ -41,7 +41,7 @@ fn prometheus_scrapes_cadvisor_names_whose_values_are_the_cgroups() {
             &fx,
             &pods,
             &state,
-            &["--no-network", "--metrics-address", "127.0.0.1:19100"],
+            &["--metrics-address", "127.0.0.1:19100"],
         ));
         // A busy loop under a tenth of a CPU (throttled), with some page cache.
         put_manifest(
@@ -57,6 +57,10 @@ spec:
     image: busybox
     command: [sh, -c, 'dd if=/dev/zero of=/tmp/cache bs=1M count=8 2>/dev/null; while :; do :; done']
     resources: {limits: {cpu: 100m, memory: 64Mi}}
+  - name: probed
+    image: busybox
+    command: [sleep, '100000']
+    readinessProbe: {exec: {command: ['true']}, periodSeconds: 1}
 ",
         );
         assert!(eventually(Duration::from_secs(20), || pod_status(
@@ -103,7 +107,66 @@ spec:
         }
         assert!(text.contains("kubelet_running_pods 1\n"), "{text}");
         assert!(
-            text.contains("kubelet_running_containers{container_state=\"running\"} 1\n"),
+            text.contains("kubelet_running_containers{container_state=\"running\"} 2\n"),
+            "{text}"
+        );
+        // One pod started: its start time observed once.
+        assert!(
+            text.contains("\nkubelet_pod_start_duration_seconds_count 1\n"),
+            "{text}"
+        );
+        let probes = |text: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("prober_probe_total{")
+                        && l.contains(
+                            "container=\"probed\",probe_type=\"Readiness\",result=\"successful\"",
+                        )
+                })
+                .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+                .unwrap_or(0.0)
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || probes(&scrape()) >= 2.0),
+            "{}",
+            scrape()
+        );
+        // Packets sent to the pod are counted on its interface.
+        let ip = pod_status(&state_s, "busy")["ip"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let net = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with(&format!("{name}{{"))
+                        && l.contains("pod=\"busy\",container=\"\",interface=\"eth0\"")
+                })
+                .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        let before = net(&scrape(), "container_network_receive_packets_total");
+        assert!(before >= 0.0, "{}", scrape());
+        let ping = std::process::Command::new("busybox")
+            .args(["ping", "-c", "5", "-s", "1000", "-i", "0.1", &ip])
+            .output()
+            .unwrap();
+        assert!(
+            ping.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+        let text = scrape();
+        assert!(
+            net(&text, "container_network_receive_packets_total") >= before + 5.0,
+            "{text}"
+        );
+        assert!(
+            net(&text, "container_network_receive_bytes_total") >= 5.0 * 1000.0,
+            "{text}"
+        );
+        assert!(
+            net(&text, "container_network_transmit_bytes_total") >= 5.0 * 1000.0,
             "{text}"
         );
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");

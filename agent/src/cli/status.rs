@@ -13,7 +13,9 @@ use crate::kube::objects::{pod_object, quote_times};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// The table.
+    /// kubectl's table: NAME READY STATUS RESTARTS AGE.
+    Table,
+    /// kubectl's wide table (IP, NODE, ...) and the pod's FILE.
     Wide,
     /// Kubernetes' Pod shape.
     Json,
@@ -27,7 +29,7 @@ pub struct Args {
     /// `pods` (for `podctl get pods`); nothing else is listed.
     #[arg(value_parser = ["pods", "pod", "po"])]
     pub resource: Option<String>,
-    #[arg(short, long, value_enum, default_value_t = Format::Wide)]
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// Keep watching: print a row whenever a pod's row changes.
     #[arg(short, long)]
@@ -36,23 +38,63 @@ pub struct Args {
     pub api: Api,
 }
 
-fn rows(v: &Value) -> BTreeMap<String, String> {
+/// Each pod's cells, by `namespace/name`.
+fn rows(v: &Value, wide: bool) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for p in v["pods"].as_array().into_iter().flatten() {
+        let mut cells = crate::kube::pod_row(p);
+        if wide {
+            cells.push(p["file"].as_str().unwrap_or("").to_string());
+        } else {
+            cells.truncate(5);
+        }
         out.insert(
             format!(
                 "{}/{}",
                 p["namespace"].as_str().unwrap_or(""),
                 p["name"].as_str().unwrap_or("")
             ),
-            row(p),
+            cells,
         );
     }
     out
 }
 
-const HEADER: &str =
-    "NAME                     READY  STATUS             RESTARTS  IP               FILE";
+fn header(wide: bool) -> Vec<String> {
+    let all = [
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "AGE",
+        "IP",
+        "NODE",
+        "NOMINATED NODE",
+        "READINESS GATES",
+        "FILE",
+    ];
+    all[..if wide { all.len() } else { 5 }]
+        .iter()
+        .map(|h| h.to_string())
+        .collect()
+}
+
+/// Cells padded to `widths` with three spaces between, as kubectl's
+/// tabwriter prints them.
+fn line(cells: &[String], widths: &[usize]) -> String {
+    let mut s = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        if i + 1 == cells.len() {
+            s.push_str(c);
+        } else {
+            s.push_str(&format!(
+                "{c:<w$}   ",
+                w = widths.get(i).copied().unwrap_or(0)
+            ));
+        }
+    }
+    s
+}
 
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
     let v = match args.api.get_json("/v1/status") {
@@ -87,12 +129,20 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
             let _ = writeln!(out, "{}", text.trim_end());
             return Outcome::Ok;
         }
-        Format::Wide => {}
+        Format::Table | Format::Wide => {}
     }
-    let _ = writeln!(out, "{HEADER}");
-    let mut shown = rows(&v);
-    for line in shown.values() {
-        let _ = writeln!(out, "{line}");
+    let wide = args.output == Format::Wide;
+    let head = header(wide);
+    let mut shown = rows(&v, wide);
+    let mut widths: Vec<usize> = head.iter().map(String::len).collect();
+    for cells in shown.values() {
+        for (w, c) in widths.iter_mut().zip(cells) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let _ = writeln!(out, "{}", line(&head, &widths));
+    for cells in shown.values() {
+        let _ = writeln!(out, "{}", line(cells, &widths));
     }
     for line in problems(&v) {
         let _ = writeln!(out, "{line}");
@@ -110,10 +160,19 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
                 return Outcome::Invalid;
             }
         };
-        let now = rows(&v);
-        for (k, line) in &now {
-            if shown.get(k) != Some(line) {
-                let _ = writeln!(out, "{line}");
+        let now = rows(&v, wide);
+        for (k, cells) in &now {
+            // A row whose cells changed, ages aside (the pod's, and the
+            // last restart's in RESTARTS).
+            let bare = |c: &str| c.split(" (").next().unwrap_or("").to_string();
+            let changed = shown.get(k).is_none_or(|old| {
+                old.iter()
+                    .zip(cells)
+                    .enumerate()
+                    .any(|(i, (a, b))| i != 4 && bare(a) != bare(b))
+            });
+            if changed {
+                let _ = writeln!(out, "{}", line(cells, &widths));
             }
         }
         for k in shown.keys().filter(|k| !now.contains_key(*k)) {
@@ -133,18 +192,4 @@ fn problems(v: &Value) -> Vec<String> {
         .chain(v["conflicts"].as_array().into_iter().flatten())
         .map(|l| l.as_str().unwrap_or("").to_string())
         .collect()
-}
-
-/// One pod's row.
-fn row(p: &Value) -> String {
-    let (ready, status, restarts) = crate::kube::objects::pod_columns(p);
-    format!(
-        "{:<24} {:<6} {:<18} {:<9} {:<16} {}",
-        p["name"].as_str().unwrap_or("?"),
-        ready,
-        status,
-        restarts,
-        p["ip"].as_str().unwrap_or("<none>"),
-        p["file"].as_str().unwrap_or("")
-    )
 }

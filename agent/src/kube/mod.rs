@@ -792,31 +792,11 @@ fn columns(r: Resource) -> Value {
 fn cells(r: Resource, o: &Value, raw_row: &Value) -> Value {
     match r {
         Resource::Pods => {
-            let (ready, status, restarts) = objects::pod_columns(raw_row);
-            let last_restart = raw_row["containers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["last_finished_at"].as_str())
-                .max()
-                .map(str::to_string);
-            let restarts = match (restarts, last_restart) {
-                (n, Some(at)) if n > 0 => format!("{n} ({} ago)", age(&json!(at))),
-                (n, _) => n.to_string(),
-            };
-            let ip = o["status"]["podIP"].as_str().unwrap_or("<none>");
-            let node = o["spec"]["nodeName"].as_str().unwrap_or("<none>");
-            json!([
-                o["metadata"]["name"],
-                ready,
-                status,
-                restarts,
-                age(&o["metadata"]["creationTimestamp"]),
-                ip,
-                node,
-                "<none>",
-                "<none>"
-            ])
+            let mut row = pod_row(raw_row);
+            if let Some(node) = o["spec"]["nodeName"].as_str() {
+                row[6] = node.to_string();
+            }
+            json!(row)
         }
         Resource::Events => {
             let last = age(&o["lastTimestamp"]);
@@ -850,6 +830,35 @@ fn cells(r: Resource, o: &Value, raw_row: &Value) -> Value {
             ])
         }
     }
+}
+
+/// A pod's row of the API server's table (see `columns`), from the
+/// agent's record: name, ready, status, restarts (with the last one's age),
+/// age, IP, node, nominated node, readiness gates.
+pub fn pod_row(raw: &Value) -> Vec<String> {
+    let (ready, status, restarts) = objects::pod_columns(raw);
+    let last_restart = raw["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["last_finished_at"].as_str())
+        .max()
+        .map(str::to_string);
+    let restarts = match (restarts, last_restart) {
+        (n, Some(at)) if n > 0 => format!("{n} ({} ago)", age(&json!(at))),
+        (n, _) => n.to_string(),
+    };
+    vec![
+        raw["name"].as_str().unwrap_or("").to_string(),
+        ready,
+        status,
+        restarts,
+        age(&raw["created"]),
+        raw["ip"].as_str().unwrap_or("<none>").to_string(),
+        objects::node_name(),
+        "<none>".into(),
+        "<none>".into(),
+    ]
 }
 
 /// What a row carries of its object (`includeObject`).

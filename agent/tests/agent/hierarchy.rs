@@ -173,12 +173,18 @@ fn on_the_nodes_hierarchy_limits_oom_resize_readoption_and_the_cgroup_kill() {
         assert_eq!(container_pid(), before, "re-adopted, not started again");
         assert_eq!(app()["restart_count"], 0, "{:#}", app());
         // Adopted as resized: the resize is not applied a second time.
-        let events = podctl(&["events", "limited", "--state-dir", &state_s]).1;
-        assert_eq!(
-            events.lines().filter(|l| l.contains("Resized")).count(),
-            0,
-            "{events}"
-        );
+        // The event ring survives the restart: the one Resized event is the
+        // resize before it, not counted again.
+        let events = podctl(&["events", "limited", "-o", "raw", "--state-dir", &state_s]).1;
+        let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+        let resized: Vec<&serde_json::Value> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "Resized")
+            .collect();
+        assert_eq!(resized.len(), 1, "{events:#}");
+        assert_eq!(resized[0]["count"], 1, "{events:#}");
 
         // Deleted: sh and its sleep ignore SIGTERM; when the second of grace
         // ends the cgroup is killed whole, and nothing of the pod is left.

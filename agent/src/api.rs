@@ -108,6 +108,8 @@ pub struct View {
     pub tracked: Vec<(&'static str, usize)>,
     /// The pods' resource versions (the Kubernetes API's).
     pub versions: crate::kube::Versions,
+    /// Where the git sync stands (`--git-repo`), as `/v1/sync` serves it.
+    pub sync: Option<serde_json::Value>,
 }
 
 impl Default for View {
@@ -121,6 +123,7 @@ impl Default for View {
             probes: Default::default(),
             tracked: Vec::new(),
             versions: Default::default(),
+            sync: None,
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct Server {
     /// The Kubernetes API's TCP listener and credentials, when it has one
     /// (`/v1/kubeconfig` hands them to root).
     pub kube: Option<Arc<crate::kube::access::Access>>,
+    /// Asks the git sync to fetch now (`POST /v1/sync`, the socket only).
+    pub sync_now: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Creates the socket at `path` (replacing a stale one) and serves it on a
@@ -304,6 +309,17 @@ where
                         "the agent serves no Kubernetes API: start it with --kube-api-address",
                     ),
                 },
+                (Listener::Socket, "/v1/sync") if req.method() == Method::POST => {
+                    match &server.sync_now {
+                        Some(now) if now.send(()).is_ok() => {
+                            json(&serde_json::json!({ "sync": "requested" }))
+                        }
+                        _ => error(
+                            StatusCode::NOT_FOUND,
+                            "the agent follows no repository: start it with --git-repo",
+                        ),
+                    }
+                }
                 (Listener::Socket, _) => handle(&server, &req),
             };
             Ok::<_, Infallible>(r)
@@ -362,6 +378,13 @@ fn handle_at(server: &Server, req: &Request<Incoming>, path: &str) -> Response<B
             None => error(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting"),
         },
         "/v1/events" => json(&view.events.all()),
+        "/v1/sync" => match &view.sync {
+            Some(s) => json(s),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "the agent follows no repository: start it with --git-repo",
+            ),
+        },
         "/v1/top" => json(&top(&view, server.cgroups.as_ref(), &server.cgroup_root)),
         p if p.starts_with("/v1/logs/") => {
             drop(view);
@@ -1094,6 +1117,25 @@ pub fn get_streamed(
     path: &str,
     sink: &mut dyn FnMut(u16, &[u8]) -> bool,
 ) -> Result<u16, ClientError> {
+    request(socket, Method::GET, path, sink)
+}
+
+/// POSTs to `path` (an empty body): the status code and body.
+pub fn post(socket: &Path, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
+    let mut body = Vec::new();
+    let code = request(socket, Method::POST, path, &mut |_, chunk| {
+        body.extend_from_slice(chunk);
+        true
+    })?;
+    Ok((code, body))
+}
+
+fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    sink: &mut dyn FnMut(u16, &[u8]) -> bool,
+) -> Result<u16, ClientError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -1113,7 +1155,9 @@ pub fn get_streamed(
             .await
             .map_err(http)?;
         tokio::spawn(conn);
-        let req = Request::get(path)
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "podagent")
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| ClientError::Http(socket.to_path_buf(), e.to_string()))?;

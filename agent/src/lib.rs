@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cpu_manager;
 pub mod daemon;
 pub mod events;
+pub mod gitsync;
 pub mod image;
 pub mod kube;
 pub mod locate;

@@ -34,6 +34,9 @@ pub struct Sources {
     pub files: BTreeMap<PathBuf, FileState>,
     /// Subdirectories are read too.
     pub recursive: bool,
+    /// The files of the git revision the node runs (`--git-repo`),
+    /// replaced whole when a revision is applied; after the pods dir's.
+    pub synced: BTreeMap<PathBuf, FileState>,
 }
 
 /// The directories whose manifests are read: `dir` itself and, with
@@ -126,34 +129,8 @@ impl Sources {
     }
 
     fn read(&mut self, path: &Path, node: &NodeInfo) {
-        let name = path.display().to_string();
-        let bytes = match std::fs::metadata(path) {
-            Ok(m) if m.len() > MAX_FILE => Err(format!(
-                "file is {} bytes: at most {MAX_FILE} allowed",
-                m.len()
-            )),
-            _ => std::fs::read(path).map_err(|e| format!("cannot read: {e}")),
-        };
-        let entry = self.files.entry(path.to_path_buf()).or_default();
-        match bytes {
-            Ok(b) => {
-                let report = specs::load(&name, &b, node);
-                if !report.has_errors() {
-                    entry.good = report.pods;
-                }
-                entry.diagnostics = report.diagnostics;
-            }
-            Err(message) => {
-                entry.diagnostics = vec![Diagnostic {
-                    severity: Severity::Error,
-                    file: name,
-                    line: None,
-                    column: None,
-                    path: String::new(),
-                    message,
-                }];
-            }
-        }
+        let state = read_file(path, node, self.files.remove(path).unwrap_or_default());
+        self.files.insert(path.to_path_buf(), state);
     }
 
     /// The desired pod `namespace/name` (the first file by name wins, as in
@@ -161,15 +138,17 @@ impl Sources {
     pub fn pod(&self, key: &str) -> Option<&PodPlan> {
         self.files
             .values()
+            .chain(self.synced.values())
             .flat_map(|f| f.good.iter())
             .find(|p| key.split_once('/') == Some((p.namespace.as_str(), p.name.as_str())))
     }
 
     /// The desired pods: every file's good pods, the first file by name
-    /// winning a name defined twice.
+    /// winning a name defined twice (the pods dir's before the synced
+    /// revision's).
     pub fn desired(&self) -> DesiredState {
         let mut out = DesiredState::default();
-        for (path, f) in &self.files {
+        for (path, f) in self.files.iter().chain(&self.synced) {
             for p in &f.good {
                 let key = format!("{}/{}", p.namespace, p.name);
                 match out.pods.get(&key) {
@@ -186,6 +165,39 @@ impl Sources {
         }
         out
     }
+}
+
+/// A manifest file read again over what it was (`entry`): its pods when the
+/// new version is good, its problems.
+pub fn read_file(path: &Path, node: &NodeInfo, mut entry: FileState) -> FileState {
+    let name = path.display().to_string();
+    let bytes = match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_FILE => Err(format!(
+            "file is {} bytes: at most {MAX_FILE} allowed",
+            m.len()
+        )),
+        _ => std::fs::read(path).map_err(|e| format!("cannot read: {e}")),
+    };
+    match bytes {
+        Ok(b) => {
+            let report = specs::load(&name, &b, node);
+            if !report.has_errors() {
+                entry.good = report.pods;
+            }
+            entry.diagnostics = report.diagnostics;
+        }
+        Err(message) => {
+            entry.diagnostics = vec![Diagnostic {
+                severity: Severity::Error,
+                file: name,
+                line: None,
+                column: None,
+                path: String::new(),
+                message,
+            }];
+        }
+    }
+    entry
 }
 
 /// The file events the pods dir is watched for: a write finished, a rename

@@ -9,6 +9,7 @@ pub mod image;
 pub mod kubeconfig;
 pub mod logs;
 pub mod status;
+pub mod sync;
 pub mod top;
 pub mod validate;
 
@@ -61,6 +62,8 @@ pub enum Command {
     /// Print a kubeconfig for the node's Kubernetes API (the agent's
     /// --kube-api-address): kubectl and the client libraries use it.
     Kubeconfig(kubeconfig::Args),
+    /// The git sync (`podagent run --git-repo`): `status`, or `now`.
+    Sync(sync::Args),
 }
 
 /// Where the agent's API is.
@@ -134,6 +137,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write)
         Command::Diff(args) => apply::diff(&args, out, err),
         Command::Delete(args) => apply::delete(&args, out, err),
         Command::Kubeconfig(args) => kubeconfig::run(&args, out, err),
+        Command::Sync(args) => sync::run(&args, out, err),
         Command::Attach(args) => attach::run(&args, err),
         Command::Exec(args) => match exec::run(&args, err) {
             Ok(code) => Outcome::Passed(u8::try_from(code).unwrap_or(1)),

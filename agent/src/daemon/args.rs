@@ -54,6 +54,30 @@ pub struct Args {
     /// root dir's `kube-api/`: `podctl kubeconfig` writes a kubeconfig.
     #[arg(long)]
     pub kube_api_address: Option<std::net::SocketAddr>,
+    /// Follow a git repository (https, ssh or file URL): its pods are run
+    /// beside the pods dir's, each new commit checked whole, applied as one
+    /// change, and reverted when a pod it changed is not Ready within
+    /// --health-window.
+    #[arg(long)]
+    pub git_repo: Option<String>,
+    /// The branch or tag followed.
+    #[arg(long, default_value = "main")]
+    pub git_ref: String,
+    /// The repository's directory of pods (default: its top); its
+    /// `nodes/<node-name>/` is this node's own, other nodes' are skipped.
+    #[arg(long, value_parser = parse_git_path)]
+    pub git_path: Option<String>,
+    /// Seconds between fetches (also `podctl sync now`).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub git_interval: u64,
+    /// Seconds a new commit's changed pods have to be Ready before it is
+    /// reverted.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_window: u64,
+    /// This node's name in the repository's `nodes/` (default: the host
+    /// name).
+    #[arg(long)]
+    pub node_name: Option<String>,
     /// The CPU manager's policy, as the kubelet's `--cpu-manager-policy`:
     /// `none`, or `static` (whole CPUs of their own for the containers of
     /// Guaranteed pods with whole-number CPU requests).
@@ -106,6 +130,19 @@ pub struct Args {
     /// `stop-pods-on-exit: true`); options on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+fn parse_git_path(s: &str) -> Result<String, String> {
+    let p = std::path::Path::new(s.trim_end_matches('/'));
+    let plain = p
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if s.starts_with('-') || !plain {
+        return Err(format!(
+            "{s:?}: a relative path inside the repository, without `..`"
+        ));
+    }
+    Ok(p.display().to_string())
 }
 
 fn parse_ipv4(s: &str) -> Result<String, String> {

@@ -38,6 +38,7 @@ mod sandbox;
 mod state;
 mod storage;
 mod supervise;
+mod sync;
 mod terminate;
 
 use std::collections::BTreeMap;
@@ -158,6 +159,8 @@ pub struct Agent {
     children: Vec<i32>,
     image_gc: images::ImageGc,
     storage: storage::StorageCheck,
+    /// `--git-repo`: the sync's state.
+    sync: Option<sync::SyncState>,
     /// Each shown pod condition's status and when it last changed, by pod
     /// uid and condition (`lastTransitionTime`).
     transitions: BTreeMap<(String, String), (String, String)>,
@@ -276,6 +279,7 @@ impl Agent {
             children: Vec::new(),
             image_gc,
             storage: storage::StorageCheck::new(),
+            sync: None,
             transitions: BTreeMap::new(),
             first_seen: BTreeMap::new(),
         })
@@ -326,6 +330,8 @@ impl Agent {
             )),
             None => None,
         };
+        self.start_sync()?;
+        let sync_now = self.sync_now();
         let server = || -> Result<crate::api::Server, DaemonError> {
             Ok(crate::api::Server {
                 view: self.view.clone(),
@@ -335,6 +341,7 @@ impl Agent {
                     .driver(),
                 cgroup_root: self.args.cgroup_root.clone(),
                 kube: kube.clone(),
+                sync_now: sync_now.clone(),
             })
         };
         crate::api::serve(&socket, self.api_group()?, server()?).map_err(DaemonError::Api)?;
@@ -392,6 +399,7 @@ impl Agent {
                         self.hook_results();
                         self.storage_results();
                         self.start_results();
+                        self.sync_results();
                     }
                     Token::Shim { pod, container } => self.shim_gone(&pod, &container),
                     Token::Signals => {
@@ -470,6 +478,9 @@ impl Agent {
             }
         }
         if let Some(d) = self.next_deadline() {
+            at(d);
+        }
+        if let Some(d) = self.trial_deadline() {
             at(d);
         }
         // Storage is measured only while a pod has a limit.

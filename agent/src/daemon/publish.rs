@@ -30,6 +30,7 @@ impl Agent {
         let now = status::seconds(&super::now_rfc3339());
         status::stamp_transitions(&mut pods, &mut self.transitions, &now);
         let started = self.first_sights(&pods);
+        self.judge_trial(&pods);
         // Pods whose file is gone are shown until they are.
         for (key, pod) in &self.pods {
             if let Pod::Terminating(t) = pod {

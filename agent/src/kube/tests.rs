@@ -122,7 +122,7 @@ fn versions_of_an_earlier_agent_are_below_this_ones() {
 #[test]
 fn a_table_has_the_api_servers_pod_columns() {
     let raw = json!({
-        "name": "web", "phase": "Running", "containers": [
+        "name": "web", "phase": "Running", "ip": "10.88.0.2", "containers": [
             { "name": "c", "state": "Running", "ready": true, "restart_count": 2,
               "last_finished_at": "2026-01-01T00:00:00.5Z" },
         ],

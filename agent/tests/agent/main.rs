@@ -11,6 +11,7 @@ mod config;
 mod cpu_manager;
 mod downward;
 mod failures;
+mod gitsync;
 mod hierarchy;
 mod hooks;
 mod host_ports;

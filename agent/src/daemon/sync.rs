@@ -61,6 +61,11 @@ struct Trial {
     deadline_wall: String,
     /// The pods it made or changed (`namespace/name`).
     changed: Vec<String>,
+    /// Since when all of them have been Ready, without a break.
+    ready_since: Option<Instant>,
+    /// How long they must stay Ready: a container Ready for a moment
+    /// before it crashes does not make a revision healthy.
+    stable: Duration,
 }
 
 #[derive(Debug)]
@@ -389,7 +394,21 @@ impl Agent {
                     })
             };
             let waiting: Vec<String> = t.changed.iter().filter(|k| !ready(k)).cloned().collect();
-            if waiting.is_empty() {
+            let now = Instant::now();
+            let since = if waiting.is_empty() {
+                Some(t.ready_since.unwrap_or(now))
+            } else {
+                None
+            };
+            let stable = since.is_some_and(|at| now >= at + t.stable);
+            if let Some(t) = s.trial.as_mut() {
+                t.ready_since = since;
+            }
+            let Some(t) = &s.trial else {
+                self.sync = Some(s);
+                return;
+            };
+            if stable {
                 let commit = t.commit.clone();
                 self.event(
                     Kind::Normal,
@@ -402,7 +421,7 @@ impl Agent {
                 s.trial = None;
                 s.save();
                 s.repo.prune(&[commit.as_str()]);
-            } else if Instant::now() >= t.deadline {
+            } else if now >= t.deadline {
                 let commit = t.commit.clone();
                 let why: Vec<String> = waiting
                     .iter()
@@ -486,7 +505,11 @@ impl Agent {
 
     /// When the loop must look at the trial.
     pub(super) fn trial_deadline(&self) -> Option<Instant> {
-        self.sync.as_ref()?.trial.as_ref().map(|t| t.deadline)
+        let t = self.sync.as_ref()?.trial.as_ref()?;
+        Some(
+            t.ready_since
+                .map_or(t.deadline, |at| t.deadline.min(at + t.stable)),
+        )
     }
 }
 
@@ -498,6 +521,8 @@ fn trial(commit: &str, window: Duration, changed: Vec<String>) -> Trial {
             std::time::SystemTime::now() + window,
         )),
         changed,
+        ready_since: None,
+        stable: (window / 3).min(Duration::from_secs(10)),
     }
 }
 

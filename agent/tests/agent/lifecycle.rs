@@ -19,7 +19,7 @@ fn the_agent_runs_a_dropped_manifest_follows_edits_survives_a_broken_file_and_de
         let agent = spawn_agent();
         let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
         let mut agent = Running(agent);
-        let status = || podctl(&["status", "--state-dir", &state_s]).1;
+        let status = || podctl(&["status", "-o", "wide", "--state-dir", &state_s]).1;
         let url = std::net::SocketAddr::from(([10, 88, 0, 1], 18081));
         let serves = |what: &str| http_get(url).unwrap_or_default().contains(what);
 

@@ -209,10 +209,8 @@ fn items(view: &View, r: Resource, namespace: Option<&str>) -> Vec<Item> {
                     return None;
                 }
                 let raw = serde_json::to_value(&e).ok()?;
-                let name = objects::event_object(&raw, 0, None)["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or(pod)
-                    .to_string();
+                // The name `objects::event_object` gives it.
+                let name = format!("{pod}.{:x}", e.id);
                 Some(Item {
                     key: e.id.to_string(),
                     name,

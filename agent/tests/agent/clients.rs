@@ -5,26 +5,10 @@
 //! OOMKilled, not Ready and Terminating; and `-o yaml` keeps its times
 //! strings for a YAML 1.1 reader.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::fixture::*;
-use crate::support::{eventually, podctl, require};
-
-/// The client's interpreter, or none (a failure with CI=true).
-fn python() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyclient/bin/python");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: run scripts/setup",
-        p.display()
-    );
-    eprintln!("skipped: no {} (scripts/setup makes it)", p.display());
-    None
-}
+use crate::support::{eventually, podctl, pyclient_tool, require};
 
 /// Deserialises each item of the list in argv[1] as argv[2] with the
 /// client's own deserialiser (its client-side validation on), and prints
@@ -66,7 +50,9 @@ fn the_official_client_reads_every_status_and_event() {
     if !require() {
         return;
     }
-    let Some(python) = python() else { return };
+    let Some(python) = pyclient_tool("python") else {
+        return;
+    };
     on_private_node(|| {
         let fx = fixture("clients");
         let (pods, state, state_s) = fx.agent_dirs();

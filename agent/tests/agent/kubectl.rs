@@ -7,28 +7,12 @@
 //! refused. The events survive an agent restart.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::fixture::*;
-use crate::support::{eventually, podctl, require};
-
-fn tool(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/pyclient/bin")
-        .join(name);
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: run scripts/setup",
-        p.display()
-    );
-    eprintln!("skipped: no {} (scripts/setup makes it)", p.display());
-    None
-}
+use crate::support::{eventually, podctl, pyclient_tool, require};
 
 /// kubectl with `config`: its exit status, stdout and stderr.
 fn kubectl(kubectl: &Path, config: &Path, args: &[&str]) -> (bool, String, String) {
@@ -112,7 +96,7 @@ fn kubectl_and_the_python_client_read_the_node_with_its_kubeconfig() {
     if !require() {
         return;
     }
-    let (Some(kctl), Some(python)) = (tool("kubectl"), tool("python")) else {
+    let (Some(kctl), Some(python)) = (pyclient_tool("kubectl"), pyclient_tool("python")) else {
         return;
     };
     on_private_node(|| {

@@ -90,3 +90,21 @@ pub fn podctl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// A tool of `target/pyclient` (the venv scripts/setup makes: the
+/// official Python client, kubectl), or none (a failure with CI=true).
+pub fn pyclient_tool(name: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/pyclient/bin")
+        .join(name);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: run scripts/setup",
+        p.display()
+    );
+    eprintln!("skipped: no {} (scripts/setup makes it)", p.display());
+    None
+}

@@ -34,38 +34,111 @@ pub struct Sources {
     pub files: BTreeMap<PathBuf, FileState>,
     /// Subdirectories are read too.
     pub recursive: bool,
+    /// Where a symlink may lead (`--pods-dir-link-root`; default: the
+    /// pods dir's real path). See [`Tree::walk`].
+    pub link_root: Option<PathBuf>,
     /// The files of the git revision the node runs (`--git-repo`),
     /// replaced whole when a revision is applied; after the pods dir's.
     pub synced: BTreeMap<PathBuf, FileState>,
+    /// The real path links were checked against at the last resync.
+    root: PathBuf,
 }
 
-/// The directories whose manifests are read: `dir` itself and, with
-/// `recursive`, every directory below it down to `MAX_DEPTH`, except hidden
-/// ones (`.git`, an editor's or a sync tool's own) and symlinks (never
-/// followed: no loops, nothing outside the tree).
-pub fn tree(dir: &Path, recursive: bool) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    let mut next = 0;
-    while recursive && next < out.len() {
-        let d = out[next].clone();
-        next += 1;
-        let depth = d.strip_prefix(dir).map_or(0, |r| r.components().count());
-        if depth >= MAX_DEPTH {
-            continue;
-        }
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
+/// The directories whose manifests are read, as `tree` found them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tree {
+    /// Each directory as it is named below the pods dir (the name a file
+    /// is known by), and its real path at the walk (where it is read).
+    pub dirs: Vec<(PathBuf, PathBuf)>,
+    /// Symlinks not followed, by name, and why.
+    pub refused: Vec<(PathBuf, String)>,
+    /// The real path a link must lead beneath (see [`Tree::walk`]).
+    pub root: PathBuf,
+}
+
+impl Tree {
+    /// The pods dir (itself possibly a symlink: the operator's choice, and
+    /// what a tool that publishes revisions by a swapped link points at)
+    /// and, with `recursive`, every directory below it down to `MAX_DEPTH`,
+    /// except hidden ones (`.git`, an editor's or a sync tool's own).
+    /// A symlink to a directory is followed only when its real path is
+    /// beneath `link_root` (default: the pods dir's own real path) and not
+    /// already read (no loops); any other is refused, by name.
+    pub fn walk(dir: &Path, recursive: bool, link_root: Option<&Path>) -> Tree {
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let top = real(dir);
+        let root = link_root.map_or_else(|| top.clone(), real);
+        let mut t = Tree {
+            dirs: vec![(dir.to_path_buf(), top)],
+            refused: Vec::new(),
+            root,
         };
-        let mut subdirs: Vec<PathBuf> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.path())
-            .collect();
-        subdirs.sort();
-        out.extend(subdirs);
+        let mut next = 0;
+        while recursive && next < t.dirs.len() {
+            let (named, at) = t.dirs[next].clone();
+            next += 1;
+            let depth = named
+                .strip_prefix(dir)
+                .map_or(0, |r| r.components().count());
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&at) else {
+                continue;
+            };
+            let mut subdirs: Vec<(PathBuf, PathBuf)> = Vec::new();
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let Ok(kind) = e.file_type() else { continue };
+                let name = named.join(e.file_name());
+                if kind.is_dir() {
+                    subdirs.push((name, e.path()));
+                } else if kind.is_symlink() && e.path().is_dir() {
+                    match t.follow(&e.path()) {
+                        Ok(target) => subdirs.push((name, target)),
+                        Err(why) => t.refused.push((name, why)),
+                    }
+                }
+            }
+            subdirs.sort();
+            for (name, at) in subdirs {
+                if t.dirs.iter().any(|(_, seen)| *seen == at) {
+                    let why = format!("leads to {}, which is already read", at.display());
+                    t.refused.push((name, why));
+                } else {
+                    t.dirs.push((name, at));
+                }
+            }
+        }
+        t
     }
-    out
+
+    /// A symlink's real path if it may be followed.
+    fn follow(&self, link: &Path) -> Result<PathBuf, String> {
+        let target = std::fs::canonicalize(link).map_err(|e| format!("symlink: {e}"))?;
+        if target.starts_with(&self.root) {
+            Ok(target)
+        } else {
+            Err(format!(
+                "symlink to {} leads outside {}: not followed",
+                target.display(),
+                self.root.display()
+            ))
+        }
+    }
+
+    /// The directories as they are named.
+    pub fn names(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// The directories whose manifests are read, as named (see [`Tree::walk`];
+/// links followed within the pods dir only).
+pub fn tree(dir: &Path, recursive: bool) -> Vec<PathBuf> {
+    Tree::walk(dir, recursive, None).names()
 }
 
 /// `*.yaml`, `*.yml`, `*.json`, not hidden (dotfiles, editor temp files).
@@ -96,21 +169,61 @@ impl Sources {
         }
     }
 
+    /// The same, following symlinks beneath `root` (see [`Tree::walk`]).
+    pub fn with_link_root(self, root: Option<PathBuf>) -> Self {
+        Sources {
+            link_root: root,
+            ..self
+        }
+    }
+
     /// Re-reads the whole directory (start, resync, inotify overflow, a
-    /// subdirectory made or removed).
+    /// subdirectory or a symlink made, swapped or removed). A link swapped
+    /// while the files are read would mix two revisions, so the tree is
+    /// walked again after the reading and, if it changed, read again (at
+    /// most three times: a swap is rare, and the watch brings another
+    /// resync after it).
     pub fn resync(&mut self, dir: &Path, node: &NodeInfo) {
+        let (recursive, link_root) = (self.recursive, self.link_root.clone());
+        let walk = || Tree::walk(dir, recursive, link_root.as_deref());
+        let mut t = walk();
+        for _ in 0..3 {
+            self.read_tree(&t, node);
+            let after = walk();
+            if after == t {
+                break;
+            }
+            t = after;
+        }
+    }
+
+    fn read_tree(&mut self, t: &Tree, node: &NodeInfo) {
+        self.root = t.root.clone();
         let mut seen = std::collections::BTreeSet::new();
-        for d in tree(dir, self.recursive) {
-            let Ok(entries) = std::fs::read_dir(&d) else {
+        for (named, at) in &t.dirs {
+            let Ok(entries) = std::fs::read_dir(at) else {
                 continue;
             };
             for e in entries.flatten() {
-                let p = e.path();
-                if is_manifest_name(&p) && p.is_file() {
-                    self.read(&p, node);
-                    seen.insert(p);
+                let name = named.join(e.file_name());
+                let Ok(kind) = e.file_type() else { continue };
+                let file = kind.is_file() || (kind.is_symlink() && !e.path().is_dir());
+                if is_manifest_name(&name) && file {
+                    self.read(&name, &e.path(), node);
+                    seen.insert(name);
                 }
             }
+        }
+        // A refused link keeps what was read through it before (its files'
+        // last good pods), as a file that cannot be read keeps its own.
+        for (link, why) in &t.refused {
+            seen.extend(self.files.keys().filter(|p| p.starts_with(link)).cloned());
+            let entry = FileState {
+                good: Vec::new(),
+                diagnostics: vec![problem(link, why.clone())],
+            };
+            self.files.insert(link.clone(), entry);
+            seen.insert(link.clone());
         }
         self.files.retain(|p, _| seen.contains(p));
     }
@@ -121,16 +234,32 @@ impl Sources {
         if !is_manifest_name(path) {
             return;
         }
-        if path.is_file() {
-            self.read(path, node);
+        if std::fs::symlink_metadata(path).is_ok() && !path.is_dir() {
+            self.read(path, path, node);
         } else {
             self.files.remove(path);
         }
     }
 
-    fn read(&mut self, path: &Path, node: &NodeInfo) {
-        let state = read_file(path, node, self.files.remove(path).unwrap_or_default());
-        self.files.insert(path.to_path_buf(), state);
+    /// The file known as `named`, read at `at`; a symlink only when it
+    /// leads beneath the root.
+    fn read(&mut self, named: &Path, at: &Path, node: &NodeInfo) {
+        let mut entry = self.files.remove(named).unwrap_or_default();
+        match std::fs::canonicalize(at) {
+            Ok(real) if real.starts_with(&self.root) => {
+                entry = read_file_at(named, &real, node, entry);
+            }
+            Ok(real) => {
+                let why = format!(
+                    "symlink to {} leads outside {}: not followed",
+                    real.display(),
+                    self.root.display()
+                );
+                entry.diagnostics = vec![problem(named, why)];
+            }
+            Err(e) => entry.diagnostics = vec![problem(named, format!("cannot read: {e}"))],
+        }
+        self.files.insert(named.to_path_buf(), entry);
     }
 
     /// The desired pod `namespace/name` (the first file by name wins, as in
@@ -169,50 +298,54 @@ impl Sources {
 
 /// A manifest file read again over what it was (`entry`): its pods when the
 /// new version is good, its problems.
-pub fn read_file(path: &Path, node: &NodeInfo, mut entry: FileState) -> FileState {
-    let name = path.display().to_string();
-    let bytes = match std::fs::metadata(path) {
+pub fn read_file(path: &Path, node: &NodeInfo, entry: FileState) -> FileState {
+    read_file_at(path, path, node, entry)
+}
+
+/// [`read_file`] of the file named `name`, read at `at`.
+fn read_file_at(name: &Path, at: &Path, node: &NodeInfo, mut entry: FileState) -> FileState {
+    let bytes = match std::fs::metadata(at) {
         Ok(m) if m.len() > MAX_FILE => Err(format!(
             "file is {} bytes: at most {MAX_FILE} allowed",
             m.len()
         )),
-        _ => std::fs::read(path).map_err(|e| format!("cannot read: {e}")),
+        _ => std::fs::read(at).map_err(|e| format!("cannot read: {e}")),
     };
     match bytes {
         Ok(b) => {
-            let report = specs::load(&name, &b, node);
+            let report = specs::load(&name.display().to_string(), &b, node);
             if !report.has_errors() {
                 entry.good = report.pods;
             }
             entry.diagnostics = report.diagnostics;
         }
-        Err(message) => {
-            entry.diagnostics = vec![Diagnostic {
-                severity: Severity::Error,
-                file: name,
-                line: None,
-                column: None,
-                path: String::new(),
-                message,
-            }];
-        }
+        Err(message) => entry.diagnostics = vec![problem(name, message)],
     }
     entry
 }
 
+/// An error of a whole file (or link).
+fn problem(file: &Path, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: file.display().to_string(),
+        line: None,
+        column: None,
+        path: String::new(),
+        message,
+    }
+}
+
 /// The file events the pods dir is watched for: a write finished, a rename
-/// into or out of place, a removal. A directory made or removed (with
-/// `recursive`) comes as `IN_CREATE` and the same with `IN_ISDIR`.
-fn watch_flags(recursive: bool) -> AddWatchFlags {
-    let files = AddWatchFlags::IN_CLOSE_WRITE
+/// into or out of place, a removal, a creation (a symlink made by `ln -s`
+/// comes as that alone; a directory made, with `recursive`, as that with
+/// `IN_ISDIR`).
+fn watch_flags() -> AddWatchFlags {
+    AddWatchFlags::IN_CLOSE_WRITE
         | AddWatchFlags::IN_MOVED_TO
         | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_DELETE;
-    if recursive {
-        files | AddWatchFlags::IN_CREATE
-    } else {
-        files
-    }
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_CREATE
 }
 
 /// What the watch saw since it was last read.
@@ -238,34 +371,60 @@ pub enum WatchError {
     },
 }
 
-/// inotify on the pods dir and, with `recursive`, on each directory `tree`
-/// lists, kept in step as directories come and go.
+/// inotify on the pods dir and, with `recursive`, on each directory of its
+/// [`Tree`] (through the links it follows), kept in step as directories and
+/// links come, go and are swapped. When the pods dir is itself a symlink,
+/// its parent is watched for the link's name too, so a swap of the pods
+/// dir is seen.
 #[derive(Debug)]
 pub struct DirWatch {
     ino: Inotify,
     root: PathBuf,
     recursive: bool,
+    link_root: Option<PathBuf>,
+    /// Each watched directory as it is named below the pods dir.
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// The pods dir's parent and the link's name in it.
+    parent: Option<(WatchDescriptor, std::ffi::OsString)>,
 }
 
 impl DirWatch {
-    pub fn new(root: &Path, recursive: bool) -> Result<Self, WatchError> {
+    pub fn new(root: &Path, recursive: bool, link_root: Option<&Path>) -> Result<Self, WatchError> {
         let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(WatchError::Init)?;
+        let add = |ino: &Inotify, path: &Path, flags| {
+            ino.add_watch(path, flags)
+                .map_err(|source| WatchError::Add {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let wd = add(&ino, root, watch_flags())?;
+        let is_link = std::fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink());
+        let parent = match (is_link, root.parent(), root.file_name()) {
+            (true, Some(dir), Some(name)) => {
+                let flags = AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_DONT_FOLLOW;
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                Some((add(&ino, dir, flags)?, name.to_os_string()))
+            }
+            _ => None,
+        };
         let mut w = DirWatch {
             ino,
             root: root.to_path_buf(),
             recursive,
-            dirs: HashMap::new(),
+            link_root: link_root.map(Path::to_path_buf),
+            dirs: HashMap::from([(wd, root.to_path_buf())]),
+            parent,
         };
-        let wd = w
-            .ino
-            .add_watch(root, watch_flags(recursive))
-            .map_err(|source| WatchError::Add {
-                path: root.to_path_buf(),
-                source,
-            })?;
-        w.dirs.insert(wd, root.to_path_buf());
         w.rewatch();
         Ok(w)
     }
@@ -274,28 +433,23 @@ impl DirWatch {
         self.ino.as_fd()
     }
 
-    /// Watches every directory of the tree, and no other.
+    /// Watches every directory of the tree as it is now, and no other: a
+    /// directory reached through a swapped link is a new inode, so a new
+    /// descriptor, and the old one goes.
     fn rewatch(&mut self) {
-        if !self.recursive {
-            return;
-        }
-        let now = tree(&self.root, true);
-        for d in &now {
-            // The same directory (even renamed) keeps its descriptor.
-            if let Ok(wd) = self.ino.add_watch(d, watch_flags(true)) {
-                self.dirs.insert(wd, d.clone());
+        let t = Tree::walk(&self.root, self.recursive, self.link_root.as_deref());
+        let mut now = HashMap::new();
+        for (named, at) in &t.dirs {
+            if let Ok(wd) = self.ino.add_watch(at, watch_flags()) {
+                now.insert(wd, named.clone());
             }
         }
-        let gone: Vec<WatchDescriptor> = self
-            .dirs
-            .iter()
-            .filter(|(_, d)| !now.contains(d))
-            .map(|(wd, _)| *wd)
-            .collect();
-        for wd in gone {
-            let _ = self.ino.rm_watch(wd);
-            self.dirs.remove(&wd);
+        for wd in self.dirs.keys() {
+            if !now.contains_key(wd) {
+                let _ = self.ino.rm_watch(*wd);
+            }
         }
+        self.dirs = now;
     }
 
     /// The events waiting, read without blocking.
@@ -303,15 +457,35 @@ impl DirWatch {
         let mut files = Vec::new();
         let mut resync = false;
         for ev in self.ino.read_events().unwrap_or_default() {
+            let parent = self.parent.as_ref().filter(|(wd, _)| *wd == ev.wd);
             if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                 resync = true;
             } else if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
                 self.dirs.remove(&ev.wd);
+            } else if let Some((_, link)) = parent {
+                // The pods dir's own link, swapped or made again.
+                resync |= ev.name.as_ref() == Some(link);
             } else if ev.mask.contains(AddWatchFlags::IN_ISDIR) {
                 resync |= self.recursive;
             } else if let (Some(name), Some(dir)) = (ev.name, self.dirs.get(&ev.wd)) {
-                if !ev.mask.contains(AddWatchFlags::IN_CREATE) {
-                    files.push(dir.join(name));
+                let path = dir.join(name);
+                let link =
+                    std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                if is_manifest_name(&path) {
+                    // A file made is seen when it is written and closed; a
+                    // symlink, when it is made.
+                    if !ev.mask.contains(AddWatchFlags::IN_CREATE) || link {
+                        files.push(path);
+                    }
+                } else if self.recursive {
+                    // A link to a directory renamed into place (a swap) or
+                    // one that was followed, removed. A link just made is
+                    // left to the next resync: a tool that publishes by
+                    // rename (git-sync's `tmp-link`) makes it under another
+                    // name first, and reading that would desire both
+                    // revisions for a moment.
+                    let made = ev.mask.contains(AddWatchFlags::IN_CREATE);
+                    resync |= (link && !made) || self.dirs.values().any(|d| *d == path);
                 }
             }
         }
@@ -323,7 +497,7 @@ impl DirWatch {
         Changes::Files(files)
     }
 
-    /// How many directories are watched.
+    /// How many directories of the tree are watched.
     pub fn watched(&self) -> usize {
         self.dirs.len()
     }
@@ -386,7 +560,7 @@ mod tests {
     }
 
     #[test]
-    fn subdirectories_are_read_only_when_recursive_and_never_hidden_or_linked() {
+    fn subdirectories_are_read_only_when_recursive_never_hidden_and_each_once() {
         let dir = tempfile::tempdir().unwrap();
         let node = NodeInfo::default();
         let root = dir.path();
@@ -424,7 +598,7 @@ mod tests {
     fn the_watch_follows_subdirectories_as_they_come_and_go() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let mut w = DirWatch::new(root, true).unwrap();
+        let mut w = DirWatch::new(root, true, None).unwrap();
         assert_eq!(w.watched(), 1);
         std::fs::create_dir_all(root.join("a/b")).unwrap();
         assert_eq!(w.changes(), Changes::Resync);
@@ -438,7 +612,7 @@ mod tests {
         std::fs::write(root.join(".away/b/q.yaml"), "x").unwrap();
         assert_eq!(w.changes(), Changes::Files(vec![]));
         // Not recursive: a subdirectory is neither watched nor a resync.
-        let mut flat = DirWatch::new(root, false).unwrap();
+        let mut flat = DirWatch::new(root, false, None).unwrap();
         std::fs::create_dir(root.join("c")).unwrap();
         std::fs::write(root.join("c/r.yaml"), "x").unwrap();
         std::fs::write(root.join("top.yaml"), "x").unwrap();
@@ -461,5 +635,106 @@ mod tests {
         // One pod looked up alone is the same winner.
         assert_eq!(s.pod("default/same"), Some(&d.pods["default/same"].1));
         assert_eq!(s.pod("default/other"), None);
+    }
+
+    #[test]
+    fn a_swapped_link_is_read_whole_and_a_link_out_of_the_root_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeInfo::default();
+        let top = dir.path().join("pods");
+        let revs = top.join(".revs");
+        for r in ["1", "2"] {
+            std::fs::create_dir_all(revs.join(r)).unwrap();
+        }
+        std::fs::write(revs.join("1/a.yaml"), pod("a", "x")).unwrap();
+        std::fs::write(revs.join("2/b.yaml"), pod("b", "x")).unwrap();
+        std::os::unix::fs::symlink(".revs/1", top.join("current")).unwrap();
+        let keys = |s: &Sources| s.desired().pods.into_keys().collect::<Vec<_>>();
+        let mut s = Sources::new(true);
+        s.resync(&top, &node);
+        assert_eq!(keys(&s), ["default/a"]);
+        assert!(
+            s.files.contains_key(&top.join("current/a.yaml")),
+            "{:?}",
+            s.files.keys()
+        );
+        // The publishing tools' swap: a link made aside, renamed over.
+        std::os::unix::fs::symlink(".revs/2", top.join(".tmp")).unwrap();
+        std::fs::rename(top.join(".tmp"), top.join("current")).unwrap();
+        s.resync(&top, &node);
+        assert_eq!(keys(&s), ["default/b"]);
+
+        // Swapped to a directory outside the root: refused by name, and
+        // what was read through it stays.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("c.yaml"), pod("c", "x")).unwrap();
+        std::os::unix::fs::symlink(&outside, top.join(".tmp")).unwrap();
+        std::fs::rename(top.join(".tmp"), top.join("current")).unwrap();
+        s.resync(&top, &node);
+        assert_eq!(keys(&s), ["default/b"]);
+        let d = &s.files[&top.join("current")].diagnostics;
+        assert!(d[0].message.contains("leads outside"), "{d:?}");
+        // With the root widened it is followed.
+        let mut wide = Sources::new(true).with_link_root(Some(dir.path().to_path_buf()));
+        wide.resync(&top, &node);
+        assert_eq!(keys(&wide), ["default/c"]);
+
+        // A file link: followed inside the root, refused outside it (the
+        // last good pods kept, as for a file that cannot be read).
+        std::fs::write(top.join("real.yaml"), pod("real", "x")).unwrap();
+        std::os::unix::fs::symlink("real.yaml", top.join("alias.yaml")).unwrap();
+        let mut flat = Sources::new(false);
+        flat.resync(&top, &node);
+        assert!(flat.files[&top.join("alias.yaml")].diagnostics.is_empty());
+        std::fs::remove_file(top.join("alias.yaml")).unwrap();
+        std::os::unix::fs::symlink(outside.join("c.yaml"), top.join("alias.yaml")).unwrap();
+        flat.refresh(&top.join("alias.yaml"), &node);
+        let f = &flat.files[&top.join("alias.yaml")];
+        assert_eq!(f.good.len(), 1, "the last good version stays");
+        assert_eq!(f.good[0].name.as_str(), "real");
+        assert!(f.diagnostics[0].message.contains("leads outside"), "{f:?}");
+    }
+
+    #[test]
+    fn the_watch_sees_a_link_swapped_and_the_pods_dir_itself_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("pods");
+        for r in ["pods/.revs/1", "pods/.revs/2", "r1", "r2"] {
+            std::fs::create_dir_all(dir.path().join(r)).unwrap();
+        }
+        std::os::unix::fs::symlink(".revs/1", top.join("current")).unwrap();
+        let mut w = DirWatch::new(&top, true, None).unwrap();
+        assert_eq!(w.watched(), 2);
+        // A link made in place waits for the next resync (a publisher's
+        // link made aside must not be read).
+        std::os::unix::fs::symlink(".revs/2", top.join("tmp-link")).unwrap();
+        assert_eq!(w.changes(), Changes::Files(vec![]));
+        std::fs::rename(top.join("tmp-link"), top.join("current")).unwrap();
+        assert_eq!(w.changes(), Changes::Resync);
+        assert_eq!(w.watched(), 2);
+        // The new revision's directory is the one watched.
+        std::fs::write(top.join(".revs/2/p.yaml"), "x").unwrap();
+        assert_eq!(
+            w.changes(),
+            Changes::Files(vec![top.join("current/p.yaml")])
+        );
+        std::fs::write(top.join(".revs/1/q.yaml"), "x").unwrap();
+        assert_eq!(w.changes(), Changes::Files(vec![]));
+        std::fs::remove_file(top.join("current")).unwrap();
+        assert_eq!(w.changes(), Changes::Resync);
+        assert_eq!(w.watched(), 1);
+
+        // The pods dir itself a link, swapped.
+        let link = dir.path().join("node");
+        std::os::unix::fs::symlink("r1", &link).unwrap();
+        let mut w = DirWatch::new(&link, false, None).unwrap();
+        std::os::unix::fs::symlink("r2", dir.path().join("node.tmp")).unwrap();
+        std::fs::rename(dir.path().join("node.tmp"), &link).unwrap();
+        assert_eq!(w.changes(), Changes::Resync);
+        std::fs::write(dir.path().join("r2/p.yaml"), "x").unwrap();
+        assert_eq!(w.changes(), Changes::Files(vec![link.join("p.yaml")]));
+        std::fs::write(dir.path().join("r1/p.yaml"), "x").unwrap();
+        assert_eq!(w.changes(), Changes::Files(vec![]));
     }
 }

@@ -27,6 +27,9 @@ pub struct ApplyArgs {
     /// `--pods-dir-recursive` does.
     #[arg(long)]
     pub pods_dir_recursive: bool,
+    /// Where symlinks may lead, as the agent's `--pods-dir-link-root`.
+    #[arg(long)]
+    pub pods_dir_link_root: Option<PathBuf>,
     /// The agent's policy, checked before anything is written.
     #[command(flatten)]
     pub policy: crate::node::Policy,
@@ -43,6 +46,9 @@ pub struct DiffArgs {
     /// `--pods-dir-recursive` does.
     #[arg(long)]
     pub pods_dir_recursive: bool,
+    /// Where symlinks may lead, as the agent's `--pods-dir-link-root`.
+    #[arg(long)]
+    pub pods_dir_link_root: Option<PathBuf>,
     /// The agent's policy, as `apply`'s.
     #[command(flatten)]
     pub policy: crate::node::Policy,
@@ -61,6 +67,9 @@ pub struct DeleteArgs {
     /// `--pods-dir-recursive` does.
     #[arg(long)]
     pub pods_dir_recursive: bool,
+    /// Where symlinks may lead, as the agent's `--pods-dir-link-root`.
+    #[arg(long)]
+    pub pods_dir_link_root: Option<PathBuf>,
 }
 
 /// One pod's change, as the agent would make it.
@@ -163,7 +172,7 @@ fn desired(s: &Sources) -> BTreeMap<String, PodPlan> {
 fn load_candidate(
     file: &Path,
     pods_dir: &Path,
-    recursive: bool,
+    (recursive, link_root): (bool, Option<&Path>),
     node: &specs::NodeInfo,
     err: &mut dyn Write,
 ) -> Result<(PathBuf, Vec<u8>, Sources, Sources), Outcome> {
@@ -191,10 +200,12 @@ fn load_candidate(
     if report.has_errors() {
         return Err(Outcome::Invalid);
     }
-    let mut now = Sources::new(recursive);
-    now.resync(pods_dir, node);
-    let mut next = Sources::new(recursive);
-    next.resync(pods_dir, node);
+    let read = || {
+        let mut s = Sources::new(recursive).with_link_root(link_root.map(Path::to_path_buf));
+        s.resync(pods_dir, node);
+        s
+    };
+    let (now, mut next) = (read(), read());
     let entry = next.files.entry(target.clone()).or_default();
     entry.good = report.pods;
     entry.diagnostics.clear();
@@ -215,7 +226,7 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcom
     match load_candidate(
         &args.file,
         &args.pods_dir,
-        args.pods_dir_recursive,
+        (args.pods_dir_recursive, args.pods_dir_link_root.as_deref()),
         &node,
         err,
     ) {
@@ -248,7 +259,7 @@ pub fn apply(args: &ApplyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outc
     let (target, bytes, now, next) = match load_candidate(
         &args.file,
         &args.pods_dir,
-        args.pods_dir_recursive,
+        (args.pods_dir_recursive, args.pods_dir_link_root.as_deref()),
         &node,
         err,
     ) {
@@ -279,7 +290,8 @@ pub fn apply(args: &ApplyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outc
 
 pub fn delete(args: &DeleteArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
     let node = crate::cli::validate::node_info_defaults();
-    let mut s = Sources::new(args.pods_dir_recursive);
+    let mut s =
+        Sources::new(args.pods_dir_recursive).with_link_root(args.pods_dir_link_root.clone());
     s.resync(&args.pods_dir, &node);
     let key = format!("{}/{}", args.namespace, args.pod);
     let Some((file, _)) = s.desired().pods.remove(&key) else {

@@ -9,9 +9,15 @@ pub struct Args {
     #[arg(long, default_value = "/etc/pods")]
     pub pods_dir: PathBuf,
     /// Read manifests in subdirectories of the pods dir too (to a depth of
-    /// 8; hidden directories and symlinks are not followed).
+    /// 8; hidden directories are not read, symlinks only as
+    /// `--pods-dir-link-root` says).
     #[arg(long)]
     pub pods_dir_recursive: bool,
+    /// Symlinks in the pods dir (to files, and with `--pods-dir-recursive`
+    /// to directories) are followed only when they lead beneath this
+    /// directory (default: the pods dir's real path).
+    #[arg(long)]
+    pub pods_dir_link_root: Option<PathBuf>,
     #[arg(long, default_value = "/run/podagent")]
     pub state_dir: PathBuf,
     /// Images and persistent data.

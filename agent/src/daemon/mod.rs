@@ -258,7 +258,8 @@ impl Agent {
         let json_log = args.log_format == LogFormat::Json;
         let image_gc = images::ImageGc::new(args.image_gc_policy().map_err(DaemonError::ImageGc)?);
         Ok(Agent {
-            sources: Sources::new(args.pods_dir_recursive),
+            sources: Sources::new(args.pods_dir_recursive)
+                .with_link_root(args.pods_dir_link_root.clone()),
             args,
             node,
             rt,
@@ -305,8 +306,12 @@ impl Agent {
             path: pods_dir.clone(),
             source,
         })?;
-        let mut dir_watch = crate::watch::DirWatch::new(&pods_dir, self.args.pods_dir_recursive)
-            .map_err(DaemonError::Watch)?;
+        let mut dir_watch = crate::watch::DirWatch::new(
+            &pods_dir,
+            self.args.pods_dir_recursive,
+            self.args.pods_dir_link_root.as_deref(),
+        )
+        .map_err(DaemonError::Watch)?;
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);

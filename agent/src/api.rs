@@ -642,6 +642,9 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
     for (kind, n) in &view.tracked {
         let _ = writeln!(out, "podagent_tracked_objects{{kind=\"{kind}\"}} {n}");
     }
+    if let Some(sync) = &view.sync {
+        sync_families(&mut out, sync);
+    }
     view.reconcile.write(
         &mut out,
         "podagent_reconcile_duration_seconds",
@@ -650,6 +653,73 @@ pub fn metrics(view: &View, cgroups: &dyn Cgroups, cgroup_root: &str) -> String 
     cadvisor(&mut out, view, cgroups, &running);
     process(&mut out);
     out
+}
+
+/// The git sync's families, from the state `/v1/sync` serves.
+fn sync_families(out: &mut String, sync: &serde_json::Value) {
+    let text = |k: &str| sync[k].as_str().unwrap_or("").to_string();
+    let repo = format!(
+        "repository=\"{}\",ref=\"{}\"",
+        label(&text("repository")),
+        label(&text("ref"))
+    );
+    let revisions: Vec<(String, String)> = ["applied", "healthy"]
+        .iter()
+        .filter(|k| sync[**k].is_string())
+        .map(|k| {
+            let labels = format!("{repo},state=\"{k}\",revision=\"{}\"", label(&text(k)));
+            (labels, "1".to_string())
+        })
+        .collect();
+    family(
+        out,
+        "podagent_sync_revision_info",
+        "gauge",
+        "The revision the node runs (applied) and the last one proven healthy.",
+        &revisions,
+    );
+    let count = |k: &str| vec![(repo.clone(), sync[k].as_u64().unwrap_or(0).to_string())];
+    family(
+        out,
+        "podagent_sync_fetch_failures_total",
+        "counter",
+        "Fetches of the repository that failed (tried again with back-off).",
+        &count("failures"),
+    );
+    family(
+        out,
+        "podagent_sync_refused_total",
+        "counter",
+        "Commits refused whole (a bad file, tree or signature).",
+        &count("refused"),
+    );
+    family(
+        out,
+        "podagent_sync_reverted_total",
+        "counter",
+        "Revisions reverted for pods not Ready within the health window.",
+        &count("reverted"),
+    );
+    let bad = sync["bad_commits"].as_array().map_or(0, Vec::len);
+    family(
+        out,
+        "podagent_sync_bad_commits",
+        "gauge",
+        "Commits recorded as bad, not tried again until the branch moves.",
+        &[(repo.clone(), bad.to_string())],
+    );
+    let rollout: Vec<(String, String)> = sync["rollout_seconds"]
+        .as_f64()
+        .map(|v| (repo.clone(), v.to_string()))
+        .into_iter()
+        .collect();
+    family(
+        out,
+        "podagent_sync_rollout_seconds",
+        "gauge",
+        "The last healthy revision's rollout: from applied to every pod it changed Ready.",
+        &rollout,
+    );
 }
 
 /// A family: its HELP and TYPE lines, then its samples.

@@ -38,6 +38,9 @@ pub struct Repo {
     pub node_name: String,
     /// `<root-dir>/git`: the mirror, the revisions, the sync's record.
     pub dir: PathBuf,
+    /// Only commits signed by a key of this allowed-signers file are
+    /// applied (`--git-allowed-signers`).
+    pub allowed_signers: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,14 +174,17 @@ impl Repo {
                 message: "not a commit id".into(),
             });
         }
-        let dir = self.rev_dir(commit);
-        if dir.is_dir() {
-            return Ok(dir);
-        }
         let refused = |message: String| SyncError::Refused {
             commit: commit.to_string(),
             message,
         };
+        // Checked every time, an unpacked revision included: the signers
+        // may have changed since it was unpacked.
+        self.verify(commit, &refused)?;
+        let dir = self.rev_dir(commit);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
         let mut scope: Vec<String> = Vec::new();
         if !self.path.is_empty() {
             scope.push(self.path.clone());
@@ -205,6 +211,45 @@ impl Repo {
         }
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         Ok(dir)
+    }
+
+    /// With allowed signers: the commit carries an SSH signature that
+    /// `git verify-commit` accepts against the file. A missing or
+    /// unreadable file is the node's fault, not the commit's: an error
+    /// tried again, so no commit is marked bad for it.
+    fn verify(&self, commit: &str, refused: &dyn Fn(String) -> SyncError) -> Result<(), SyncError> {
+        let Some(signers) = &self.allowed_signers else {
+            return Ok(());
+        };
+        std::fs::File::open(signers).map_err(io(signers))?;
+        let raw = self.git(&["cat-file", "commit", commit])?;
+        let text = String::from_utf8_lossy(&raw);
+        let header = text.split("\n\n").next().unwrap_or("");
+        let signature = header
+            .lines()
+            .find_map(|l| l.strip_prefix("gpgsig "))
+            .map(str::trim);
+        match signature {
+            None => {
+                return Err(refused(
+                    "not signed: this node applies signed commits only".into(),
+                ))
+            }
+            Some("-----BEGIN SSH SIGNATURE-----") => {}
+            Some(_) => return Err(refused(
+                "not an SSH signature: this node checks SSH signatures against its allowed signers"
+                    .into(),
+            )),
+        }
+        let file = format!("gpg.ssh.allowedSignersFile={}", signers.display());
+        self.git(&["-c", &file, "verify-commit", commit])
+            .map_err(|e| match e {
+                SyncError::Git { message, .. } => {
+                    refused(format!("signature not accepted: {message}"))
+                }
+                e => e,
+            })?;
+        Ok(())
     }
 
     fn unpack(&self, commit: &str, scope: &[String], into: &Path) -> Result<(), SyncError> {
@@ -405,6 +450,7 @@ mod tests {
             path: "edge".into(),
             node_name: "n1".into(),
             dir: PathBuf::new(),
+            allowed_signers: None,
         };
         let w = |p: &str| repo.wanted(Path::new(p));
         assert_eq!(w("edge/app.yaml"), Some(PathBuf::from("app.yaml")));
@@ -414,5 +460,189 @@ mod tests {
         );
         assert_eq!(w("edge/nodes/n2/x.yaml"), None);
         assert_eq!(w("other/app.yaml"), None);
+    }
+
+    /// Runs git in `dir` as a person committing would, or nothing when git
+    /// is missing outside CI.
+    fn git_in(dir: &Path, args: &[&str]) -> String {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn have(tool: &str) -> bool {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .stderr(Stdio::null())
+            .output()
+            .is_ok();
+        assert!(
+            ok || std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is missing: run scripts/setup"
+        );
+        ok
+    }
+
+    /// A work repository with a first commit, and a node's `Repo` on it.
+    fn repository(dir: &Path) -> (PathBuf, Repo) {
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git_in(&work, &["init", "--quiet"]);
+        std::fs::write(work.join("app.yaml"), "kind: Pod\n").unwrap();
+        git_in(&work, &["add", "-A"]);
+        git_in(&work, &["commit", "--quiet", "-m", "first"]);
+        let repo = Repo {
+            url: format!("file://{}", work.display()),
+            git_ref: "main".into(),
+            path: String::new(),
+            node_name: "n1".into(),
+            dir: dir.join("node"),
+            allowed_signers: None,
+        };
+        (work, repo)
+    }
+
+    fn refusal(repo: &Repo) -> String {
+        let commit = repo.fetch().unwrap();
+        match repo.checkout(&commit) {
+            Err(SyncError::Refused { message, .. }) => message,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_tree_is_refused_whole() {
+        if !have("git") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, repo) = repository(tmp.path());
+        let good = repo.fetch().unwrap();
+        let dir = repo.checkout(&good).unwrap();
+        assert!(dir.join("app.yaml").is_file());
+        let first = good.as_str();
+        let commit = |what: &str| {
+            git_in(&work, &["add", "-A"]);
+            git_in(&work, &["commit", "--quiet", "-m", what]);
+        };
+        let back = || git_in(&work, &["reset", "--quiet", "--hard", first]);
+
+        std::os::unix::fs::symlink("../../../etc/passwd", work.join("evil.yaml")).unwrap();
+        commit("a link out");
+        let m = refusal(&repo);
+        assert!(
+            m.contains("evil.yaml: a symlink to ../../../etc/passwd leads outside"),
+            "{m}"
+        );
+        back();
+
+        let big = vec![b'#'; specs::load::MAX_MANIFEST_BYTES + 1];
+        std::fs::write(work.join("big.yaml"), big).unwrap();
+        commit("too big");
+        assert!(refusal(&repo).contains("big.yaml: 1048577 bytes, over the loader's bound"));
+        back();
+
+        std::fs::create_dir(work.join("many")).unwrap();
+        for i in 0..MAX_FILES {
+            std::fs::write(work.join(format!("many/{i}.yaml")), "").unwrap();
+        }
+        commit("too many");
+        assert!(refusal(&repo).contains("more than 2000 files under the top"));
+        back();
+
+        git_in(
+            &work,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{first},sub"),
+            ],
+        );
+        git_in(&work, &["commit", "--quiet", "-m", "a submodule"]);
+        assert!(refusal(&repo).contains("sub: a submodule"));
+        back();
+        // Nothing of a refused revision is left; the good one still reads.
+        assert_eq!(
+            std::fs::read_dir(repo.dir.join("revs")).unwrap().count(),
+            1,
+            "only the good revision is unpacked"
+        );
+        assert_eq!(repo.fetch().unwrap(), good);
+        assert!(repo.checkout(&good).is_ok());
+    }
+
+    #[test]
+    fn only_commits_signed_by_an_allowed_key_are_taken() {
+        if !have("git") || !have("ssh-keygen") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, mut repo) = repository(tmp.path());
+        let key = |name: &str| {
+            let path = tmp.path().join(name);
+            let o = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            path
+        };
+        let (trusted, other) = (key("trusted"), key("other"));
+        let signers = tmp.path().join("allowed_signers");
+        let public = std::fs::read_to_string(trusted.with_extension("pub")).unwrap();
+        std::fs::write(&signers, format!("t@example.invalid {public}")).unwrap();
+        repo.allowed_signers = Some(tmp.path().join("missing"));
+        let unsigned = repo.fetch().unwrap();
+        assert!(
+            matches!(repo.checkout(&unsigned), Err(SyncError::Io { .. })),
+            "a node without its signers file refuses no commit for it"
+        );
+        repo.allowed_signers = Some(signers);
+        let m = refusal(&repo);
+        assert!(m.contains("not signed"), "{m}");
+        let sign = |with: &Path, what: &str| {
+            std::fs::write(work.join(format!("{what}.yaml")), what).unwrap();
+            git_in(&work, &["add", "-A"]);
+            let key = format!("user.signingkey={}", with.display());
+            git_in(
+                &work,
+                &[
+                    "-c",
+                    "gpg.format=ssh",
+                    "-c",
+                    &key,
+                    "commit",
+                    "--quiet",
+                    "-S",
+                    "-m",
+                    what,
+                ],
+            );
+        };
+        sign(&other, "other");
+        let m = refusal(&repo);
+        assert!(m.contains("signature not accepted"), "{m}");
+        sign(&trusted, "trusted");
+        let commit = repo.fetch().unwrap();
+        let dir = repo.checkout(&commit).unwrap();
+        assert!(dir.join("trusted.yaml").is_file());
     }
 }

@@ -80,6 +80,11 @@ pub struct Args {
     /// reverted.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub health_window: u64,
+    /// Apply only commits signed with an SSH key of this allowed-signers
+    /// file (ssh-keygen's format, as git's `gpg.ssh.allowedSignersFile`);
+    /// an unsigned or badly signed commit is refused.
+    #[arg(long)]
+    pub git_allowed_signers: Option<PathBuf>,
     /// This node's name in the repository's `nodes/` (default: the host
     /// name).
     #[arg(long)]

@@ -66,6 +66,8 @@ struct Trial {
     /// How long they must stay Ready: a container Ready for a moment
     /// before it crashes does not make a revision healthy.
     stable: Duration,
+    /// When it was applied.
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -80,7 +82,13 @@ pub(super) struct SyncState {
     /// The commit the ref named at the last fetch, and when.
     remote: Option<String>,
     fetched_at: Option<String>,
+    /// Since the agent started: fetches failed, commits refused, reverts.
     failures: u64,
+    refused: u64,
+    reverted: u64,
+    /// The last healthy revision's rollout: from applied to every pod it
+    /// changed Ready.
+    rollout: Option<Duration>,
 }
 
 fn short(commit: &str) -> &str {
@@ -120,6 +128,9 @@ impl SyncState {
             "last_error": self.last_error,
             "bad_commits": self.record.bad,
             "failures": self.failures,
+            "refused": self.refused,
+            "reverted": self.reverted,
+            "rollout_seconds": self.rollout.map(|d| d.as_secs_f64()),
         })
     }
 }
@@ -213,6 +224,7 @@ impl Agent {
             path: self.args.git_path.clone().unwrap_or_default(),
             node_name,
             dir: self.args.root_dir.join("git"),
+            allowed_signers: self.args.git_allowed_signers.clone(),
         });
         std::fs::create_dir_all(&repo.dir).map_err(|source| super::DaemonError::Dir {
             path: repo.dir.clone(),
@@ -231,6 +243,9 @@ impl Agent {
             remote: None,
             fetched_at: None,
             failures: 0,
+            refused: 0,
+            reverted: 0,
+            rollout: None,
         };
         if let Ok(text) = std::fs::read_to_string(state.record_path()) {
             match serde_json::from_str::<Record>(&text) {
@@ -341,6 +356,7 @@ impl Agent {
         self.event(Kind::Warning, "Refused", OBJECT, None, message.clone());
         s.last_error = Some(message);
         s.record.bad.push(commit.to_string());
+        s.refused += 1;
         s.save();
     }
 
@@ -418,6 +434,7 @@ impl Agent {
                     format!("commit {}: every pod it changed is Ready", short(&commit)),
                 );
                 s.record.healthy = Some(commit.clone());
+                s.rollout = since.map(|at| at.saturating_duration_since(t.since));
                 s.trial = None;
                 s.save();
                 s.repo.prune(&[commit.as_str()]);
@@ -458,6 +475,7 @@ impl Agent {
                 );
                 s.record.bad.push(commit.clone());
                 s.trial = None;
+                s.reverted += 1;
                 self.revert(&mut s, &commit);
             }
         }
@@ -523,6 +541,7 @@ fn trial(commit: &str, window: Duration, changed: Vec<String>) -> Trial {
         changed,
         ready_since: None,
         stable: (window / 3).min(Duration::from_secs(10)),
+        since: Instant::now(),
     }
 }
 

@@ -1,10 +1,12 @@
 //! `--git-repo`: a node follows a real git repository (a bare one on disk
-//! the test commits to, fetched over `file://`): a commit applied within
+//! the test commits to, served by `git daemon` on the test node's
+//! loopback): a commit applied within
 //! the interval; a bad commit refused with the node unchanged; a commit
 //! whose pod crash-loops reverted within the health window while the
 //! healthy pod keeps its process; a force-push back applied; the fleet
 //! layout (its own `nodes/<name>/`, not another node's); the state shown by
-//! `podctl sync status`.
+//! `podctl sync status` and the metrics. A node with allowed signers
+//! applies a signed commit and refuses an unsigned one.
 
 use std::path::Path;
 use std::process::Command;
@@ -47,6 +49,11 @@ fn pod(name: &str, command: &str) -> String {
 /// Writes `files` (path, text; an empty text removes the file) in the
 /// work tree, commits and pushes: the new commit.
 fn commit(work: &Path, files: &[(&str, &str)], message: &str) -> String {
+    commit_with(work, files, message, &[])
+}
+
+/// [`commit`] with git options before `commit` (a signing key).
+fn commit_with(work: &Path, files: &[(&str, &str)], message: &str, options: &[&str]) -> String {
     for (path, text) in files {
         let p = work.join(path);
         if text.is_empty() {
@@ -57,9 +64,48 @@ fn commit(work: &Path, files: &[(&str, &str)], message: &str) -> String {
         }
     }
     git(work, &["add", "-A"]);
-    git(work, &["commit", "--quiet", "-m", message]);
+    let mut args = options.to_vec();
+    args.extend(["commit", "--quiet", "-m", message]);
+    git(work, &args);
     git(work, &["push", "--quiet", "--force", "origin", "HEAD:main"]);
     git(work, &["rev-parse", "HEAD"])
+}
+
+/// The port `git daemon` listens on, on the test node's loopback.
+const PORT: u16 = 19418;
+
+/// `git daemon` serving the repositories below a directory, stopped when
+/// dropped.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn serve(base: &Path) -> Daemon {
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={PORT}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", PORT)).is_ok()
+        });
+        assert!(up, "git daemon does not listen");
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -100,7 +146,8 @@ fn a_node_follows_its_repository_refuses_bad_commits_and_reverts_unhealthy_ones(
             ],
             "first",
         );
-        let url = format!("file://{}", remote.display());
+        let _daemon = Daemon::serve(fx.dir.path());
+        let url = format!("git://127.0.0.1:{PORT}/remote.git");
         let extra = [
             "--no-network",
             "--git-repo",
@@ -244,5 +291,128 @@ fn a_node_follows_its_repository_refuses_bad_commits_and_reverts_unhealthy_ones(
         let (_, text, _) = podctl(&["sync", "status", "--state-dir", &state_s]);
         assert!(text.contains(&format!("Healthy:     {first}")), "{text}");
         assert!(text.contains(&crashing), "{text}");
+
+        let (code, body) = agent::api::get(&state.join("podagent.sock"), "/metrics").unwrap();
+        assert_eq!(code, 200);
+        let metrics = String::from_utf8(body).unwrap();
+        let repo = format!("repository=\"{url}\",ref=\"main\"");
+        for line in [
+            format!(
+                "podagent_sync_revision_info{{{repo},state=\"applied\",revision=\"{first}\"}} 1"
+            ),
+            format!("podagent_sync_refused_total{{{repo}}} 1"),
+            format!("podagent_sync_reverted_total{{{repo}}} 1"),
+            format!("podagent_sync_bad_commits{{{repo}}} 2"),
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+        }
+        let rollout = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("podagent_sync_rollout_seconds{{{repo}}} ")))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(rollout.is_some_and(|s| s > 0.0 && s < 30.0), "{metrics}");
+    });
+}
+
+#[test]
+fn a_node_with_allowed_signers_applies_signed_commits_only() {
+    if !require() {
+        return;
+    }
+    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    if !have("git") || !have("ssh-keygen") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "git or ssh-keygen is missing: run scripts/setup"
+        );
+        return;
+    }
+    on_private_node(|| {
+        let fx = fixture("gitsign");
+        let (pods, state, state_s) = fx.agent_dirs();
+        let remote = fx.dir.path().join("remote.git");
+        let work = fx.dir.path().join("work");
+        git(
+            fx.dir.path(),
+            &["init", "--quiet", "--bare", remote.to_str().unwrap()],
+        );
+        git(fx.dir.path(), &["init", "--quiet", work.to_str().unwrap()]);
+        git(
+            &work,
+            &["remote", "add", "origin", remote.to_str().unwrap()],
+        );
+        let key = fx.dir.path().join("deploy");
+        let o = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "release", "-f"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let signers = fx.dir.path().join("allowed_signers");
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        std::fs::write(&signers, format!("release@example.invalid {public}")).unwrap();
+        let signing = format!("user.signingkey={}", key.display());
+        let sign = [
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &signing,
+            "-c",
+            "commit.gpgsign=true",
+        ];
+        let sleeper = "sleep, '100000'";
+        let signed = commit_with(
+            &work,
+            &[("signed.yaml", &pod("signed", sleeper))],
+            "signed",
+            &sign,
+        );
+        let url = format!("file://{}", remote.display());
+        let extra = [
+            "--no-network",
+            "--git-repo",
+            &url,
+            "--git-interval",
+            "1",
+            "--health-window",
+            "3",
+            "--git-allowed-signers",
+            signers.to_str().unwrap(),
+        ];
+        let _agent = Running(spawn_agent(&fx, &pods, &state, &extra));
+        let sync = || -> serde_json::Value {
+            let out = podctl(&["sync", "status", "-o", "json", "--state-dir", &state_s]).1;
+            serde_json::from_str(&out).unwrap_or_default()
+        };
+        assert!(
+            eventually(Duration::from_secs(30), || sync()["healthy"]
+                == signed.as_str()
+                && pod_status(&state_s, "signed")["phase"] == "Running"),
+            "{:#}",
+            sync()
+        );
+        let unsigned = commit(
+            &work,
+            &[("unsigned.yaml", &pod("unsigned", sleeper))],
+            "unsigned",
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || sync()["bad_commits"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|c| c == unsigned.as_str()))),
+            "{:#}",
+            sync()
+        );
+        let s = sync();
+        assert_eq!(s["applied"], signed.as_str(), "{s:#}");
+        assert!(
+            s["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not signed"),
+            "{s:#}"
+        );
+        assert!(pod_status(&state_s, "unsigned").is_null());
+        assert_eq!(pod_status(&state_s, "signed")["phase"], "Running");
     });
 }
